@@ -1,0 +1,308 @@
+//! Typed configuration of mxgate (contract §3).
+//!
+//! Every key of `etc/mxgate.toml` is a field here. Parsing goes through the `config`
+//! crate (TOML file, optional), then serde into these structs with
+//! `deny_unknown_fields`, then [`Config::validate`] for cross-field rules. Every error
+//! names the key it is about.
+//!
+//! This crate does not read DNS, open sockets or touch the spool: it only turns a file
+//! into values the other crates trust.
+
+mod duration;
+mod level;
+mod load;
+
+pub use duration::parse_duration;
+pub use level::{Level, OnTlsFailure, TlsVersion};
+pub use load::ConfigError;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub listener: ListenerConfig,
+    pub queue: QueueConfig,
+    pub delivery: DeliveryConfig,
+    pub dns: DnsConfig,
+    pub policy: PolicyConfig,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            listener: ListenerConfig::default(),
+            queue: QueueConfig::default(),
+            delivery: DeliveryConfig::default(),
+            dns: DnsConfig::default(),
+            policy: PolicyConfig::default(),
+            metrics: MetricsConfig::default(),
+            control: ControlConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Used in the banner, EHLO, `Received:` and as the DSN reporting MTA.
+    pub hostname: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: default_hostname(),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/mailname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `[listener]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub allowed_clients: Vec<IpNet>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// How long the listener waits for the next command (RFC 5321 §4.5.3.2.7: 5 minutes).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub command_timeout: Duration,
+    /// How long the listener waits for the next chunk of DATA (RFC 5321 §4.5.3.2.6: 3 minutes).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub data_timeout: Duration,
+    /// Concurrent sessions; further connections get `421`.
+    pub max_sessions: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 10025))],
+            allowed_clients: vec![
+                "127.0.0.0/8".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+            max_message_size: 52_428_800,
+            max_recipients: 1000,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_sessions: 1000,
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub path: PathBuf,
+    #[serde(deserialize_with = "duration::deserialize_vec")]
+    pub retry_intervals: Vec<Duration>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_age: Duration,
+    /// Optional `host:port` that receives DSNs; empty = deliver DSNs like any message.
+    pub bounce_relay: String,
+    /// Send one "delayed" DSN after this long; `None` (the default, or `""`) = never.
+    #[serde(deserialize_with = "duration::deserialize_opt")]
+    pub delay_warning: Option<Duration>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            path: PathBuf::from("/var/lib/mxgate/queue"),
+            retry_intervals: ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+                .iter()
+                .map(|s| parse_duration(s).expect("literal duration"))
+                .collect(),
+            max_age: Duration::from_secs(5 * 86400),
+            bounce_relay: String::new(),
+            delay_warning: None,
+        }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub smtp_port: u16,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    /// Timeout for each command reply once connected (RFC 5321 §4.5.3.2 gives 5 min; we
+    /// use one value for all commands and 10 minutes for the final `.`).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub command_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_domain: usize,
+    /// Extra PEM roots added to the built-in roots.
+    pub ca_file: PathBuf,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            smtp_port: 25,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            max_connections: 200,
+            max_connections_per_domain: 20,
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `ip:port` list; empty = `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    pub dnssec: DnssecMode,
+    /// File of DNSKEY records (zone-file syntax); empty = the IANA root anchors.
+    pub trust_anchor: PathBuf,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            dnssec: DnssecMode::Validate,
+            trust_anchor: PathBuf::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `dns.dnssec`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnssecMode {
+    /// In-process validation from the trust anchor.
+    Validate,
+    /// Trust the AD bit of a validating resolver on loopback.
+    TrustAd,
+    /// No DNSSEC, hence no DANE.
+    Off,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub default: Level,
+    pub fallback: Level,
+    pub min_tls_version: TlsVersion,
+    pub on_tls_failure: OnTlsFailure,
+    pub mta_sts_port: u16,
+    pub cache_path: PathBuf,
+    /// Total time allowed for one MTA-STS policy fetch (RFC 8461 §3.3 suggests a minute).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub mta_sts_timeout: Duration,
+    pub domains: BTreeMap<String, DomainPolicy>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            default: Level::Auto,
+            fallback: Level::May,
+            min_tls_version: TlsVersion::Tls12,
+            on_tls_failure: OnTlsFailure::Defer,
+            mta_sts_port: 443,
+            cache_path: PathBuf::from("/var/lib/mxgate/policy"),
+            mta_sts_timeout: Duration::from_secs(60),
+            domains: BTreeMap::new(),
+        }
+    }
+}
+
+/// One entry of `[policy.domains]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPolicy {
+    pub level: Level,
+    /// Names accepted in the MX certificate at `verify` instead of the MX host name.
+    #[serde(default, rename = "match")]
+    pub match_names: Vec<String>,
+    #[serde(default)]
+    pub min_tls_version: Option<TlsVersion>,
+    #[serde(default)]
+    pub on_tls_failure: Option<OnTlsFailure>,
+}
+
+impl PolicyConfig {
+    /// The `[policy.domains]` entry for `domain`: an exact match first, then the
+    /// nearest leading-dot parent (`.example.org` matches `a.b.example.org`, not
+    /// `example.org` itself), as Postfix's `smtp_tls_policy_maps` does.
+    pub fn domain_entry(&self, domain: &str) -> Option<(&str, &DomainPolicy)> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((k, v)) = self.domains.get_key_value(domain.as_str()) {
+            return Some((k.as_str(), v));
+        }
+        let mut rest = domain.as_str();
+        while let Some(pos) = rest.find('.') {
+            let parent = &rest[pos..];
+            if let Some((k, v)) = self.domains.get_key_value(parent) {
+                return Some((k.as_str(), v));
+            }
+            rest = &rest[pos + 1..];
+        }
+        None
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Empty string disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9325".to_string(),
+        }
+    }
+}
+
+/// `[control]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from("/run/mxgate/control.sock"),
+        }
+    }
+}

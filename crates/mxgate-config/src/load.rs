@@ -1,0 +1,232 @@
+//! Loading and validating the configuration file.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Config, DnssecMode, Level};
+
+/// A configuration that cannot be used. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (TOML), or the built-in defaults when `path` is `None`, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let file_error = |message: String| ConfigError::File {
+                    path: path.to_path_buf(),
+                    message,
+                };
+                if !path.is_file() {
+                    return Err(file_error("no such file".into()));
+                }
+                let raw = config::Config::builder()
+                    .add_source(
+                        config::File::from(path)
+                            .format(config::FileFormat::Toml)
+                            .required(true),
+                    )
+                    .build()
+                    .map_err(|e| file_error(e.to_string()))?;
+                raw.try_deserialize::<Config>()
+                    .map_err(|e| file_error(e.to_string()))?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document (used by tests and `check-config`).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::invalid("config", e.to_string()))?;
+        let config = raw
+            .try_deserialize::<Config>()
+            .map_err(|e| ConfigError::invalid("config", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rules that span keys or that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.hostname.trim().is_empty() || self.server.hostname.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid("server.hostname", "must be a host name"));
+        }
+        if self.listener.listen.is_empty() {
+            return Err(ConfigError::invalid("listener.listen", "needs at least one address"));
+        }
+        if self.listener.max_message_size == 0 {
+            return Err(ConfigError::invalid("listener.max_message_size", "must be > 0"));
+        }
+        if self.listener.max_recipients == 0 {
+            return Err(ConfigError::invalid("listener.max_recipients", "must be > 0"));
+        }
+        if self.queue.retry_intervals.is_empty() {
+            return Err(ConfigError::invalid("queue.retry_intervals", "needs at least one interval"));
+        }
+        if self.queue.retry_intervals.iter().any(|d| d.is_zero()) {
+            return Err(ConfigError::invalid("queue.retry_intervals", "intervals must be > 0"));
+        }
+        if self.queue.max_age.is_zero() {
+            return Err(ConfigError::invalid("queue.max_age", "must be > 0"));
+        }
+        if !self.queue.bounce_relay.is_empty() && !is_host_port(&self.queue.bounce_relay) {
+            return Err(ConfigError::invalid("queue.bounce_relay", "must be \"host:port\" or empty"));
+        }
+        if self.delivery.max_connections == 0 {
+            return Err(ConfigError::invalid("delivery.max_connections", "must be > 0"));
+        }
+        if self.delivery.max_connections_per_domain == 0 {
+            return Err(ConfigError::invalid("delivery.max_connections_per_domain", "must be > 0"));
+        }
+        if self.delivery.smtp_port == 0 {
+            return Err(ConfigError::invalid("delivery.smtp_port", "must be > 0"));
+        }
+        if !self.delivery.ca_file.as_os_str().is_empty() && !self.delivery.ca_file.is_file() {
+            return Err(ConfigError::invalid(
+                "delivery.ca_file",
+                format!("{}: no such file", self.delivery.ca_file.display()),
+            ));
+        }
+        if !self.dns.trust_anchor.as_os_str().is_empty() && !self.dns.trust_anchor.is_file() {
+            return Err(ConfigError::invalid(
+                "dns.trust_anchor",
+                format!("{}: no such file", self.dns.trust_anchor.display()),
+            ));
+        }
+        if self.policy.mta_sts_port == 0 {
+            return Err(ConfigError::invalid("policy.mta_sts_port", "must be > 0"));
+        }
+        if matches!(self.policy.fallback, Level::Auto | Level::MtaSts | Level::Dane | Level::DaneOnly) {
+            return Err(ConfigError::invalid(
+                "policy.fallback",
+                "must be one of none, may, encrypt, verify",
+            ));
+        }
+        let dnssec_off = self.dns.dnssec == DnssecMode::Off;
+        if dnssec_off && self.policy.default.needs_dnssec() {
+            return Err(ConfigError::invalid(
+                "policy.default",
+                format!("level {} needs DNSSEC, but dns.dnssec = \"off\"", self.policy.default),
+            ));
+        }
+        for (domain, entry) in &self.policy.domains {
+            let key = format!("policy.domains.\"{domain}\"");
+            if !is_domain_key(domain) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a lower-case domain name, optionally with a leading dot",
+                ));
+            }
+            if dnssec_off && entry.level.needs_dnssec() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.level"),
+                    format!("level {} needs DNSSEC, but dns.dnssec = \"off\"", entry.level),
+                ));
+            }
+            if !entry.match_names.is_empty() && entry.level != Level::Verify {
+                return Err(ConfigError::invalid(
+                    format!("{key}.match"),
+                    "only applies to level \"verify\"",
+                ));
+            }
+            if entry.match_names.iter().any(|n| !is_domain_key(n) || n.starts_with('.') && n.len() < 2) {
+                return Err(ConfigError::invalid(format!("{key}.match"), "must be host names"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn is_domain_key(s: &str) -> bool {
+    let body = s.strip_prefix('.').unwrap_or(s);
+    !body.is_empty()
+        && body.len() <= 253
+        && body.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OnTlsFailure, TlsVersion};
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.listener.listen[0].to_string(), "127.0.0.1:10025");
+        assert_eq!(c.policy.default, Level::Auto);
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../etc/mxgate.toml");
+        let c = Config::from_toml_str(text).expect("etc/mxgate.toml must be valid");
+        let e = &c.policy.domains[".example.org"];
+        assert_eq!(e.level, Level::Encrypt);
+        assert_eq!(e.min_tls_version, Some(TlsVersion::Tls13));
+        assert_eq!(c.queue.max_age, Duration::from_secs(5 * 86400));
+        assert_eq!(c.policy.on_tls_failure, OnTlsFailure::Defer);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[listener]\nbogus = 1\n").contains("bogus"));
+        assert!(err("[nosuchsection]\nx = 1\n").contains("nosuchsection"));
+        assert!(err("[queue]\nmax_age = \"soon\"\n").contains("max_age"));
+        assert!(err("[policy]\ndefault = \"paranoid\"\n").contains("paranoid"));
+        assert!(err("[policy.domains]\n\"Example.com\" = { level = \"may\" }\n")
+            .contains("policy.domains.\"Example.com\""));
+        assert!(err("[policy.domains]\n\"a.example\" = { level = \"may\", match = [\"x\"] }\n")
+            .contains("match"));
+        assert!(err("[dns]\ndnssec = \"off\"\n[policy]\ndefault = \"dane\"\n").contains("policy.default"));
+        assert!(err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients"));
+        assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
+    }
+
+    #[test]
+    fn domain_entry_matches_exact_then_parents() {
+        let c = Config::from_toml_str(
+            "[policy.domains]\n\"example.org\" = { level = \"verify\" }\n\".example.org\" = { level = \"encrypt\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.policy.domain_entry("example.org").map(|e| e.1.level), Some(Level::Verify));
+        assert_eq!(c.policy.domain_entry("a.b.Example.org.").map(|e| e.1.level), Some(Level::Encrypt));
+        assert_eq!(c.policy.domain_entry("notexample.org"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! SMTP client: MX resolution, STARTTLS, verification, outcomes

@@ -1,0 +1,1 @@
+//! DNS lookups with their DNSSEC status (RFC 4033–4035).

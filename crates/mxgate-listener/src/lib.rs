@@ -1,0 +1,1 @@
+//! SMTP server that accepts mail from the local MTA

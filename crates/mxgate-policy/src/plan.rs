@@ -1,0 +1,130 @@
+//! The boundary between policy and delivery. (Stub: the policy helper owns this file
+//! and fills in the bodies; the signatures are what delivery codes against.)
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mxgate_config::{Config, Level, OnTlsFailure, TlsVersion};
+
+/// Where the level applied to a destination came from (log field `source=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicySource {
+    Config,
+    Dane,
+    MtaSts,
+    Fallback,
+}
+
+impl PolicySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Config => "config",
+            PolicySource::Dane => "dane",
+            PolicySource::MtaSts => "mta-sts",
+            PolicySource::Fallback => "fallback",
+        }
+    }
+}
+
+/// One TLSA record (RFC 6698 §2.1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsaRecord {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+/// What one connection to one MX host must achieve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRequirement {
+    /// Level `none`: never STARTTLS.
+    Cleartext,
+    /// Level `may` (and MTA-STS `testing`, DANE fallback): STARTTLS if offered, no
+    /// authentication; a failed handshake retries once in cleartext on a new connection.
+    Opportunistic,
+    /// TLS required, any certificate (`encrypt`, DANE with only unusable TLSA records).
+    Encrypt,
+    /// TLS required, PKIX chain to a trusted root, and one of `names` in the
+    /// certificate (`verify`, MTA-STS `enforce`).
+    Pkix { names: Vec<String> },
+    /// TLS required, authenticated by these usable TLSA records (RFC 7672 §3);
+    /// `names` are the reference identifiers for DANE-TA(2).
+    Dane {
+        tlsa: Vec<TlsaRecord>,
+        names: Vec<String>,
+    },
+}
+
+impl TlsRequirement {
+    /// Whether a session without TLS is acceptable.
+    pub fn allows_cleartext(&self) -> bool {
+        matches!(self, TlsRequirement::Cleartext | TlsRequirement::Opportunistic)
+    }
+}
+
+/// One MX host of a destination, in dialling order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxPlan {
+    pub host: String,
+    pub preference: u16,
+    /// Every address of the host, in dialling order.
+    pub addrs: Vec<IpAddr>,
+    /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why
+    /// (`mta-sts enforce: mx2.example.com not in policy`, `dane: TLSA lookup for ...
+    /// failed: SERVFAIL`), which becomes the deferral reason if no MX is left.
+    pub requirement: Result<TlsRequirement, String>,
+}
+
+/// The policy for one destination domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPlan {
+    pub domain: String,
+    /// The level applied (`none|may|encrypt|verify|mta-sts|dane`; never `auto`).
+    pub level: Level,
+    pub source: PolicySource,
+    pub min_tls_version: TlsVersion,
+    pub on_tls_failure: OnTlsFailure,
+    pub mx: Vec<MxPlan>,
+}
+
+/// No plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// RFC 7505 null MX: the domain accepts no mail.
+    #[error("domain {0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// NXDOMAIN, or no MX and no address records.
+    #[error("domain {domain} not found: {detail}")]
+    NoSuchDomain { domain: String, detail: String },
+    /// DNS temporary failure, DNSSEC bogus/indeterminate where it matters, MTA-STS
+    /// policy unavailable, ...
+    #[error("{0}")]
+    Temporary(String),
+}
+
+impl PlanError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PlanError::NullMx(_) | PlanError::NoSuchDomain { .. })
+    }
+}
+
+/// Decides the [`DeliveryPlan`] of each destination.
+pub struct PolicyEngine {
+    _config: Arc<Config>,
+}
+
+impl PolicyEngine {
+    pub async fn plan(&self, _domain: &str) -> Result<DeliveryPlan, PlanError> {
+        unimplemented!("filled in by the policy work")
+    }
+
+    /// The rustls configuration for one TLS session to `mx_host` under `requirement`.
+    pub fn client_config(
+        &self,
+        _requirement: &TlsRequirement,
+        _min_tls_version: TlsVersion,
+    ) -> Arc<rustls::ClientConfig> {
+        unimplemented!("filled in by the policy work")
+    }
+}

@@ -1,0 +1,1 @@
+//! test world: DNS with signed zones, SMTP receivers, HTTPS, MITM, certificates, Postfix
