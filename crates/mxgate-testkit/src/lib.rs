@@ -1,1 +1,15 @@
-//! test world: DNS with signed zones, SMTP receivers, HTTPS, MITM, certificates, Postfix
+//! The test world of mxgate: real servers speaking real protocols on loopback.
+//!
+//! Certificates (a private CA and leaf certificates with chosen names and dates), SMTP
+//! receivers with STARTTLS, an authoritative DNS server with really signed zones, an
+//! HTTPS server for MTA-STS policies, a man-in-the-middle SMTP proxy, and a private
+//! Postfix instance. Nothing here is a stub: every piece listens on a socket.
+//!
+//! Not for production use; never linked into the `mxgate` binary.
+
+pub mod certs;
+pub mod dns;
+pub mod https;
+pub mod mitm;
+pub mod postfix;
+pub mod smtp;
