@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -36,21 +36,6 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            listener: ListenerConfig::default(),
-            queue: QueueConfig::default(),
-            delivery: DeliveryConfig::default(),
-            dns: DnsConfig::default(),
-            policy: PolicyConfig::default(),
-            metrics: MetricsConfig::default(),
-            control: ControlConfig::default(),
-        }
-    }
 }
 
 /// `[server]`

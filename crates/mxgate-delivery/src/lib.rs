@@ -1,1 +1,458 @@
-//! SMTP client: MX resolution, STARTTLS, verification, outcomes
+//! SMTP client of mxgate: delivers one [`DeliveryJob`] (the recipients of one message in
+//! one domain) to the domain's MX hosts under the TLS policy the policy engine decides
+//! (contract §2, §5, §7).
+//!
+//! For each job: ask the [`Planner`] (the [`PolicyEngine`]) for a [`DeliveryPlan`]; a
+//! permanent plan error fails every recipient (null MX `5.1.10`, no such domain
+//! `5.1.2`), a temporary one defers them (`4.4.3`). Then dial each MX of the plan in
+//! order, each of its addresses in order, on `delivery.smtp_port`, within
+//! `max_connections` and `max_connections_per_domain`, and run one SMTP session
+//! ([`session::deliver_to_address`]) until every recipient has an outcome. Recipients
+//! left without one are deferred with the reasons gathered on the way (TLS policy
+//! failures are `4.7.4`/`4.7.5`, or `5.7.x` with `on_tls_failure = "bounce"`).
+//!
+//! Each attempt logs one `key=value` line (tracing, info) and counts the metrics of
+//! contract §7.
+//!
+//! Not here: choosing the TLS level or verifying certificates (`mxgate-policy` builds
+//! the verifier), retry scheduling and DSNs (`mxgate-queue`), SMTP parsing
+//! (`mxgate-smtp`).
+
+pub mod conn;
+pub mod decide;
+pub mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
+use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
+use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Transport};
+use rustls::ClientConfig;
+use tokio::sync::Semaphore;
+
+pub use decide::TlsPolicyFailure;
+pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
+
+use decide::{auth_label, local_failure, status};
+
+/// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
+/// may plug in a fixed plan).
+pub trait Planner: Send + Sync + 'static {
+    fn plan(&self, domain: &str) -> impl Future<Output = Result<DeliveryPlan, PlanError>> + Send;
+    fn client_config(
+        &self,
+        requirement: &TlsRequirement,
+        min_tls_version: TlsVersion,
+    ) -> Arc<ClientConfig>;
+}
+
+impl Planner for PolicyEngine {
+    fn plan(&self, domain: &str) -> impl Future<Output = Result<DeliveryPlan, PlanError>> + Send {
+        PolicyEngine::plan(self, domain)
+    }
+
+    fn client_config(
+        &self,
+        requirement: &TlsRequirement,
+        min_tls_version: TlsVersion,
+    ) -> Arc<ClientConfig> {
+        PolicyEngine::client_config(self, requirement, min_tls_version)
+    }
+}
+
+/// The [`Transport`] that delivers to destination MX hosts.
+pub struct Delivery<P: Planner = PolicyEngine> {
+    settings: DeliveryConfig,
+    policy: Arc<P>,
+    hostname: String,
+    global: Arc<Semaphore>,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl<P: Planner> Delivery<P> {
+    /// `hostname` is our EHLO name (`server.hostname`).
+    pub fn new(settings: DeliveryConfig, policy: Arc<P>, hostname: String) -> Self {
+        Delivery {
+            global: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            settings,
+            policy,
+            hostname,
+            per_domain: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
+        let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget idle domains so the map does not grow without bound.
+        let max = self.settings.max_connections_per_domain.max(1);
+        map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+        map.entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone()
+    }
+
+    async fn deliver_job(&self, job: DeliveryJob) -> Vec<RecipientOutcome> {
+        let start = Instant::now();
+        let plan = match self.policy.plan(&job.domain).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let failure = plan_failure(&e);
+                let outcome = if e.is_permanent() {
+                    Outcome::Failed(failure)
+                } else {
+                    Outcome::Deferred(failure)
+                };
+                let outcomes = all(&job.recipients, &outcome);
+                let log = AttemptLog::new(&job, "-", "-", start);
+                log.emit(&outcomes, "none", &TlsFacts::default(), "none");
+                return outcomes;
+            }
+        };
+        let domain_sem = self.domain_semaphore(&job.domain);
+        // Per-domain first, so a busy domain does not hold global slots while waiting.
+        let Ok(_domain_permit) = domain_sem.acquire_owned().await else {
+            return all(
+                &job.recipients,
+                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+            );
+        };
+        let Ok(_global_permit) = self.global.clone().acquire_owned().await else {
+            return all(
+                &job.recipients,
+                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+            );
+        };
+        self.follow_plan(&job, &plan, start).await
+    }
+
+    async fn follow_plan(
+        &self,
+        job: &DeliveryJob,
+        plan: &DeliveryPlan,
+        start: Instant,
+    ) -> Vec<RecipientOutcome> {
+        let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
+        let mut pending: Vec<usize> = job.recipients.clone();
+        let mut done: Vec<RecipientOutcome> = Vec::new();
+        let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
+        let mut other_failure: Option<DeliveryFailure> = None;
+        'mx: for mx in &plan.mx {
+            let requirement = match &mx.requirement {
+                Ok(r) => r.clone(),
+                Err(reason) => {
+                    count_tls_policy_failure(plan.level, "policy_excluded");
+                    tls_reasons.push(TlsPolicyFailure {
+                        reason: "policy_excluded",
+                        message: reason.clone(),
+                    });
+                    continue;
+                }
+            };
+            let tls_config = match requirement {
+                TlsRequirement::Cleartext => None,
+                _ => Some(
+                    self.policy
+                        .client_config(&requirement, plan.min_tls_version),
+                ),
+            };
+            for ip in &mx.addrs {
+                let params = SessionParams {
+                    helo_name: self.hostname.clone(),
+                    mx_host: mx.host.clone(),
+                    addr: SocketAddr::new(*ip, self.settings.smtp_port),
+                    requirement: requirement.clone(),
+                    tls_config: tls_config.clone(),
+                    policy_label: plan.level.as_str().to_string(),
+                    connect_timeout: self.settings.connect_timeout,
+                    command_timeout: self.settings.command_timeout,
+                };
+                match deliver_to_address(&params, job, &pending).await {
+                    Ok(report) => {
+                        let auth = match report.tls.version {
+                            Some(_) => auth_label(&requirement),
+                            None => "none",
+                        };
+                        if let Some(version) = report.tls.version {
+                            metrics::counter!("mxgate_tls_connections_total",
+                                "version" => version,
+                                "cipher" => report.tls.cipher.clone().unwrap_or_default(),
+                                "auth" => auth)
+                            .increment(1);
+                        }
+                        log.emit(&report.outcomes, &report.relay, &report.tls, auth);
+                        pending.retain(|i| !report.outcomes.iter().any(|o| o.index == *i));
+                        done.extend(report.outcomes);
+                        if pending.is_empty() {
+                            break 'mx;
+                        }
+                    }
+                    Err(SessionError::TlsPolicy { relay, failure }) => {
+                        count_tls_policy_failure(plan.level, failure.reason);
+                        tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
+                        tls_reasons.push(failure);
+                    }
+                    Err(SessionError::Unreachable { relay, failure }) => {
+                        tracing::info!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        other_failure = Some(failure);
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let outcome = leftover_outcome(plan, &tls_reasons, other_failure);
+            let left = all(&pending, &outcome);
+            log.emit(&left, "none", &TlsFacts::default(), "none");
+            done.extend(left);
+        }
+        done
+    }
+}
+
+impl<P: Planner> Transport for Delivery<P> {
+    fn deliver(&self, job: DeliveryJob) -> impl Future<Output = Vec<RecipientOutcome>> + Send {
+        self.deliver_job(job)
+    }
+}
+
+/// The outcome of recipients no session decided: TLS reasons first (they are what the
+/// operator must see), else the last connection failure, else "no MX".
+fn leftover_outcome(
+    plan: &DeliveryPlan,
+    tls: &[TlsPolicyFailure],
+    other: Option<DeliveryFailure>,
+) -> Outcome {
+    if !tls.is_empty() {
+        let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
+        let message = message.join("; ");
+        let subject_detail = tls.first().map(|f| f.subject_detail()).unwrap_or("7.5");
+        // Only when every failure was a TLS policy failure may `bounce` apply: an
+        // unreachable MX says nothing about policy.
+        if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
+            return Outcome::Failed(local_failure(&format!("5.{subject_detail}"), None, message));
+        }
+        let message = match &other {
+            Some(o) => format!("{message}; {}", o.diagnostic),
+            None => message,
+        };
+        return Outcome::Deferred(local_failure(&format!("4.{subject_detail}"), None, message));
+    }
+    match other {
+        Some(f) => Outcome::Deferred(f),
+        None => Outcome::Deferred(local_failure(
+            status::DNS_TEMPORARY,
+            None,
+            format!("no MX host of {} could be dialled", plan.domain),
+        )),
+    }
+}
+
+fn plan_failure(e: &PlanError) -> DeliveryFailure {
+    let code = match e {
+        // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
+        PlanError::NullMx(_) => status::NULL_MX,
+        PlanError::NoSuchDomain { .. } => status::NO_SUCH_DOMAIN,
+        PlanError::Temporary(_) => status::DNS_TEMPORARY,
+    };
+    local_failure(code, None, e.to_string())
+}
+
+fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
+    indices
+        .iter()
+        .map(|&index| RecipientOutcome {
+            index,
+            outcome: outcome.clone(),
+        })
+        .collect()
+}
+
+/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7).
+fn metric_policy(level: Level) -> &'static str {
+    match level {
+        Level::DaneOnly | Level::Dane => "dane",
+        Level::Auto => "may",
+        other => other.as_str(),
+    }
+}
+
+fn count_tls_policy_failure(level: Level, reason: &'static str) {
+    metrics::counter!("mxgate_tls_policy_failures_total", "policy" => metric_policy(level), "reason" => reason)
+        .increment(1);
+}
+
+/// Emits the per-attempt log line and the delivery counters.
+struct AttemptLog<'a> {
+    job: &'a DeliveryJob,
+    policy: &'static str,
+    source: &'a str,
+    start: Instant,
+}
+
+impl<'a> AttemptLog<'a> {
+    fn new(job: &'a DeliveryJob, policy: &'static str, source: &'a str, start: Instant) -> Self {
+        AttemptLog {
+            job,
+            policy,
+            source,
+            start,
+        }
+    }
+
+    fn emit(&self, outcomes: &[RecipientOutcome], relay: &str, tls: &TlsFacts, auth: &str) {
+        let tls_label = tls.version.unwrap_or("none");
+        let delay = self.start.elapsed().as_secs_f64();
+        metrics::histogram!("mxgate_delivery_duration_seconds").record(delay);
+        for status in ["sent", "deferred", "bounced"] {
+            let group: Vec<&RecipientOutcome> = outcomes
+                .iter()
+                .filter(|o| status_word(&o.outcome) == status)
+                .collect();
+            let Some(first) = group.first() else { continue };
+            let outcome_label = match status {
+                "sent" => "delivered",
+                other => other,
+            };
+            metrics::counter!("mxgate_deliveries_total",
+                "outcome" => outcome_label, "policy" => self.policy, "tls" => tls_label)
+            .increment(group.len() as u64);
+            let to: Vec<String> = group
+                .iter()
+                .map(|o| {
+                    let address = self
+                        .job
+                        .envelope
+                        .recipients
+                        .get(o.index)
+                        .map(|r| r.address.as_str())
+                        .unwrap_or("?");
+                    format!("<{address}>")
+                })
+                .collect();
+            let reply = match &first.outcome {
+                Outcome::Delivered { reply, .. } => reply.as_str(),
+                Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
+            };
+            tracing::info!(
+                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} status={} reply=\"{}\" delay={:.2}",
+                self.job.id,
+                to.join(","),
+                relay,
+                self.policy,
+                self.source,
+                tls_label,
+                tls.cipher.as_deref().unwrap_or("none"),
+                auth,
+                status,
+                reply.replace('"', "'"),
+                delay,
+            );
+        }
+    }
+}
+
+fn status_word(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered { .. } => "sent",
+        Outcome::Deferred(_) => "deferred",
+        Outcome::Failed(_) => "bounced",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mxgate_config::Level;
+    use mxgate_policy::{MxPlan, PolicySource};
+    use mxgate_queue::QueueId;
+    use mxgate_smtp::{Envelope, Recipient};
+    use std::time::Duration;
+
+    struct OneMx;
+
+    impl Planner for OneMx {
+        async fn plan(&self, domain: &str) -> Result<DeliveryPlan, PlanError> {
+            Ok(DeliveryPlan {
+                domain: domain.to_string(),
+                level: Level::None,
+                source: PolicySource::Config,
+                min_tls_version: TlsVersion::Tls12,
+                on_tls_failure: OnTlsFailure::Defer,
+                mx: vec![MxPlan {
+                    host: "mx.test".into(),
+                    preference: 0,
+                    // Nothing listens on 127.0.0.2:1: refused at once.
+                    addrs: vec!["127.0.0.2".parse().unwrap()],
+                    requirement: Ok(TlsRequirement::Cleartext),
+                }],
+            })
+        }
+        fn client_config(&self, _: &TlsRequirement, _: TlsVersion) -> Arc<ClientConfig> {
+            unreachable!("cleartext needs no TLS configuration")
+        }
+    }
+
+    fn job() -> DeliveryJob {
+        DeliveryJob {
+            id: QueueId("T1".into()),
+            envelope: Arc::new(Envelope {
+                sender: "a@b.test".into(),
+                body: Default::default(),
+                smtputf8: false,
+                ret: None,
+                envid: None,
+                recipients: vec![Recipient {
+                    address: "r@dest.test".into(),
+                    notify: None,
+                    orcpt: None,
+                }],
+            }),
+            domain: "dest.test".into(),
+            recipients: vec![0],
+            message: bytes::Bytes::from_static(b"x\r\n"),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn per_domain_limit_holds_back_a_second_connection() {
+        let settings = DeliveryConfig {
+            smtp_port: 1,
+            max_connections_per_domain: 1,
+            ..DeliveryConfig::default()
+        };
+        let delivery = Delivery::new(settings, Arc::new(OneMx), "relay.test".into());
+        let slot = delivery.domain_semaphore("dest.test");
+        let held = slot.clone().acquire_owned().await.unwrap();
+        let mut attempt = std::pin::pin!(delivery.deliver(job()));
+        // Asserting that nothing happens needs a bound; 200 ms is ample on loopback.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut attempt)
+                .await
+                .is_err()
+        );
+        drop(held);
+        let out = attempt.await;
+        assert!(
+            matches!(&out[0].outcome, Outcome::Deferred(f) if f.status == "4.4.1"),
+            "{out:?}"
+        );
+        // Another domain is not held back by this one.
+        assert_eq!(
+            delivery.domain_semaphore("other.test").available_permits(),
+            1
+        );
+    }
+
+    #[test]
+    fn metric_policy_labels_are_the_contract_set() {
+        for level in Level::ALL {
+            assert!(["none", "may", "encrypt", "verify", "mta-sts", "dane"]
+                .contains(&metric_policy(level)));
+        }
+    }
+}

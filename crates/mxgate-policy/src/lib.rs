@@ -2,10 +2,28 @@
 //! be dialled and what each TLS session must prove.
 //!
 //! Delivery asks [`PolicyEngine::plan`] once per domain and attempt, dials the MX hosts
-//! of the [`DeliveryPlan`] in order, and builds each TLS session from
-//! [`PolicyEngine::client_config`]. This crate does not speak SMTP.
+//! of the [`DeliveryPlan`] in order, builds each TLS session from
+//! [`PolicyEngine::client_config`], and after the handshake asks
+//! [`PolicyEngine::authenticated_by`] what the session proved (log field `auth=`).
+//!
+//! Layout: [`decide`] is the pure decision core (one function, one RFC-cited arm per
+//! case); [`dane`] matches TLSA records and verifies chains; [`tls`] builds rustls
+//! configurations; [`sts`] parses, fetches and stores MTA-STS policies; the engine
+//! (`engine.rs`) gathers the facts through mxgate-dns and calls the core; [`explain`]
+//! is the `mxgate policy DOMAIN --json` report.
+//!
+//! This crate does not speak SMTP, open SMTP connections, or count deliveries.
 
+pub mod dane;
+pub mod decide;
+mod engine;
+pub mod explain;
 mod plan;
+pub mod sts;
+pub mod tls;
 
+pub use dane::{Auth, DaneVerifier};
+pub use engine::{PolicyEngine, PolicyInitError};
+pub use explain::Explanation;
 pub use mxgate_config::{Level, OnTlsFailure, TlsVersion};
-pub use plan::{DeliveryPlan, MxPlan, PlanError, PolicyEngine, PolicySource, TlsRequirement, TlsaRecord};
+pub use plan::{DeliveryPlan, MxPlan, PlanError, PolicySource, TlsRequirement, TlsaRecord};

@@ -1,10 +1,11 @@
-//! The boundary between policy and delivery. (Stub: the policy helper owns this file
-//! and fills in the bodies; the signatures are what delivery codes against.)
+//! The boundary between policy and delivery: [`PolicyEngine::plan`] gathers the DNS
+//! and MTA-STS facts of a destination, hands them to [`crate::decide::decide`], and
+//! returns a [`DeliveryPlan`]; [`PolicyEngine::client_config`] gives the rustls
+//! configuration for each requirement. This file does no TLS and no SMTP itself.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use mxgate_config::{Config, Level, OnTlsFailure, TlsVersion};
+use mxgate_config::{Level, OnTlsFailure, TlsVersion};
 
 /// Where the level applied to a destination came from (log field `source=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,7 +37,7 @@ pub struct TlsaRecord {
 }
 
 /// What one connection to one MX host must achieve.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TlsRequirement {
     /// Level `none`: never STARTTLS.
     Cleartext,
@@ -59,7 +60,10 @@ pub enum TlsRequirement {
 impl TlsRequirement {
     /// Whether a session without TLS is acceptable.
     pub fn allows_cleartext(&self) -> bool {
-        matches!(self, TlsRequirement::Cleartext | TlsRequirement::Opportunistic)
+        matches!(
+            self,
+            TlsRequirement::Cleartext | TlsRequirement::Opportunistic
+        )
     }
 }
 
@@ -106,25 +110,5 @@ pub enum PlanError {
 impl PlanError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, PlanError::NullMx(_) | PlanError::NoSuchDomain { .. })
-    }
-}
-
-/// Decides the [`DeliveryPlan`] of each destination.
-pub struct PolicyEngine {
-    _config: Arc<Config>,
-}
-
-impl PolicyEngine {
-    pub async fn plan(&self, _domain: &str) -> Result<DeliveryPlan, PlanError> {
-        unimplemented!("filled in by the policy work")
-    }
-
-    /// The rustls configuration for one TLS session to `mx_host` under `requirement`.
-    pub fn client_config(
-        &self,
-        _requirement: &TlsRequirement,
-        _min_tls_version: TlsVersion,
-    ) -> Arc<rustls::ClientConfig> {
-        unimplemented!("filled in by the policy work")
     }
 }

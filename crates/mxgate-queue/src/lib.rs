@@ -1,11 +1,33 @@
 //! Durable spool, scheduling, retry, expiry and DSN generation (contract §5).
 //!
 //! The listener hands a message over through [`MessageStore::store`]; it returns only
-//! once message and envelope are on stable storage. The scheduler hands due work to a
-//! [`Transport`] (implemented by `mxgate-delivery`) and records each recipient's
-//! [`Outcome`]. This crate never opens an SMTP connection itself and never decides
-//! TLS policy.
+//! once message and envelope are on stable storage (file fsync, rename, directory
+//! fsync shared by all stores waiting at that moment). The scheduler
+//! ([`Queue::run`]) hands due work to a [`Transport`] (implemented by
+//! `mxgate-delivery`), records each recipient's [`Outcome`] durably, retries deferred
+//! recipients along `queue.retry_intervals`, bounces after `queue.max_age`, and queues
+//! an RFC 3464 DSN to the sender for bounced recipients that asked for one.
+//!
+//! Operators and tests use [`Queue::list`], [`Queue::show`], [`Queue::flush`],
+//! [`Queue::delete`], [`Queue::bounce`], and wait with [`Queue::subscribe`],
+//! [`Queue::wait_final`], [`Queue::wait_empty`].
+//!
+//! This crate never opens an SMTP connection itself and never decides TLS policy; it
+//! does not serve the control socket (the binary does, calling these methods).
 
+pub mod dsn;
+mod queue;
+mod recover;
+mod schedule;
+mod scheduler;
+mod spool;
 pub mod transport;
 
-pub use transport::{DeliveryFailure, DeliveryJob, MessageStore, Outcome, QueueId, RecipientOutcome, StoreError, Transport};
+pub use queue::{
+    FinalEvent, MessageSummary, Queue, QueueCounts, QueueError, QueueSettings, RecipientSummary,
+};
+pub use spool::{BounceReason, RecipientStatus};
+pub use transport::{
+    DeliveryFailure, DeliveryJob, MessageStore, Outcome, QueueId, RecipientOutcome, StoreError,
+    Transport,
+};

@@ -43,6 +43,17 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<QueueId, StoreError>> + Send;
 }
 
+/// A shared store is a store (`Arc<Queue>` is what the binary hands the listener).
+impl<S: MessageStore> MessageStore for Arc<S> {
+    fn store(
+        &self,
+        envelope: Envelope,
+        message: Bytes,
+    ) -> impl Future<Output = Result<QueueId, StoreError>> + Send {
+        (**self).store(envelope, message)
+    }
+}
+
 /// One delivery attempt for the recipients of one message in one domain.
 #[derive(Debug, Clone)]
 pub struct DeliveryJob {

@@ -1,1 +1,26 @@
-fn main() {}
+//! `mxgate`: the command line (contract §4).
+//!
+//! `run` wires the crates together (listener → queue → delivery, with the policy
+//! engine beside delivery), installs the metrics endpoint, handles signals and tells
+//! systemd when it is ready. The other commands are clients: they read the
+//! configuration, ask DNS / the control socket, print and exit.
+
+mod cli;
+mod logging;
+mod metrics_setup;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mxgate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! A thin async SMTP client connection: write commands, read parsed replies with a
+//! timeout. The read buffer is visible so the STARTTLS step can see bytes the server
+//! sent ahead of the handshake, and [`Conn::into_stream`] drops it, so nothing received
+//! in cleartext can leak into the TLS session (RFC 3207 §4.2).
+//!
+//! This module makes no decisions; see `decide` and `session`.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mxgate_smtp::reply::{parse_reply, Reply, ReplyError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why the conversation with the server broke down.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed by server")]
+    Closed,
+    #[error("{0}")]
+    Malformed(#[from] ReplyError),
+}
+
+pub struct Conn<S> {
+    stream: S,
+    buf: BytesMut,
+    timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S, timeout: Duration) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            timeout,
+        }
+    }
+
+    /// Writes `bytes` and flushes, within the command timeout.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
+            .await
+            .map_err(|_| ConnError::Timeout(self.timeout))??;
+        Ok(())
+    }
+
+    /// Reads one complete reply within the command timeout.
+    pub async fn reply(&mut self) -> Result<Reply, ConnError> {
+        let timeout = self.timeout;
+        self.reply_within(timeout).await
+    }
+
+    /// Reads one complete reply within `timeout`.
+    pub async fn reply_within(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
+        let read = async {
+            loop {
+                if let Some(reply) = parse_reply(&mut self.buf)? {
+                    return Ok(reply);
+                }
+                let n = self.stream.read_buf(&mut self.buf).await?;
+                if n == 0 {
+                    return Err(ConnError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| ConnError::Timeout(timeout))?
+    }
+
+    /// Whether the server sent bytes we have not consumed yet.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Gives up the connection for a TLS upgrade, discarding the read buffer.
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
+    /// `QUIT`, best effort: errors are irrelevant once the outcome is known.
+    pub async fn quit(&mut self) {
+        if self.send(mxgate_smtp::client::QUIT).await.is_ok() {
+            let _ = self
+                .reply_within(Duration::from_secs(5).min(self.timeout))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Pure decisions of the SMTP client: what to do about STARTTLS for a requirement, what
+//! a reply means for a recipient, which status code a failure gets, and dot-stuffing.
+//!
+//! Nothing here does I/O; the async driver in `session` asks these functions and acts.
+//! This module does not choose the TLS level (that is `mxgate-policy`).
+
+use mxgate_policy::TlsRequirement;
+use mxgate_queue::DeliveryFailure;
+use mxgate_smtp::reply::Reply;
+
+/// What to do after EHLO, given the requirement and whether STARTTLS was advertised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartTlsStep {
+    /// Go on in cleartext.
+    Skip,
+    /// Send STARTTLS; a refusal or failed handshake may fall back to cleartext.
+    TryOpportunistic,
+    /// Send STARTTLS; anything short of an authenticated session is a policy failure.
+    Require,
+    /// TLS is required but the server does not offer it.
+    NotOffered,
+}
+
+/// The STARTTLS decision table (contract §2).
+pub fn starttls_step(
+    requirement: &TlsRequirement,
+    offered: bool,
+    retry_cleartext: bool,
+) -> StartTlsStep {
+    match (requirement, offered) {
+        // Level `none`: never STARTTLS.
+        (TlsRequirement::Cleartext, _) => StartTlsStep::Skip,
+        // The retry after a failed opportunistic handshake is cleartext by design.
+        (TlsRequirement::Opportunistic, _) if retry_cleartext => StartTlsStep::Skip,
+        (TlsRequirement::Opportunistic, true) => StartTlsStep::TryOpportunistic,
+        (TlsRequirement::Opportunistic, false) => StartTlsStep::Skip,
+        // RFC 3207 §4: "If the client receives the 454 response, the client must decide
+        // whether or not to continue the SMTP session" — at required levels it must not.
+        (
+            TlsRequirement::Encrypt | TlsRequirement::Pkix { .. } | TlsRequirement::Dane { .. },
+            true,
+        ) => StartTlsStep::Require,
+        (
+            TlsRequirement::Encrypt | TlsRequirement::Pkix { .. } | TlsRequirement::Dane { .. },
+            false,
+        ) => StartTlsStep::NotOffered,
+    }
+}
+
+/// The `auth=` log/metric label of an authenticated session under `requirement`.
+///
+/// For DANE the verifier does not report which record matched; we label `dane-ee` when
+/// any usable record is DANE-EE(3), else `dane-ta`.
+pub fn auth_label(requirement: &TlsRequirement) -> &'static str {
+    match requirement {
+        TlsRequirement::Cleartext | TlsRequirement::Opportunistic | TlsRequirement::Encrypt => {
+            "none"
+        }
+        TlsRequirement::Pkix { .. } => "pkix",
+        TlsRequirement::Dane { tlsa, .. } if tlsa.iter().any(|r| r.usage == 3) => "dane-ee",
+        TlsRequirement::Dane { .. } => "dane-ta",
+    }
+}
+
+/// The enhanced status code of a reply: its own when it has one (RFC 3463), else the
+/// generic `X.0.0` of its class.
+pub fn status_of(reply: &Reply) -> String {
+    reply
+        .enhanced_string()
+        .unwrap_or_else(|| format!("{}.0.0", reply.code / 100))
+}
+
+/// A failure carrying the server's reply (`smtp;` diagnostic in a DSN).
+pub fn remote_failure(reply: &Reply, mx_host: &str) -> DeliveryFailure {
+    DeliveryFailure {
+        status: status_of(reply),
+        remote_mta: Some(mx_host.to_string()),
+        diagnostic: reply.to_string(),
+        remote: true,
+    }
+}
+
+/// A failure with a local reason (`x-mxgate;` diagnostic in a DSN).
+pub fn local_failure(
+    status: &str,
+    remote_mta: Option<&str>,
+    diagnostic: impl Into<String>,
+) -> DeliveryFailure {
+    DeliveryFailure {
+        status: status.to_string(),
+        remote_mta: remote_mta.map(str::to_string),
+        diagnostic: diagnostic.into(),
+        remote: false,
+    }
+}
+
+/// Status codes for local reasons (RFC 3463, RFC 7505, RFC 6531).
+pub mod status {
+    /// X.1.10 null MX (RFC 7505 §4.2).
+    pub const NULL_MX: &str = "5.1.10";
+    /// X.1.2 bad destination system address (domain does not exist).
+    pub const NO_SUCH_DOMAIN: &str = "5.1.2";
+    /// X.4.3 directory (DNS) server failure.
+    pub const DNS_TEMPORARY: &str = "4.4.3";
+    /// X.4.1 no answer from host.
+    pub const NO_ANSWER: &str = "4.4.1";
+    /// X.4.2 bad connection (lost, timed out, garbled).
+    pub const BAD_CONNECTION: &str = "4.4.2";
+    /// X.6.7 non-ASCII addresses not permitted for that recipient (RFC 6531 §3.5).
+    pub const SMTPUTF8_REQUIRED: &str = "5.6.7";
+    /// X.3.4 message too big for system (RFC 1870).
+    pub const TOO_BIG: &str = "5.3.4";
+    /// X.1.3 bad destination mailbox address syntax.
+    pub const BAD_ADDRESS: &str = "5.1.3";
+    /// X.1.7 bad sender's mailbox address syntax.
+    pub const BAD_SENDER: &str = "5.1.7";
+}
+
+/// Why a required TLS level was not met on one MX, with its metric label.
+///
+/// Status codes (RFC 3463 §3.8): a server that does not offer or refuses STARTTLS is
+/// X.7.4 "Security features not supported"; a failed handshake, a certificate that does
+/// not verify (PKIX or DANE) or a protocol violation around STARTTLS is X.7.5
+/// "Cryptographic failure"; an MX excluded by policy (MTA-STS, TLSA lookup failure) is
+/// X.7.5 as well. Class 4 when deferring, 5 with `on_tls_failure = "bounce"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicyFailure {
+    /// `starttls_not_offered`, `starttls_refused`, `response_injection`,
+    /// `handshake_failed`, `certificate_invalid`, `policy_excluded`, `bad_name`.
+    pub reason: &'static str,
+    /// `encrypt: STARTTLS not offered by mx1.example.com`
+    pub message: String,
+}
+
+impl TlsPolicyFailure {
+    /// The RFC 3463 subject/detail part (`7.4` or `7.5`).
+    pub fn subject_detail(&self) -> &'static str {
+        match self.reason {
+            "starttls_not_offered" | "starttls_refused" => "7.4",
+            _ => "7.5",
+        }
+    }
+}
+
+/// Dot-stuffs `message` for DATA and appends the terminating `.CRLF` (RFC 5321 §4.5.2:
+/// "Before sending a line of mail text, the SMTP client checks the first character of
+/// the line. If it is a period, one additional period is inserted at the beginning of
+/// the line."). A message not ending in CRLF gets one so the terminator stands alone.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// What a sequence of replies in one transaction means for each recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    /// Accepted by RCPT; waits for the DATA result.
+    Accepted,
+    Deferred(DeliveryFailure),
+    Failed(DeliveryFailure),
+}
+
+/// Reads a RCPT reply (RFC 5321 §4.2.1: 2yz positive, 4yz transient, 5yz permanent).
+/// Anything else (a 3yz) is a protocol error treated as transient.
+pub fn rcpt_verdict(reply: &Reply, mx_host: &str) -> RcptVerdict {
+    if reply.is_positive() {
+        RcptVerdict::Accepted
+    } else if reply.is_permanent() {
+        RcptVerdict::Failed(remote_failure(reply, mx_host))
+    } else {
+        let mut f = remote_failure(reply, mx_host);
+        if !f.status.starts_with('4') {
+            f.status = "4.5.0".to_string();
+        }
+        RcptVerdict::Deferred(f)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mxgate_policy::TlsaRecord;
+
+    fn reply(code: u16, text: &str) -> Reply {
+        let mut buf = bytes::BytesMut::from(format!("{code} {text}\r\n").as_str());
+        mxgate_smtp::reply::parse_reply(&mut buf).unwrap().unwrap()
+    }
+
+    #[test]
+    fn starttls_table() {
+        let dane = TlsRequirement::Dane {
+            tlsa: vec![],
+            names: vec![],
+        };
+        let pkix = TlsRequirement::Pkix { names: vec![] };
+        use StartTlsStep::*;
+        let rows: &[(&TlsRequirement, bool, bool, StartTlsStep)] = &[
+            (&TlsRequirement::Cleartext, true, false, Skip),
+            (&TlsRequirement::Cleartext, false, false, Skip),
+            (
+                &TlsRequirement::Opportunistic,
+                true,
+                false,
+                TryOpportunistic,
+            ),
+            (&TlsRequirement::Opportunistic, false, false, Skip),
+            (&TlsRequirement::Opportunistic, true, true, Skip),
+            (&TlsRequirement::Encrypt, true, false, Require),
+            (&TlsRequirement::Encrypt, false, false, NotOffered),
+            (&TlsRequirement::Encrypt, true, true, Require),
+            (&pkix, true, false, Require),
+            (&pkix, false, false, NotOffered),
+            (&dane, true, false, Require),
+            (&dane, false, true, NotOffered),
+        ];
+        for (req, offered, retry, want) in rows {
+            assert_eq!(
+                &starttls_step(req, *offered, *retry),
+                want,
+                "{req:?} offered={offered} retry={retry}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_labels() {
+        let rec = |usage| TlsaRecord {
+            usage,
+            selector: 1,
+            matching: 1,
+            data: vec![],
+        };
+        let dane = |recs| TlsRequirement::Dane {
+            tlsa: recs,
+            names: vec![],
+        };
+        assert_eq!(auth_label(&TlsRequirement::Encrypt), "none");
+        assert_eq!(auth_label(&TlsRequirement::Pkix { names: vec![] }), "pkix");
+        assert_eq!(auth_label(&dane(vec![rec(3)])), "dane-ee");
+        assert_eq!(auth_label(&dane(vec![rec(2)])), "dane-ta");
+        assert_eq!(auth_label(&dane(vec![rec(2), rec(3)])), "dane-ee");
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        let rows: &[(&[u8], &[u8])] = &[
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b".a\r\n", b"..a\r\n.\r\n"),
+            (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"a\r\n..b\r\n", b"a\r\n...b\r\n.\r\n"),
+            (b"no newline", b"no newline\r\n.\r\n"),
+            (b"", b".\r\n"),
+            (b"x.y\r\n", b"x.y\r\n.\r\n"),
+        ];
+        for (input, want) in rows {
+            assert_eq!(
+                dot_stuff(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn rcpt_verdicts() {
+        assert_eq!(
+            rcpt_verdict(&reply(250, "2.1.5 ok"), "mx"),
+            RcptVerdict::Accepted
+        );
+        let RcptVerdict::Failed(f) = rcpt_verdict(&reply(550, "5.1.1 no such user"), "mx") else {
+            panic!("550 must fail")
+        };
+        assert_eq!(f.status, "5.1.1");
+        assert_eq!(f.diagnostic, "550 5.1.1 no such user");
+        assert!(f.remote);
+        let RcptVerdict::Deferred(f) = rcpt_verdict(&reply(451, "try later"), "mx") else {
+            panic!("451 must defer")
+        };
+        assert_eq!(f.status, "4.0.0");
+        let RcptVerdict::Deferred(f) = rcpt_verdict(&reply(354, "what"), "mx") else {
+            panic!("3xx must defer")
+        };
+        assert_eq!(f.status, "4.5.0");
+    }
+
+    #[test]
+    fn tls_failure_codes() {
+        let f = |reason| TlsPolicyFailure {
+            reason,
+            message: String::new(),
+        };
+        assert_eq!(f("starttls_not_offered").subject_detail(), "7.4");
+        assert_eq!(f("certificate_invalid").subject_detail(), "7.5");
+    }
+}

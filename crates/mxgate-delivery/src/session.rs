@@ -1,0 +1,566 @@
+//! One SMTP client session to one address of one MX (RFC 5321, RFC 3207): greeting,
+//! EHLO, STARTTLS as the [`TlsRequirement`] demands, then one transaction for the
+//! recipients of a job.
+//!
+//! The decisions live in `decide` (pure, table-tested); this module only sequences I/O.
+//! It does not pick MX hosts, addresses or levels, log, or count metrics (the caller in
+//! `lib.rs` does, from the returned facts).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxgate_policy::TlsRequirement;
+use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome};
+use mxgate_smtp::client::{self, ClientCommandError};
+use mxgate_smtp::{Capabilities, Recipient, Reply};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::conn::{Conn, ConnError};
+use crate::decide::{
+    dot_stuff, local_failure, rcpt_verdict, remote_failure, starttls_step, status, RcptVerdict,
+    StartTlsStep, TlsPolicyFailure,
+};
+
+/// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
+const DATA_TERMINATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Everything one session needs to know.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    /// The MX host name: SNI, reasons, `relay=`.
+    pub mx_host: String,
+    pub addr: SocketAddr,
+    pub requirement: TlsRequirement,
+    /// The rustls configuration (verifier) for STARTTLS; `None` only for `Cleartext`.
+    pub tls_config: Option<Arc<ClientConfig>>,
+    /// The level word used in reasons (`encrypt`, `verify`, `mta-sts`, `dane`).
+    pub policy_label: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+impl SessionParams {
+    /// `host[addr]:port`, as Postfix logs it.
+    pub fn relay(&self) -> String {
+        format!("{}[{}]:{}", self.mx_host, self.addr.ip(), self.addr.port())
+    }
+
+    /// SNI (contract §2): the MX host name; for DANE, the TLSA base domain, which the
+    /// plan puts first in `names`.
+    fn sni(&self) -> String {
+        match &self.requirement {
+            TlsRequirement::Dane { names, .. } => names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.mx_host.clone()),
+            _ => self.mx_host.clone(),
+        }
+    }
+}
+
+/// The TLS facts of a session, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// `TLSv1.2` / `TLSv1.3`; `None` = cleartext.
+    pub version: Option<&'static str>,
+    pub cipher: Option<String>,
+}
+
+/// A session that reached a transaction: an outcome for every recipient.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    pub relay: String,
+    pub tls: TlsFacts,
+    pub outcomes: Vec<RecipientOutcome>,
+}
+
+/// A session that decided nothing about the recipients.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// Connect, greeting, EHLO or the conversation failed: try the next address / MX.
+    #[error("{relay}: {}", failure.diagnostic)]
+    Unreachable {
+        relay: String,
+        failure: DeliveryFailure,
+    },
+    /// The required TLS level was not met on this MX.
+    #[error("{relay}: {}", failure.message)]
+    TlsPolicy {
+        relay: String,
+        failure: TlsPolicyFailure,
+    },
+}
+
+/// Internal: a `may` handshake failure that calls for a cleartext retry.
+enum Attempt {
+    Done(Result<SessionReport, SessionError>),
+    RetryCleartext(String),
+}
+
+/// Delivers `recipients` (indices into `job.envelope.recipients`) over one session to
+/// `params.addr`. At `may`, a failed TLS handshake is retried once in cleartext on a new
+/// connection (contract §2).
+pub async fn deliver_to_address(
+    params: &SessionParams,
+    job: &DeliveryJob,
+    recipients: &[usize],
+) -> Result<SessionReport, SessionError> {
+    match attempt(params, job, recipients, false).await {
+        Attempt::Done(result) => result,
+        Attempt::RetryCleartext(detail) => {
+            tracing::info!(id = %job.id, relay = %params.relay(), "TLS handshake failed ({detail}); retrying in cleartext");
+            match attempt(params, job, recipients, true).await {
+                Attempt::Done(result) => result,
+                // Unreachable: a cleartext retry never tries STARTTLS.
+                Attempt::RetryCleartext(detail) => {
+                    Err(unreachable(params, status::BAD_CONNECTION, detail))
+                }
+            }
+        }
+    }
+}
+
+fn unreachable(
+    params: &SessionParams,
+    status: &str,
+    detail: impl std::fmt::Display,
+) -> SessionError {
+    SessionError::Unreachable {
+        relay: params.relay(),
+        failure: local_failure(
+            status,
+            Some(&params.mx_host),
+            format!("{}: {detail}", params.relay()),
+        ),
+    }
+}
+
+fn lost(params: &SessionParams, e: ConnError) -> SessionError {
+    unreachable(
+        params,
+        status::BAD_CONNECTION,
+        format!("lost connection: {e}"),
+    )
+}
+
+fn policy_failure(params: &SessionParams, reason: &'static str, what: String) -> SessionError {
+    SessionError::TlsPolicy {
+        relay: params.relay(),
+        failure: TlsPolicyFailure {
+            reason,
+            message: format!("{}: {what}", params.policy_label),
+        },
+    }
+}
+
+async fn attempt(
+    params: &SessionParams,
+    job: &DeliveryJob,
+    recipients: &[usize],
+    retry_cleartext: bool,
+) -> Attempt {
+    let connect =
+        tokio::time::timeout(params.connect_timeout, TcpStream::connect(params.addr)).await;
+    let stream = match connect {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Attempt::Done(Err(unreachable(
+                params,
+                status::NO_ANSWER,
+                format!("connect failed: {e}"),
+            )))
+        }
+        Err(_) => {
+            return Attempt::Done(Err(unreachable(
+                params,
+                status::NO_ANSWER,
+                "connect timed out",
+            )))
+        }
+    };
+    let mut conn = Conn::new(stream, params.command_timeout);
+    let greeting = match conn.reply().await {
+        Ok(r) => r,
+        Err(e) => return Attempt::Done(Err(lost(params, e))),
+    };
+    // RFC 5321 §3.1: a 554 greeting means no service; try elsewhere. A greeting never
+    // bounces (it comes before TLS at every level), so it is made transient here.
+    if !greeting.is_positive() {
+        conn.quit().await;
+        let mut failure = remote_failure(&greeting, &params.mx_host);
+        failure.status = format!("4{}", failure.status.get(1..).unwrap_or(".0.0"));
+        return Attempt::Done(Err(SessionError::Unreachable {
+            relay: params.relay(),
+            failure,
+        }));
+    }
+    let caps = match ehlo(&mut conn, params).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Done(Err(e)),
+    };
+    let step = starttls_step(&params.requirement, caps.starttls, retry_cleartext);
+    let opportunistic = match step {
+        StartTlsStep::Skip => {
+            return Attempt::Done(
+                transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
+            )
+        }
+        StartTlsStep::NotOffered => {
+            conn.quit().await;
+            let what = format!("STARTTLS not offered by {}", params.mx_host);
+            return Attempt::Done(Err(policy_failure(params, "starttls_not_offered", what)));
+        }
+        StartTlsStep::TryOpportunistic => true,
+        StartTlsStep::Require => false,
+    };
+    if let Err(e) = conn.send(client::STARTTLS).await {
+        return Attempt::Done(Err(lost(params, e)));
+    }
+    let answer = match conn.reply().await {
+        Ok(r) => r,
+        Err(e) if opportunistic => return Attempt::RetryCleartext(e.to_string()),
+        Err(e) => return Attempt::Done(Err(lost(params, e))),
+    };
+    // RFC 3207 §4: "220 Ready to start TLS"; anything else means no TLS on this
+    // connection. At `may` we go on in cleartext; at required levels it is a policy
+    // failure (never a bounce, even for a 5xx: contract §2).
+    if answer.code != 220 {
+        if opportunistic {
+            return Attempt::Done(
+                transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
+            );
+        }
+        conn.quit().await;
+        let what = format!("STARTTLS refused by {}: {answer}", params.mx_host);
+        return Attempt::Done(Err(policy_failure(params, "starttls_refused", what)));
+    }
+    // RFC 3207 §4.2: "The client MUST discard any knowledge obtained from the server,
+    // such as the list of SMTP service extensions, which was not obtained from the TLS
+    // negotiation itself." Bytes already sent after the 220 are a response injection
+    // attempt (CVE-2011-0411 class): a protocol error.
+    if conn.has_buffered_input() {
+        if opportunistic {
+            return Attempt::RetryCleartext("server sent data after 220 Ready to start TLS".into());
+        }
+        let what = format!(
+            "{} sent data after 220 Ready to start TLS (response injection)",
+            params.mx_host
+        );
+        return Attempt::Done(Err(policy_failure(params, "response_injection", what)));
+    }
+    let stream = conn.into_stream();
+    let Some(config) = params.tls_config.clone() else {
+        return match opportunistic {
+            true => Attempt::RetryCleartext("no TLS configuration".into()),
+            false => Attempt::Done(Err(policy_failure(
+                params,
+                "handshake_failed",
+                "no TLS configuration".into(),
+            ))),
+        };
+    };
+    let sni = match ServerName::try_from(params.sni()) {
+        Ok(n) => n,
+        Err(_) if opportunistic => {
+            return Attempt::RetryCleartext(format!("invalid SNI {}", params.sni()))
+        }
+        Err(_) => {
+            let what = format!("{} is not a valid TLS server name", params.sni());
+            return Attempt::Done(Err(policy_failure(params, "bad_name", what)));
+        }
+    };
+    let handshake = tokio::time::timeout(
+        params.command_timeout,
+        TlsConnector::from(config).connect(sni, stream),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            if opportunistic {
+                return Attempt::RetryCleartext(e.to_string());
+            }
+            return Attempt::Done(Err(handshake_failure(params, &e)));
+        }
+        Err(_) if opportunistic => {
+            return Attempt::RetryCleartext("TLS handshake timed out".into())
+        }
+        Err(_) => {
+            let what = format!("TLS handshake with {} timed out", params.mx_host);
+            return Attempt::Done(Err(policy_failure(params, "handshake_failed", what)));
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let facts = TlsFacts {
+        version: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        },
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite())),
+    };
+    let mut conn = Conn::new(tls, params.command_timeout);
+    // RFC 3207 §4.2: the client SHOULD send an EHLO command as the first command after
+    // a successful TLS negotiation.
+    let caps = match ehlo(&mut conn, params).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Done(Err(e)),
+    };
+    Attempt::Done(transaction(conn, params, job, recipients, &caps, facts).await)
+}
+
+/// Maps a handshake error to a policy reason: certificate problems name the certificate.
+fn handshake_failure(params: &SessionParams, e: &std::io::Error) -> SessionError {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(cert_error)) => {
+            let detail = match cert_error {
+                rustls::CertificateError::UnknownIssuer => "unknown issuer".to_string(),
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. } => "expired".to_string(),
+                rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. } => {
+                    "not yet valid".to_string()
+                }
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    "name mismatch".to_string()
+                }
+                rustls::CertificateError::BadSignature => "bad signature".to_string(),
+                other => format!("{other:?}"),
+            };
+            let what = format!("certificate for {} not valid: {detail}", params.mx_host);
+            policy_failure(params, "certificate_invalid", what)
+        }
+        Some(other) => policy_failure(
+            params,
+            "handshake_failed",
+            format!("TLS handshake with {} failed: {other}", params.mx_host),
+        ),
+        None => policy_failure(
+            params,
+            "handshake_failed",
+            format!("TLS handshake with {} failed: {e}", params.mx_host),
+        ),
+    }
+}
+
+/// EHLO, with the HELO fallback of RFC 5321 §3.2 only where cleartext is acceptable
+/// (a HELO session cannot do STARTTLS).
+async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    params: &SessionParams,
+) -> Result<Capabilities, SessionError> {
+    conn.send(&client::ehlo(&params.helo_name))
+        .await
+        .map_err(|e| lost(params, e))?;
+    let reply = conn.reply().await.map_err(|e| lost(params, e))?;
+    if reply.is_positive() {
+        return Ok(Capabilities::from_ehlo(&reply));
+    }
+    if !params.requirement.allows_cleartext() {
+        conn.quit().await;
+        return Err(unreachable(
+            params,
+            status::BAD_CONNECTION,
+            format!("EHLO rejected: {reply}"),
+        ));
+    }
+    conn.send(&client::helo(&params.helo_name))
+        .await
+        .map_err(|e| lost(params, e))?;
+    let reply = conn.reply().await.map_err(|e| lost(params, e))?;
+    if reply.is_positive() {
+        Ok(Capabilities::default())
+    } else {
+        conn.quit().await;
+        Err(unreachable(
+            params,
+            status::BAD_CONNECTION,
+            format!("HELO rejected: {reply}"),
+        ))
+    }
+}
+
+/// What a MAIL/DATA/final reply means for every accepted recipient.
+fn verdict_for_all(reply: &Reply, mx_host: &str) -> Outcome {
+    match rcpt_verdict(reply, mx_host) {
+        RcptVerdict::Failed(f) => Outcome::Failed(f),
+        RcptVerdict::Deferred(f) => Outcome::Deferred(f),
+        // A 2xx where a 354 was expected: protocol confusion, transient.
+        RcptVerdict::Accepted => Outcome::Deferred(local_failure(
+            "4.5.0",
+            Some(mx_host),
+            format!("unexpected reply {reply} from {mx_host}"),
+        )),
+    }
+}
+
+/// MAIL, RCPT, DATA, body, QUIT (RFC 5321 §3.3), pipelined when offered (RFC 2920).
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    params: &SessionParams,
+    job: &DeliveryJob,
+    recipients: &[usize],
+    caps: &Capabilities,
+    tls: TlsFacts,
+) -> Result<SessionReport, SessionError> {
+    let relay = params.relay();
+    let mx = params.mx_host.as_str();
+    let report = |outcomes| SessionReport {
+        relay: relay.clone(),
+        tls: tls.clone(),
+        outcomes,
+    };
+    let mut outcomes: Vec<RecipientOutcome> = Vec::with_capacity(recipients.len());
+    // Recipients we can name on the wire, with their RCPT command.
+    let mut sendable: Vec<(usize, Vec<u8>)> = Vec::new();
+    for &index in recipients {
+        let Some(rcpt) = job.envelope.recipients.get(index) else {
+            outcomes.push(RecipientOutcome {
+                index,
+                outcome: Outcome::Failed(local_failure(
+                    status::BAD_ADDRESS,
+                    None,
+                    "no such recipient in the envelope",
+                )),
+            });
+            continue;
+        };
+        match client::rcpt_to(rcpt, caps) {
+            Ok(cmd) => sendable.push((index, cmd)),
+            Err(e) => outcomes.push(RecipientOutcome {
+                index,
+                outcome: Outcome::Failed(local_failure(
+                    status::BAD_ADDRESS,
+                    Some(mx),
+                    e.to_string(),
+                )),
+            }),
+        }
+    }
+    let rcpt_refs: Vec<&Recipient> = sendable
+        .iter()
+        .filter_map(|(i, _)| job.envelope.recipients.get(*i))
+        .collect();
+    let mail = match client::mail_from(
+        &job.envelope,
+        &rcpt_refs,
+        caps,
+        Some(job.message.len() as u64),
+    ) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            let code = match e {
+                ClientCommandError::SmtpUtf8Required(_) => status::SMTPUTF8_REQUIRED,
+                ClientCommandError::TooBig { .. } => status::TOO_BIG,
+                ClientCommandError::InvalidAddress(_) => status::BAD_SENDER,
+            };
+            let failure = local_failure(code, Some(mx), format!("{mx}: {e}"));
+            outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
+                index: *index,
+                outcome: Outcome::Failed(failure.clone()),
+            }));
+            conn.quit().await;
+            return Ok(report(outcomes));
+        }
+    };
+    if sendable.is_empty() {
+        conn.quit().await;
+        return Ok(report(outcomes));
+    }
+
+    // MAIL and RCPT replies, pipelined or in lock-step.
+    let mut rcpt_replies: Vec<Reply> = Vec::with_capacity(sendable.len());
+    let mail_reply;
+    if caps.pipelining {
+        // RFC 2920 §3.1: "the client SMTP may send ... MAIL FROM, RCPT TO ... without
+        // waiting for a response", and must then read every reply, in order.
+        let mut batch = mail.clone();
+        for (_, cmd) in &sendable {
+            batch.extend_from_slice(cmd);
+        }
+        conn.send(&batch).await.map_err(|e| lost(params, e))?;
+        mail_reply = conn.reply().await.map_err(|e| lost(params, e))?;
+        for _ in &sendable {
+            rcpt_replies.push(conn.reply().await.map_err(|e| lost(params, e))?);
+        }
+    } else {
+        conn.send(&mail).await.map_err(|e| lost(params, e))?;
+        mail_reply = conn.reply().await.map_err(|e| lost(params, e))?;
+        if mail_reply.is_positive() {
+            for (_, cmd) in &sendable {
+                conn.send(cmd).await.map_err(|e| lost(params, e))?;
+                rcpt_replies.push(conn.reply().await.map_err(|e| lost(params, e))?);
+            }
+        }
+    }
+    if !mail_reply.is_positive() {
+        let outcome = verdict_for_all(&mail_reply, mx);
+        outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
+            index: *index,
+            outcome: outcome.clone(),
+        }));
+        conn.quit().await;
+        return Ok(report(outcomes));
+    }
+    let mut accepted: Vec<usize> = Vec::new();
+    for ((index, _), reply) in sendable.iter().zip(&rcpt_replies) {
+        match rcpt_verdict(reply, mx) {
+            RcptVerdict::Accepted => accepted.push(*index),
+            RcptVerdict::Deferred(f) => outcomes.push(RecipientOutcome {
+                index: *index,
+                outcome: Outcome::Deferred(f),
+            }),
+            RcptVerdict::Failed(f) => outcomes.push(RecipientOutcome {
+                index: *index,
+                outcome: Outcome::Failed(f),
+            }),
+        }
+    }
+    // RFC 5321 §3.3: "If there are no valid recipients ... the client SHOULD NOT send
+    // DATA"; end the session instead.
+    if accepted.is_empty() {
+        conn.quit().await;
+        return Ok(report(outcomes));
+    }
+    conn.send(client::DATA).await.map_err(|e| lost(params, e))?;
+    let data_reply = conn.reply().await.map_err(|e| lost(params, e))?;
+    let outcome = if data_reply.code == 354 {
+        conn.send(&dot_stuff(&job.message))
+            .await
+            .map_err(|e| lost(params, e))?;
+        let timeout = params.command_timeout.max(DATA_TERMINATION_TIMEOUT);
+        let final_reply = conn
+            .reply_within(timeout)
+            .await
+            .map_err(|e| lost(params, e))?;
+        if final_reply.is_positive() {
+            Outcome::Delivered {
+                relay: relay.clone(),
+                reply: final_reply.to_string(),
+            }
+        } else {
+            verdict_for_all(&final_reply, mx)
+        }
+    } else {
+        verdict_for_all(&data_reply, mx)
+    };
+    outcomes.extend(accepted.iter().map(|index| RecipientOutcome {
+        index: *index,
+        outcome: outcome.clone(),
+    }));
+    conn.quit().await;
+    Ok(report(outcomes))
+}

@@ -1,0 +1,205 @@
+//! `Transport::deliver` through the plan loop, with a fixed planner and real receivers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use mxgate_config::{DeliveryConfig, Level, OnTlsFailure};
+use mxgate_delivery::Delivery;
+use mxgate_policy::{PlanError, TlsRequirement};
+use mxgate_queue::{Outcome, Transport};
+use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
+
+fn delivery(port: u16, planner: FixedPlanner) -> Delivery<FixedPlanner> {
+    let settings = DeliveryConfig {
+        smtp_port: port,
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+        ..DeliveryConfig::default()
+    };
+    Delivery::new(settings, Arc::new(planner), "relay.test".into())
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn refused_first_address_then_second_address_delivers() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    // Nothing listens on 127.0.0.2 at the receiver's port: connection refused.
+    let p = plan(
+        Level::May,
+        vec![(
+            "mx.dest.test",
+            vec![ip("127.0.0.2"), ip("127.0.0.1")],
+            Ok(TlsRequirement::Opportunistic),
+        )],
+    );
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    );
+    let out = d.deliver(job(&["r1@dest.test"])).await;
+    assert_eq!(out.len(), 1);
+    let Outcome::Delivered { relay, .. } = &out[0].outcome else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        relay,
+        &format!("mx.dest.test[127.0.0.1]:{}", receiver.port())
+    );
+    assert_eq!(receiver.next_message().await.data, MESSAGE);
+}
+
+#[tokio::test]
+async fn excluded_mx_is_skipped_and_next_mx_used() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let p = plan(
+        Level::May,
+        vec![
+            (
+                "mx1.dest.test",
+                vec![ip("127.0.0.1")],
+                Err("mta-sts enforce: mx1.dest.test not in policy".into()),
+            ),
+            (
+                "mx2.dest.test",
+                vec![ip("127.0.0.1")],
+                Ok(TlsRequirement::Opportunistic),
+            ),
+        ],
+    );
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    );
+    let out = d.deliver(job(&["r1@dest.test", "r2@dest.test"])).await;
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|o| matches!(&o.outcome, Outcome::Delivered { relay, .. } if relay.starts_with("mx2.dest.test["))));
+    assert_eq!(receiver.connections(), 1);
+}
+
+#[tokio::test]
+async fn tls_policy_failure_on_every_mx_defers_with_reasons_or_bounces() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    for (on_failure, want_failed) in [(OnTlsFailure::Defer, false), (OnTlsFailure::Bounce, true)] {
+        let mut p = plan(
+            Level::Encrypt,
+            vec![
+                (
+                    "mx1.dest.test",
+                    vec![ip("127.0.0.1")],
+                    Ok(TlsRequirement::Encrypt),
+                ),
+                (
+                    "mx2.dest.test",
+                    vec![ip("127.0.0.1")],
+                    Err("dane: TLSA lookup failed".into()),
+                ),
+            ],
+        );
+        p.on_tls_failure = on_failure;
+        let d = delivery(
+            receiver.port(),
+            FixedPlanner {
+                plan: Ok(p),
+                tls: insecure_config(),
+            },
+        );
+        let out = d.deliver(job(&["r1@dest.test"])).await;
+        let f = match (&out[0].outcome, want_failed) {
+            (Outcome::Failed(f), true) | (Outcome::Deferred(f), false) => f,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(f.status, if want_failed { "5.7.4" } else { "4.7.4" });
+        assert_eq!(
+            f.diagnostic,
+            "encrypt: STARTTLS not offered by mx1.dest.test; dane: TLSA lookup failed"
+        );
+        assert!(!f.remote);
+    }
+    receiver.wait_sessions(2).await;
+    let sent = String::from_utf8_lossy(&receiver.cleartext_transcript()).to_ascii_uppercase();
+    assert!(!sent.contains("MAIL FROM"), "{sent}");
+    assert!(receiver.messages().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_everywhere_defers() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let port = receiver.port();
+    drop(receiver);
+    let p = plan(
+        Level::May,
+        vec![(
+            "mx.dest.test",
+            vec![ip("127.0.0.2")],
+            Ok(TlsRequirement::Opportunistic),
+        )],
+    );
+    let d = delivery(
+        port,
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    );
+    let out = d.deliver(job(&["r1@dest.test"])).await;
+    assert!(
+        matches!(&out[0].outcome, Outcome::Deferred(f) if f.status == "4.4.1"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn plan_errors_map_to_bounce_or_defer() {
+    let rows = [
+        (PlanError::NullMx("dest.test".into()), "5.1.10", true),
+        (
+            PlanError::NoSuchDomain {
+                domain: "dest.test".into(),
+                detail: "NXDOMAIN".into(),
+            },
+            "5.1.2",
+            true,
+        ),
+        (PlanError::Temporary("SERVFAIL".into()), "4.4.3", false),
+    ];
+    for (error, status, permanent) in rows {
+        let d = delivery(
+            25,
+            FixedPlanner {
+                plan: Err(error),
+                tls: insecure_config(),
+            },
+        );
+        let out = d.deliver(job(&["r1@dest.test", "r2@dest.test"])).await;
+        assert_eq!(out.len(), 2);
+        for o in out {
+            let f = match (&o.outcome, permanent) {
+                (Outcome::Failed(f), true) | (Outcome::Deferred(f), false) => f.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(f.status, status);
+        }
+    }
+}

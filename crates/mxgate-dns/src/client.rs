@@ -1,0 +1,326 @@
+//! [`DnsClient`]: the async lookups, thin over hickory-resolver or the `trust-ad` stub.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::dnssec::TrustAnchors;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{Resolver, TokioResolver};
+use mxgate_config::{DnsConfig, DnssecMode};
+
+use crate::classify::{self, StatusSource};
+use crate::stub::StubResolver;
+use crate::{AddrAnswer, Answer, DnsError, MxLookup, Tlsa};
+
+enum Backend {
+    Hickory(Box<TokioResolver>, StatusSource),
+    TrustAd(StubResolver),
+}
+
+/// DNS lookups with DNSSEC status. Cheap to share behind an `Arc`.
+pub struct DnsClient {
+    backend: Backend,
+    /// Bound on one whole lookup, validation chain included.
+    deadline: Duration,
+    mode: DnssecMode,
+}
+
+impl DnsClient {
+    /// Builds the client from `[dns]`: `nameservers` (empty = `/etc/resolv.conf`),
+    /// `timeout`, `dnssec` and `trust_anchor`.
+    pub fn new(config: &DnsConfig) -> Result<DnsClient, DnsError> {
+        let deadline = config
+            .timeout
+            .saturating_mul(4)
+            .max(Duration::from_millis(100));
+        let backend = match config.dnssec {
+            DnssecMode::TrustAd => {
+                let servers = if config.nameservers.is_empty() {
+                    system_nameservers()?
+                } else {
+                    config.nameservers.clone()
+                };
+                // Contract §3: the validating resolver "must then be on loopback": the AD
+                // bit crosses the network unauthenticated (RFC 6840 §5.7 asks for a secure
+                // channel to the resolver), so anything else is refused at startup.
+                if let Some(bad) = servers.iter().find(|s| !s.ip().is_loopback()) {
+                    return Err(DnsError::Setup(format!(
+                        "dns.dnssec = \"trust-ad\" needs a resolver on loopback, not {bad}"
+                    )));
+                }
+                Backend::TrustAd(StubResolver::new(servers, config.timeout)?)
+            }
+            DnssecMode::Validate | DnssecMode::Off => {
+                let rc = if config.nameservers.is_empty() {
+                    let (rc, _) = hickory_resolver::system_conf::read_system_conf()
+                        .map_err(|e| DnsError::Setup(format!("/etc/resolv.conf: {e}")))?;
+                    ResolverConfig::from_name_servers(rc.name_servers().to_vec())
+                } else {
+                    ResolverConfig::from_name_servers(
+                        config.nameservers.iter().map(|a| name_server(*a)).collect(),
+                    )
+                };
+                let mut builder =
+                    Resolver::builder_with_config(rc, TokioRuntimeProvider::default());
+                let opts = builder.options_mut();
+                opts.timeout = config.timeout;
+                opts.attempts = 2;
+                opts.use_hosts_file = ResolveHosts::Never;
+                opts.ndots = 0;
+                opts.edns0 = true;
+                let source = if config.dnssec == DnssecMode::Validate {
+                    opts.validate = true;
+                    if !config.trust_anchor.as_os_str().is_empty() {
+                        let anchors =
+                            TrustAnchors::from_file(&config.trust_anchor).map_err(|e| {
+                                DnsError::Setup(format!(
+                                    "dns.trust_anchor {}: {e}",
+                                    config.trust_anchor.display()
+                                ))
+                            })?;
+                        builder = builder.with_trust_anchor(Arc::new(anchors));
+                    }
+                    StatusSource::Validator
+                } else {
+                    StatusSource::Off
+                };
+                let resolver = builder
+                    .build()
+                    .map_err(|e| DnsError::Setup(format!("resolver: {e}")))?;
+                Backend::Hickory(Box::new(resolver), source)
+            }
+        };
+        Ok(DnsClient {
+            backend,
+            deadline,
+            mode: config.dnssec,
+        })
+    }
+
+    /// The configured DNSSEC mode.
+    pub fn dnssec_mode(&self) -> DnssecMode {
+        self.mode
+    }
+
+    /// Records of `rtype` at `name` (CNAMEs followed), with their status.
+    pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<Record>, DnsError> {
+        let fqdn = fqdn(name)?;
+        let fut = async {
+            match &self.backend {
+                Backend::Hickory(resolver, source) => {
+                    let result = resolver
+                        .lookup(fqdn.clone(), rtype)
+                        .await
+                        .map(|l| l.answers().to_vec());
+                    classify::classify_hickory(name, rtype, result, *source)
+                }
+                Backend::TrustAd(stub) => stub.lookup(name, &fqdn, rtype).await,
+            }
+        };
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(DnsError::Temporary {
+                name: name.to_string(),
+                rtype: classify::rtype_name(rtype),
+                detail: format!("timed out after {:?}", self.deadline),
+            }),
+        }
+    }
+
+    /// MX hosts of `domain`, sorted by preference (random among equals), with null MX
+    /// (RFC 7505), NODATA and NXDOMAIN told apart.
+    pub async fn mx(&self, domain: &str) -> Result<MxLookup, DnsError> {
+        let answer = self.lookup(domain, RecordType::MX).await?;
+        Ok(classify::mx_lookup(answer, &mut rand::rng()))
+    }
+
+    /// A and AAAA records of `host` (IPv4 first). The status is the weaker of the two
+    /// lookups; NXDOMAIN only if the name does not exist.
+    pub async fn addresses(&self, host: &str) -> Result<AddrAnswer, DnsError> {
+        let (a, aaaa) = tokio::join!(
+            self.lookup(host, RecordType::A),
+            self.lookup(host, RecordType::AAAA)
+        );
+        Ok(merge_addresses(a?, aaaa?))
+    }
+
+    /// TLSA records at `_PORT._tcp.HOST` (RFC 6698 §3, RFC 7672 §2.2).
+    pub async fn tlsa(&self, port: u16, host: &str) -> Result<Answer<Tlsa>, DnsError> {
+        let name = format!("_{port}._tcp.{}", host.trim_end_matches('.'));
+        let answer = self.lookup(&name, RecordType::TLSA).await?;
+        Ok(answer.map(|records| {
+            records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(t) => Some(Tlsa {
+                        usage: t.cert_usage.into(),
+                        selector: t.selector.into(),
+                        matching: t.matching.into(),
+                        data: t.cert_data.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
+    /// TXT records at `name`, each the concatenation of its character-strings
+    /// (RFC 8461 §3.1 asks for that); non-UTF-8 bytes become U+FFFD.
+    pub async fn txt(&self, name: &str) -> Result<Answer<String>, DnsError> {
+        let answer = self.lookup(name, RecordType::TXT).await?;
+        Ok(answer.map(|records| {
+            records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => {
+                        let bytes: Vec<u8> =
+                            t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                        Some(String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+}
+
+fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+    ns.connections = vec![udp, tcp];
+    ns
+}
+
+fn system_nameservers() -> Result<Vec<SocketAddr>, DnsError> {
+    let (rc, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| DnsError::Setup(format!("/etc/resolv.conf: {e}")))?;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for ns in rc.name_servers() {
+        let port = ns.connections.first().map(|c| c.port).unwrap_or(53);
+        let sa = SocketAddr::new(ns.ip, port);
+        if !out.contains(&sa) {
+            out.push(sa);
+        }
+    }
+    Ok(out)
+}
+
+/// `name` as an absolute DNS name (no search list).
+pub(crate) fn fqdn(name: &str) -> Result<Name, DnsError> {
+    let trimmed = name.trim_end_matches('.');
+    if trimmed.is_empty() {
+        return Err(DnsError::InvalidName {
+            name: name.to_string(),
+        });
+    }
+    Name::from_ascii(format!("{trimmed}.")).map_err(|_| DnsError::InvalidName {
+        name: name.to_string(),
+    })
+}
+
+/// A + AAAA → one answer.
+pub(crate) fn merge_addresses(a: Answer<Record>, aaaa: Answer<Record>) -> AddrAnswer {
+    let status = a.status().weakest(aaaa.status());
+    let nx = matches!(a, Answer::NxDomain { .. }) && matches!(aaaa, Answer::NxDomain { .. });
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for r in a.records().iter().chain(aaaa.records()) {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        if !addrs.contains(&ip) {
+            addrs.push(ip);
+        }
+    }
+    if !addrs.is_empty() {
+        // Only the RRsets that exist count for the status of the addresses found: a
+        // secure A with an insecure empty AAAA is still a secure address set.
+        let status = match (a.records().is_empty(), aaaa.records().is_empty()) {
+            (false, true) => a.status(),
+            (true, false) => aaaa.status(),
+            _ => status,
+        };
+        Answer::Found {
+            records: addrs,
+            status,
+        }
+    } else if nx {
+        Answer::NxDomain { status }
+    } else {
+        Answer::NoData { status }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DnssecStatus;
+    use hickory_resolver::proto::dnssec::Proof;
+    use hickory_resolver::proto::rr::rdata::{A, AAAA};
+
+    fn found(data: RData, proof: Proof) -> Answer<Record> {
+        let mut r = Record::from_rdata(Name::from_ascii("h.example.").unwrap(), 60, data);
+        r.proof = proof;
+        Answer::Found {
+            records: vec![r],
+            status: classify::status_of_proof(proof),
+        }
+    }
+
+    #[test]
+    fn merge_addresses_table() {
+        use DnssecStatus::*;
+        let a = || found(RData::A(A::new(192, 0, 2, 1)), Proof::Secure);
+        let aaaa_ins = || {
+            found(
+                RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                Proof::Insecure,
+            )
+        };
+        let got = merge_addresses(a(), Answer::NoData { status: Insecure });
+        assert_eq!(
+            got,
+            Answer::Found {
+                records: vec!["192.0.2.1".parse().unwrap()],
+                status: Secure
+            }
+        );
+        let got = merge_addresses(a(), aaaa_ins());
+        assert_eq!(got.status(), Insecure);
+        assert_eq!(got.records().len(), 2);
+        let got = merge_addresses(
+            Answer::NxDomain { status: Secure },
+            Answer::NxDomain { status: Secure },
+        );
+        assert_eq!(got, Answer::NxDomain { status: Secure });
+        let got = merge_addresses(
+            Answer::NoData { status: Secure },
+            Answer::NoData { status: Insecure },
+        );
+        assert_eq!(got, Answer::NoData { status: Insecure });
+    }
+
+    #[test]
+    fn fqdn_rejects_empty_and_adds_root() {
+        assert_eq!(fqdn("Example.COM").unwrap().to_ascii(), "Example.COM.");
+        assert!(fqdn(".").is_err());
+        assert!(fqdn("").is_err());
+    }
+
+    #[test]
+    fn trust_ad_refuses_remote_resolvers() {
+        let cfg = DnsConfig {
+            nameservers: vec!["192.0.2.53:53".parse().unwrap()],
+            dnssec: DnssecMode::TrustAd,
+            ..DnsConfig::default()
+        };
+        assert!(matches!(DnsClient::new(&cfg), Err(DnsError::Setup(_))));
+    }
+}

@@ -1,0 +1,162 @@
+//! Lookups against the test kit's authoritative server with really signed zones.
+
+use std::time::Duration;
+
+use mxgate_config::{DnsConfig, DnssecMode};
+use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxLookup};
+use mxgate_testkit::dns::{DnsWorld, Signing};
+
+async fn world() -> DnsWorld {
+    DnsWorld::builder()
+        .zone("secure.test.", Signing::Secure)
+        .zone("insecure.test.", Signing::Insecure)
+        .zone("bogus.test.", Signing::BogusSignature)
+        .record("secure.test. 300 IN MX 10 mx.secure.test.")
+        .record("mx.secure.test. 300 IN A 127.0.0.1")
+        .record("_25._tcp.mx.secure.test. 300 IN TLSA 3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        .record("_mta-sts.secure.test. 300 IN TXT \"v=STSv1; id=abc\"")
+        .record("null.secure.test. 300 IN MX 0 .")
+        .record("nomx.secure.test. 300 IN A 127.0.0.2")
+        .record("insecure.test. 300 IN MX 10 mx.insecure.test.")
+        .record("mx.insecure.test. 300 IN A 127.0.0.3")
+        .record("bogus.test. 300 IN MX 10 mx.bogus.test.")
+        .record("mx.bogus.test. 300 IN A 127.0.0.4")
+        .record("slow.secure.test. 300 IN A 127.0.0.5")
+        .drop_queries_for("slow.secure.test.")
+        .start()
+        .await
+        .unwrap()
+}
+
+fn client(w: &DnsWorld, mode: DnssecMode) -> DnsClient {
+    DnsClient::new(&DnsConfig {
+        nameservers: vec![w.addr()],
+        dnssec: mode,
+        trust_anchor: w.trust_anchor_path().to_path_buf(),
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn validate_mode_reports_each_status() {
+    let w = world().await;
+    let c = client(&w, DnssecMode::Validate);
+
+    let mx = c.mx("secure.test").await.unwrap();
+    match &mx {
+        MxLookup::Mx { hosts, status } => {
+            assert_eq!(hosts[0].host, "mx.secure.test");
+            assert_eq!(*status, DnssecStatus::Secure);
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = c.addresses("mx.secure.test").await.unwrap();
+    assert_eq!(a.status(), DnssecStatus::Secure);
+    assert_eq!(
+        a.records(),
+        &["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let t = c.tlsa(25, "mx.secure.test").await.unwrap();
+    assert_eq!(t.status(), DnssecStatus::Secure);
+    assert_eq!(
+        (
+            t.records()[0].usage,
+            t.records()[0].selector,
+            t.records()[0].matching
+        ),
+        (3, 1, 1)
+    );
+    let txt = c.txt("_mta-sts.secure.test").await.unwrap();
+    assert_eq!(txt.records(), &["v=STSv1; id=abc".to_string()]);
+
+    // Secure denials.
+    let none = c.tlsa(25, "mx2.secure.test").await.unwrap();
+    assert_eq!(
+        none,
+        Answer::NxDomain {
+            status: DnssecStatus::Secure
+        }
+    );
+    let insecure_none = c.tlsa(25, "mx.insecure.test").await.unwrap();
+    assert_eq!(
+        insecure_none,
+        Answer::NxDomain {
+            status: DnssecStatus::Insecure
+        }
+    );
+    assert_eq!(
+        c.mx("null.secure.test").await.unwrap(),
+        MxLookup::NullMx {
+            status: DnssecStatus::Secure
+        }
+    );
+    assert!(matches!(
+        c.mx("nomx.secure.test").await.unwrap(),
+        MxLookup::NoMx { .. }
+    ));
+    assert!(matches!(
+        c.mx("nxdomain.secure.test").await.unwrap(),
+        MxLookup::NxDomain { .. }
+    ));
+
+    // Insecure delegation.
+    let mx = c.mx("insecure.test").await.unwrap();
+    assert_eq!(mx.status(), DnssecStatus::Insecure, "{mx:?}");
+    assert_eq!(
+        c.addresses("mx.insecure.test").await.unwrap().status(),
+        DnssecStatus::Insecure
+    );
+
+    // Bogus zone.
+    let bogus = c.mx("bogus.test").await;
+    assert!(matches!(bogus, Err(DnsError::Bogus { .. })), "{bogus:?}");
+
+    // A server that never answers is a temporary failure.
+    let slow = c.addresses("slow.secure.test").await;
+    assert!(matches!(slow, Err(DnsError::Temporary { .. })), "{slow:?}");
+}
+
+#[tokio::test]
+async fn off_mode_is_insecure_even_for_signed_zones() {
+    let w = world().await;
+    let c = client(&w, DnssecMode::Off);
+    let mx = c.mx("secure.test").await.unwrap();
+    assert_eq!(mx.status(), DnssecStatus::Insecure);
+    // Without validation the bogus zone's data is simply returned.
+    assert!(matches!(
+        c.mx("bogus.test").await.unwrap(),
+        MxLookup::Mx { .. }
+    ));
+}
+
+#[tokio::test]
+async fn trust_ad_mode_through_unbound() {
+    use mxgate_testkit::dns::unbound::Unbound;
+    if !Unbound::available() {
+        eprintln!("unbound not installed: skipping");
+        return;
+    }
+    let w = world().await;
+    let u = Unbound::start(&w).await.unwrap();
+    let c = DnsClient::new(&DnsConfig {
+        nameservers: vec![u.addr()],
+        dnssec: DnssecMode::TrustAd,
+        trust_anchor: Default::default(),
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let mx = c.mx("secure.test").await.unwrap();
+    assert_eq!(mx.status(), DnssecStatus::Secure, "{mx:?}\n{}", u.log());
+    let t = c.tlsa(25, "mx.secure.test").await.unwrap();
+    assert_eq!(t.status(), DnssecStatus::Secure);
+    assert_eq!(
+        c.mx("insecure.test").await.unwrap().status(),
+        DnssecStatus::Insecure
+    );
+    // unbound answers SERVFAIL for bogus data: a temporary failure here.
+    assert!(matches!(
+        c.mx("bogus.test").await,
+        Err(DnsError::Temporary { .. })
+    ));
+}

@@ -1,0 +1,149 @@
+//! The `Received:` trace header the listener prepends (RFC 5321 §4.4) and the RFC 5322
+//! date it carries. Pure functions: the caller passes the time.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What the `with` clause names (RFC 5321 §4.4, RFC 3848, RFC 6531 §3.7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HELO.
+    Smtp,
+    /// EHLO.
+    Esmtp,
+    /// EHLO with `SMTPUTF8` on MAIL.
+    Utf8Smtp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "SMTP",
+            Protocol::Esmtp => "ESMTP",
+            Protocol::Utf8Smtp => "UTF8SMTP",
+        }
+    }
+}
+
+/// `Received: from HELO ([IP])\r\n\tby HOST (mxgate) with PROTO [for <rcpt>];\r\n\tDATE\r\n`.
+///
+/// RFC 5321 §4.4: "When an SMTP server receives a message for delivery or further
+/// processing, it MUST insert trace ("time stamp" or "Received") information at the
+/// beginning of the message content". The `for` clause names the recipient only when
+/// there is exactly one, so a message to many does not disclose the others.
+pub fn received_header(
+    helo: &str,
+    ip: IpAddr,
+    hostname: &str,
+    protocol: Protocol,
+    single_recipient: Option<&str>,
+    now: SystemTime,
+) -> String {
+    let literal = match ip.to_canonical() {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let mut h = format!(
+        "Received: from {helo} ({literal})\r\n\tby {hostname} (mxgate) with {}",
+        protocol.as_str()
+    );
+    if let Some(rcpt) = single_recipient {
+        h.push_str(&format!(" for <{rcpt}>"));
+    }
+    h.push_str(";\r\n\t");
+    h.push_str(&rfc5322_date(now));
+    h.push_str("\r\n");
+    h
+}
+
+/// RFC 5322 §3.3 date-time in UTC: `Sun, 22 Nov 2026 13:34:28 +0000`.
+pub fn rfc5322_date(now: SystemTime) -> String {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let weekday = WEEKDAYS[(days % 7) as usize];
+    let month = MONTHS[(m - 1) as usize];
+    format!(
+        "{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month 1-12, day 1-31) (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(at(0)), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(at(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(1_795_354_468)),
+            "Sun, 22 Nov 2026 13:34:28 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(4_133_980_799)),
+            "Fri, 31 Dec 2100 23:59:59 +0000"
+        );
+    }
+
+    #[test]
+    fn header() {
+        let h = received_header(
+            "client.example",
+            "127.0.0.1".parse().unwrap(),
+            "relay.example",
+            Protocol::Esmtp,
+            Some("b@example.com"),
+            at(0),
+        );
+        assert_eq!(
+            h,
+            "Received: from client.example ([127.0.0.1])\r\n\tby relay.example (mxgate) with ESMTP \
+             for <b@example.com>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+        let h = received_header(
+            "c",
+            "::1".parse().unwrap(),
+            "r",
+            Protocol::Utf8Smtp,
+            None,
+            at(0),
+        );
+        assert!(
+            h.starts_with("Received: from c ([IPv6:::1])\r\n\tby r (mxgate) with UTF8SMTP;\r\n")
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! DANE for SMTP (RFC 7672, RFC 6698 §2.1, RFC 7671 §5): which TLSA records are
+//! usable, how a presented chain matches them ([`match_chain`], pure), and the rustls
+//! [`DaneVerifier`] built on that.
+//!
+//! This module does not look up TLSA records (the engine does, through mxgate-dns) and
+//! does not support PKIX-TA(0)/PKIX-EE(1): RFC 7672 §3.1.3 makes them unusable for SMTP.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::plan::TlsaRecord;
+
+/// How a TLS session was authenticated (log field `auth=`, metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Auth {
+    None,
+    Pkix,
+    DaneEe,
+    DaneTa,
+}
+
+impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::None => "none",
+            Auth::Pkix => "pkix",
+            Auth::DaneEe => "dane-ee",
+            Auth::DaneTa => "dane-ta",
+        }
+    }
+}
+
+impl fmt::Display for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TlsaRecord {
+    /// RFC 7672 §3.1: "SMTP clients [...] MUST support" DANE-TA(2) and DANE-EE(3);
+    /// §3.1.3: PKIX-TA(0) and PKIX-EE(1) "SHOULD NOT" be published and are treated as
+    /// unusable. RFC 6698 §2.1.2/§2.1.3: selectors 0 (Cert) and 1 (SPKI), matching types
+    /// 0 (Full), 1 (SHA2-256), 2 (SHA2-512); anything else is unusable. A digest of the
+    /// wrong length can never match and is unusable too.
+    pub fn is_usable(&self) -> bool {
+        let usage_ok = matches!(self.usage, 2 | 3);
+        let selector_ok = matches!(self.selector, 0 | 1);
+        let matching_ok = match self.matching {
+            0 => !self.data.is_empty(),
+            1 => self.data.len() == 32,
+            2 => self.data.len() == 64,
+            _ => false,
+        };
+        usage_ok && selector_ok && matching_ok
+    }
+
+    /// Whether this record's association data matches `cert` (RFC 6698 §2.1).
+    pub fn matches_cert(&self, cert: &CertificateDer<'_>) -> bool {
+        let selected: Vec<u8> = match self.selector {
+            0 => cert.as_ref().to_vec(),
+            1 => match spki_of(cert) {
+                Some(spki) => spki,
+                None => return false,
+            },
+            _ => return false,
+        };
+        match self.matching {
+            0 => selected == self.data,
+            1 => Sha256::digest(&selected).as_slice() == self.data.as_slice(),
+            2 => Sha512::digest(&selected).as_slice() == self.data.as_slice(),
+            _ => false,
+        }
+    }
+
+    /// `3 1 1` for messages.
+    pub fn params(&self) -> String {
+        format!("{} {} {}", self.usage, self.selector, self.matching)
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of a certificate.
+pub fn spki_of(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let anchor = webpki::anchor_from_trusted_cert(cert).ok()?;
+    Some(webpki::spki_for_anchor(&anchor).as_ref().to_vec())
+}
+
+/// Why a presented chain does not satisfy the TLSA records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DaneError {
+    #[error("no certificate presented")]
+    NoCertificate,
+    #[error("no TLSA match ({0})")]
+    NoMatch(String),
+    #[error("DANE-TA chain invalid: {0}")]
+    BadChain(String),
+    #[error("DANE-TA: certificate not valid for {0}")]
+    BadName(String),
+}
+
+/// Matches a presented chain (leaf first) against usable TLSA records.
+///
+/// RFC 7672 §3.1.1: with DANE-EE(3) "the server's certificate [...] is matched [...]
+/// Other than [the key/cert match], the contents of the certificate are not checked:
+/// [...] the validity period and the subject and issuer names are ignored".
+/// RFC 7672 §3.1.2: with DANE-TA(2) "the SMTP client [...] MUST verify that the
+/// certificate chain [...] leads to the trust anchor" and checks the server names
+/// (§3.2.2) and the validity dates.
+pub fn match_chain(
+    tlsa: &[TlsaRecord],
+    chain: &[CertificateDer<'_>],
+    names: &[String],
+    now: UnixTime,
+) -> Result<Auth, DaneError> {
+    let (leaf, rest) = chain.split_first().ok_or(DaneError::NoCertificate)?;
+    let usable: Vec<&TlsaRecord> = tlsa.iter().filter(|r| r.is_usable()).collect();
+    if usable.iter().any(|r| r.usage == 3 && r.matches_cert(leaf)) {
+        return Ok(Auth::DaneEe);
+    }
+    let mut last_err = None;
+    for ta_rec in usable.iter().filter(|r| r.usage == 2) {
+        // The TA must be one of the certificates the server sent (RFC 7671 §5.2.2:
+        // servers "MUST include the trust anchor certificate in their chain").
+        for (i, candidate) in chain.iter().enumerate() {
+            if !ta_rec.matches_cert(candidate) {
+                continue;
+            }
+            match verify_to_anchor(
+                leaf,
+                &rest[..i.saturating_sub(1).min(rest.len())],
+                candidate,
+                i == 0,
+                names,
+                now,
+            ) {
+                Ok(()) => return Ok(Auth::DaneTa),
+                Err(e) => last_err = Some(e),
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        DaneError::NoMatch(
+            usable
+                .iter()
+                .map(|r| r.params())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }))
+}
+
+/// Validates `leaf` → `intermediates` → `anchor` with rustls-webpki, then the names.
+fn verify_to_anchor(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchor_cert: &CertificateDer<'_>,
+    anchor_is_leaf: bool,
+    names: &[String],
+    now: UnixTime,
+) -> Result<(), DaneError> {
+    let ee =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| DaneError::BadChain(e.to_string()))?;
+    if !anchor_is_leaf {
+        let anchor = webpki::anchor_from_trusted_cert(anchor_cert)
+            .map_err(|e| DaneError::BadChain(e.to_string()))?;
+        let intermediates: Vec<CertificateDer<'_>> = intermediates.to_vec();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| DaneError::BadChain(e.to_string()))?;
+    }
+    // RFC 7672 §3.2.2: "the SMTP client MUST accept the certificate if it matches the
+    // TLSA base domain or the MX host name" (our `names`).
+    let ok = names.iter().any(|n| {
+        ServerName::try_from(n.as_str())
+            .ok()
+            .is_some_and(|sn| ee.verify_is_valid_for_subject_name(&sn).is_ok())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(DaneError::BadName(names.join(", ")))
+    }
+}
+
+/// rustls verifier for a DANE requirement. The handshake signature is still checked
+/// against the leaf's key.
+#[derive(Debug)]
+pub struct DaneVerifier {
+    tlsa: Vec<TlsaRecord>,
+    names: Vec<String>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl DaneVerifier {
+    pub fn new(
+        tlsa: Vec<TlsaRecord>,
+        names: Vec<String>,
+        algs: WebPkiSupportedAlgorithms,
+    ) -> Arc<Self> {
+        Arc::new(DaneVerifier { tlsa, names, algs })
+    }
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = Vec::with_capacity(intermediates.len() + 1);
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        match match_chain(&self.tlsa, &chain, &self.names, now) {
+            Ok(_) => Ok(ServerCertVerified::assertion()),
+            Err(e) => Err(rustls::Error::General(format!("dane: {e}"))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[path = "dane_tests.rs"]
+mod tests;

@@ -1,0 +1,285 @@
+//! The decision core: one pure function from configuration and DNS/MTA-STS facts to
+//! the level applied and, per MX host, a [`TlsRequirement`] or a reason not to dial it.
+//!
+//! No I/O, no clock: [`decide`] takes what the lookups found and returns the plan. It
+//! does not look anything up, fetch policies or verify certificates.
+
+use mxgate_config::Level;
+use mxgate_dns::DnssecStatus;
+
+use crate::plan::{PolicySource, TlsRequirement, TlsaRecord};
+use crate::sts::{MtaStsMode, MtaStsPolicy};
+
+/// What the TLSA lookup for one MX host found (RFC 7672 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsaFacts {
+    /// Not looked up: the host's address records are not secure (RFC 7672 §2.2.2), or
+    /// the level does not use DANE.
+    NotLooked,
+    /// Secure TLSA RRset with at least one usable record (only the usable ones here).
+    SecureUsable(Vec<TlsaRecord>),
+    /// Secure TLSA RRset whose records are all unusable.
+    SecureUnusable,
+    /// Secure denial of existence: provably no TLSA records.
+    SecureNone,
+    /// Insecure TLSA RRset or insecure denial: as good as none.
+    Insecure,
+    /// Bogus, indeterminate, SERVFAIL or timeout: the reason.
+    Failed(String),
+}
+
+/// What the address lookup for one MX host found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrFacts {
+    /// Addresses found, with the status of their RRsets.
+    Found(DnssecStatus),
+    /// The lookup failed (bogus, SERVFAIL, timeout) or found no address: the reason.
+    Failed(String),
+}
+
+/// The facts about one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    pub host: String,
+    pub addrs: AddrFacts,
+    pub tlsa: TlsaFacts,
+}
+
+/// The MTA-STS state of the destination domain (RFC 8461 §3, §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StsState {
+    /// Not consulted (the level does not use MTA-STS, or DANE decided everything).
+    NotConsulted,
+    /// No `_mta-sts` TXT record and no cached policy, or a fetch failed with no
+    /// unexpired cached policy (RFC 8461 §5: deliver "as though the domain has not
+    /// implemented MTA-STS").
+    Absent,
+    /// A valid policy, fresh or cached and unexpired.
+    Policy(MtaStsPolicy),
+}
+
+/// The configured inputs for one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionInput<'a> {
+    /// The configured level (`[policy.domains]` entry or `policy.default`).
+    pub level: Level,
+    /// `policy.fallback`.
+    pub fallback: Level,
+    /// Where `level` came from: an explicit entry or the global default.
+    pub match_names: &'a [String],
+    /// Status of the MX RRset (Insecure for an implicit MX from an insecure A/AAAA).
+    pub mx_status: DnssecStatus,
+    pub hosts: &'a [HostFacts],
+    pub sts: &'a StsState,
+}
+
+/// The decision for one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub level: Level,
+    pub source: PolicySource,
+    /// One entry per `hosts` entry, same order.
+    pub per_host: Vec<Result<TlsRequirement, String>>,
+}
+
+/// Per-host DANE outcome, before MTA-STS and fallback are considered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DaneOutcome {
+    Applies(TlsRequirement),
+    Defer(String),
+    NoDane,
+}
+
+/// RFC 7672 for one host.
+fn dane_for_host(h: &HostFacts) -> DaneOutcome {
+    match (&h.addrs, &h.tlsa) {
+        // RFC 7672 §2.2.1: "If the DNS lookup of the MX RRset or of the address records
+        // of an MX host fails [...] the SMTP client MUST [...] treat the destination as
+        // temporarily unavailable" when the failure is a DNSSEC/lookup failure.
+        (AddrFacts::Failed(why), _) => DaneOutcome::Defer(format!("dane: {why}")),
+        // RFC 7672 §2.2.2: "If the A and/or AAAA RRsets are "insecure", the SMTP client
+        // MUST NOT [...] look up TLSA records"; delivery continues without DANE.
+        (AddrFacts::Found(s), _) if !s.is_secure() => DaneOutcome::NoDane,
+        (AddrFacts::Found(_), TlsaFacts::NotLooked) => DaneOutcome::NoDane,
+        // RFC 7672 §2.2: "If a TLSA RRset is "secure" and at least one record is usable
+        // [...] the SMTP client MUST use TLS [...] authenticated via [...] the usable TLSA
+        // records." Reference identifier: the MX host name (also for half-DANE, §2.2.1).
+        (AddrFacts::Found(_), TlsaFacts::SecureUsable(tlsa)) => {
+            DaneOutcome::Applies(TlsRequirement::Dane {
+                tlsa: tlsa.clone(),
+                names: vec![h.host.clone()],
+            })
+        }
+        // RFC 7672 §2.2: "If the TLSA records are all unusable [...] the SMTP client MUST
+        // use TLS [...] but need not authenticate".
+        (AddrFacts::Found(_), TlsaFacts::SecureUnusable) => {
+            DaneOutcome::Applies(TlsRequirement::Encrypt)
+        }
+        // RFC 7672 §2.2: "If the TLSA RRset is "insecure" or there are no TLSA records,
+        // [...] fall back to pre-DANE opportunistic TLS".
+        (AddrFacts::Found(_), TlsaFacts::SecureNone | TlsaFacts::Insecure) => DaneOutcome::NoDane,
+        // RFC 7672 §2.2: "If the TLSA RRset lookup fails (bogus or SERVFAIL), the SMTP
+        // client MUST treat the MX host as temporarily unreachable" — and RFC 8461 §2:
+        // MTA-STS must not override a failing DANE check.
+        (AddrFacts::Found(_), TlsaFacts::Failed(why)) => DaneOutcome::Defer(format!("dane: {why}")),
+    }
+}
+
+/// The requirement of a base level (none/may/encrypt/verify) for one host.
+fn base_requirement(level: Level, host: &str, match_names: &[String]) -> TlsRequirement {
+    match level {
+        Level::None => TlsRequirement::Cleartext,
+        Level::Encrypt => TlsRequirement::Encrypt,
+        Level::Verify => TlsRequirement::Pkix {
+            names: if match_names.is_empty() {
+                vec![host.to_string()]
+            } else {
+                match_names.to_vec()
+            },
+        },
+        // `may`, and any non-base level given as fallback (config validation refuses
+        // those), mean opportunistic TLS.
+        Level::May | Level::MtaSts | Level::Dane | Level::DaneOnly | Level::Auto => {
+            TlsRequirement::Opportunistic
+        }
+    }
+}
+
+/// The applied level of a fallback (always a base level).
+fn base_level(level: Level) -> Level {
+    match level {
+        Level::None | Level::May | Level::Encrypt | Level::Verify => level,
+        _ => Level::May,
+    }
+}
+
+/// MTA-STS (RFC 8461 §4, §5) for one host; `None` = no policy, use the fallback.
+fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, String>> {
+    match sts {
+        StsState::NotConsulted | StsState::Absent => None,
+        StsState::Policy(p) => match p.mode {
+            // RFC 8461 §5: "none: In this mode, Sending MTAs should treat the Policy
+            // Domain as though it does not have any active policy."
+            MtaStsMode::None => None,
+            // RFC 8461 §5: "testing: Sending MTAs [...] MUST NOT treat failures as
+            // failures to deliver": deliver as `may`.
+            MtaStsMode::Testing => Some(Ok(TlsRequirement::Opportunistic)),
+            // RFC 8461 §4.1: "senders MUST NOT deliver to an MX host that does not match
+            // at least one of the policy's 'mx' patterns"; §4.2: the certificate "MUST be
+            // valid for the MX host name" and chain to a trusted root.
+            MtaStsMode::Enforce => Some(if p.mx_matches(host) {
+                Ok(TlsRequirement::Pkix {
+                    names: vec![host.to_string()],
+                })
+            } else {
+                Err(format!("mta-sts enforce: {host} not in policy"))
+            }),
+        },
+    }
+}
+
+/// The one decision function (contract §2). `hosts` are in dialling order.
+pub fn decide(input: &DecisionInput<'_>) -> Decision {
+    let hosts = input.hosts;
+    let fallback = base_level(input.fallback);
+    let fixed = |level: Level, source: PolicySource| Decision {
+        level,
+        source,
+        per_host: hosts
+            .iter()
+            .map(|h| Ok(base_requirement(level, &h.host, input.match_names)))
+            .collect(),
+    };
+    match input.level {
+        // Contract §2: `none` never STARTTLS, `may` opportunistic, `encrypt` TLS with any
+        // certificate, `verify` PKIX plus the MX name or `match` list (Postfix levels).
+        Level::None | Level::May | Level::Encrypt | Level::Verify => {
+            fixed(input.level, PolicySource::Config)
+        }
+        // RFC 8461 §5: enforce/testing/none as the policy says; no policy = fallback.
+        Level::MtaSts => {
+            let per: Vec<_> = hosts
+                .iter()
+                .map(|h| sts_for_host(input.sts, &h.host))
+                .collect();
+            if per.iter().all(Option::is_none) {
+                return fixed(fallback, PolicySource::Fallback);
+            }
+            Decision {
+                level: Level::MtaSts,
+                source: PolicySource::MtaSts,
+                per_host: per
+                    .into_iter()
+                    .zip(hosts)
+                    .map(|(r, h)| r.unwrap_or_else(|| Ok(base_requirement(fallback, &h.host, &[]))))
+                    .collect(),
+            }
+        }
+        Level::Dane | Level::DaneOnly | Level::Auto => {
+            let dane: Vec<DaneOutcome> = hosts.iter().map(dane_for_host).collect();
+            let any_dane = dane.iter().any(|d| matches!(d, DaneOutcome::Applies(_)));
+            let mut used_sts = false;
+            let mut per_host = Vec::with_capacity(hosts.len());
+            for (h, d) in hosts.iter().zip(dane) {
+                per_host.push(match d {
+                    DaneOutcome::Applies(req) => Ok(req),
+                    DaneOutcome::Defer(why) => Err(why),
+                    DaneOutcome::NoDane => match input.level {
+                        // Contract §2: `dane-only`: "no usable secure TLSA record means defer".
+                        Level::DaneOnly => {
+                            Err(format!("dane-only: no secure TLSA records for {}", h.host))
+                        }
+                        // Contract §2 `auto`: "otherwise MTA-STS where the domain publishes
+                        // a policy"; RFC 8461 §2: only where DANE does not apply.
+                        Level::Auto => match sts_for_host(input.sts, &h.host) {
+                            Some(r) => {
+                                used_sts = true;
+                                r
+                            }
+                            None => Ok(base_requirement(fallback, &h.host, &[])),
+                        },
+                        // RFC 7672 §2.2: opportunistic DANE falls back to opportunistic TLS
+                        // (here: the configured fallback).
+                        _ => Ok(base_requirement(fallback, &h.host, &[])),
+                    },
+                });
+            }
+            let (level, source) = if any_dane || input.level == Level::DaneOnly {
+                let source = if any_dane {
+                    PolicySource::Dane
+                } else {
+                    PolicySource::Config
+                };
+                (Level::Dane, source)
+            } else if used_sts {
+                (Level::MtaSts, PolicySource::MtaSts)
+            } else if per_host.iter().any(Result::is_err) {
+                // DNSSEC failures only: the level we could not establish is DANE.
+                (Level::Dane, PolicySource::Dane)
+            } else {
+                (fallback, PolicySource::Fallback)
+            };
+            Decision {
+                level,
+                source,
+                per_host,
+            }
+        }
+    }
+}
+
+/// Whether `decide` would look at the MTA-STS state for these facts (so the engine only
+/// fetches a policy when it can matter).
+pub fn needs_sts(level: Level, hosts: &[HostFacts]) -> bool {
+    match level {
+        Level::MtaSts => true,
+        Level::Auto => hosts
+            .iter()
+            .any(|h| dane_for_host(h) == DaneOutcome::NoDane),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

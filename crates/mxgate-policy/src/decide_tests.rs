@@ -1,0 +1,346 @@
+//! The decision table: every level × situation, one row each.
+
+use super::*;
+use crate::sts::{MtaStsMode, MtaStsPolicy};
+use DnssecStatus::{Insecure, Secure};
+
+const MX: &str = "mx.example.com";
+
+fn tlsa() -> Vec<TlsaRecord> {
+    vec![TlsaRecord {
+        usage: 3,
+        selector: 1,
+        matching: 1,
+        data: vec![7; 32],
+    }]
+}
+
+/// Situations of the single MX host.
+#[derive(Debug, Clone, Copy)]
+enum S {
+    /// Insecure MX and addresses: no DANE possible.
+    Unsigned,
+    SecureUsable,
+    SecureUnusable,
+    SecureNoTlsa,
+    /// Insecure MX RRset, secure addresses and TLSA (half-DANE).
+    HalfDane,
+    TlsaBogus,
+    AddrFailed,
+}
+
+fn host(s: S) -> (DnssecStatus, HostFacts) {
+    let (mx_status, addrs, tlsa) = match s {
+        S::Unsigned => (Insecure, AddrFacts::Found(Insecure), TlsaFacts::NotLooked),
+        S::SecureUsable => (
+            Secure,
+            AddrFacts::Found(Secure),
+            TlsaFacts::SecureUsable(tlsa()),
+        ),
+        S::SecureUnusable => (Secure, AddrFacts::Found(Secure), TlsaFacts::SecureUnusable),
+        S::SecureNoTlsa => (Secure, AddrFacts::Found(Secure), TlsaFacts::SecureNone),
+        S::HalfDane => (
+            Insecure,
+            AddrFacts::Found(Secure),
+            TlsaFacts::SecureUsable(tlsa()),
+        ),
+        S::TlsaBogus => (
+            Secure,
+            AddrFacts::Found(Secure),
+            TlsaFacts::Failed("bogus".into()),
+        ),
+        S::AddrFailed => (
+            Secure,
+            AddrFacts::Failed("SERVFAIL".into()),
+            TlsaFacts::NotLooked,
+        ),
+    };
+    (
+        mx_status,
+        HostFacts {
+            host: MX.into(),
+            addrs,
+            tlsa,
+        },
+    )
+}
+
+fn sts(mode: Option<MtaStsMode>, mx: &str) -> StsState {
+    match mode {
+        None => StsState::Absent,
+        Some(mode) => StsState::Policy(MtaStsPolicy {
+            mode,
+            mx: vec![mx.into()],
+            max_age: 86400,
+        }),
+    }
+}
+
+/// Expected per-host outcome.
+#[derive(Debug, PartialEq)]
+enum R {
+    Clear,
+    May,
+    Enc,
+    Pkix,
+    Dane,
+    Skip(&'static str),
+}
+
+fn kind(r: &Result<TlsRequirement, String>) -> R {
+    match r {
+        Ok(TlsRequirement::Cleartext) => R::Clear,
+        Ok(TlsRequirement::Opportunistic) => R::May,
+        Ok(TlsRequirement::Encrypt) => R::Enc,
+        Ok(TlsRequirement::Pkix { .. }) => R::Pkix,
+        Ok(TlsRequirement::Dane { .. }) => R::Dane,
+        Err(e) if e.starts_with("dane-only") => R::Skip("dane-only"),
+        Err(e) if e.starts_with("mta-sts") => R::Skip("mta-sts"),
+        Err(e) if e.starts_with("dane:") => R::Skip("dane"),
+        Err(e) => panic!("unexpected reason {e}"),
+    }
+}
+
+#[test]
+fn decision_table() {
+    use Level::*;
+    use MtaStsMode::{Enforce, Testing};
+    use PolicySource as P;
+    let none: Option<MtaStsMode> = Option::None;
+    let rows: Vec<(Level, S, Option<MtaStsMode>, Level, PolicySource, R)> = vec![
+        // Config levels ignore DNS security and MTA-STS.
+        (
+            None,
+            S::SecureUsable,
+            Some(Enforce),
+            None,
+            P::Config,
+            R::Clear,
+        ),
+        (May, S::Unsigned, none, May, P::Config, R::May),
+        (Encrypt, S::Unsigned, none, Encrypt, P::Config, R::Enc),
+        (Verify, S::Unsigned, none, Verify, P::Config, R::Pkix),
+        (Verify, S::SecureUsable, none, Verify, P::Config, R::Pkix),
+        // mta-sts
+        (
+            MtaSts,
+            S::Unsigned,
+            Some(Enforce),
+            MtaSts,
+            P::MtaSts,
+            R::Pkix,
+        ),
+        (
+            MtaSts,
+            S::Unsigned,
+            Some(Testing),
+            MtaSts,
+            P::MtaSts,
+            R::May,
+        ),
+        (
+            MtaSts,
+            S::Unsigned,
+            Some(MtaStsMode::None),
+            May,
+            P::Fallback,
+            R::May,
+        ),
+        (MtaSts, S::Unsigned, none, May, P::Fallback, R::May),
+        // dane
+        (Dane, S::SecureUsable, none, Dane, P::Dane, R::Dane),
+        (Dane, S::HalfDane, none, Dane, P::Dane, R::Dane),
+        (Dane, S::SecureUnusable, none, Dane, P::Dane, R::Enc),
+        (Dane, S::SecureNoTlsa, none, May, P::Fallback, R::May),
+        (Dane, S::Unsigned, none, May, P::Fallback, R::May),
+        (Dane, S::TlsaBogus, none, Dane, P::Dane, R::Skip("dane")),
+        (Dane, S::AddrFailed, none, Dane, P::Dane, R::Skip("dane")),
+        // dane-only
+        (DaneOnly, S::SecureUsable, none, Dane, P::Dane, R::Dane),
+        (DaneOnly, S::SecureUnusable, none, Dane, P::Dane, R::Enc),
+        (
+            DaneOnly,
+            S::SecureNoTlsa,
+            none,
+            Dane,
+            P::Config,
+            R::Skip("dane-only"),
+        ),
+        (
+            DaneOnly,
+            S::Unsigned,
+            none,
+            Dane,
+            P::Config,
+            R::Skip("dane-only"),
+        ),
+        (
+            DaneOnly,
+            S::TlsaBogus,
+            none,
+            Dane,
+            P::Config,
+            R::Skip("dane"),
+        ),
+        // auto: DANE first, MTA-STS never overrides it, then MTA-STS, then fallback.
+        (Auto, S::SecureUsable, Some(Enforce), Dane, P::Dane, R::Dane),
+        (Auto, S::HalfDane, Some(Enforce), Dane, P::Dane, R::Dane),
+        (
+            Auto,
+            S::SecureUnusable,
+            Some(Enforce),
+            Dane,
+            P::Dane,
+            R::Enc,
+        ),
+        (
+            Auto,
+            S::TlsaBogus,
+            Some(Enforce),
+            Dane,
+            P::Dane,
+            R::Skip("dane"),
+        ),
+        (
+            Auto,
+            S::AddrFailed,
+            Some(Enforce),
+            Dane,
+            P::Dane,
+            R::Skip("dane"),
+        ),
+        (
+            Auto,
+            S::SecureNoTlsa,
+            Some(Enforce),
+            MtaSts,
+            P::MtaSts,
+            R::Pkix,
+        ),
+        (Auto, S::Unsigned, Some(Enforce), MtaSts, P::MtaSts, R::Pkix),
+        (Auto, S::Unsigned, Some(Testing), MtaSts, P::MtaSts, R::May),
+        (
+            Auto,
+            S::Unsigned,
+            Some(MtaStsMode::None),
+            May,
+            P::Fallback,
+            R::May,
+        ),
+        (Auto, S::Unsigned, none, May, P::Fallback, R::May),
+        (Auto, S::SecureNoTlsa, none, May, P::Fallback, R::May),
+    ];
+    for (i, (level, situation, mode, want_level, want_source, want)) in rows.into_iter().enumerate()
+    {
+        let (mx_status, h) = host(situation);
+        let hosts = [h];
+        let st = sts(mode, MX);
+        let d = decide(&DecisionInput {
+            level,
+            fallback: Level::May,
+            match_names: &[],
+            mx_status,
+            hosts: &hosts,
+            sts: &st,
+        });
+        let got = (d.level, d.source, kind(&d.per_host[0]));
+        assert_eq!(
+            got,
+            (want_level, want_source, want),
+            "row {i}: {level} {situation:?} {mode:?}"
+        );
+    }
+}
+
+#[test]
+fn mta_sts_enforce_skips_mx_not_in_policy() {
+    let (mx_status, h) = host(S::Unsigned);
+    let other = HostFacts {
+        host: "evil.example.net".into(),
+        ..h.clone()
+    };
+    let hosts = [h, other];
+    let st = sts(Some(MtaStsMode::Enforce), "*.example.com");
+    for level in [Level::MtaSts, Level::Auto] {
+        let d = decide(&DecisionInput {
+            level,
+            fallback: Level::May,
+            match_names: &[],
+            mx_status,
+            hosts: &hosts,
+            sts: &st,
+        });
+        assert_eq!(
+            d.per_host[0],
+            Ok(TlsRequirement::Pkix {
+                names: vec![MX.into()]
+            })
+        );
+        assert_eq!(
+            d.per_host[1],
+            Err("mta-sts enforce: evil.example.net not in policy".into())
+        );
+    }
+}
+
+#[test]
+fn verify_uses_match_list_and_fallback_level_applies() {
+    let (mx_status, h) = host(S::Unsigned);
+    let hosts = [h];
+    let names = vec!["mx1.partner.example".to_string()];
+    let d = decide(&DecisionInput {
+        level: Level::Verify,
+        fallback: Level::May,
+        match_names: &names,
+        mx_status,
+        hosts: &hosts,
+        sts: &StsState::NotConsulted,
+    });
+    assert_eq!(d.per_host[0], Ok(TlsRequirement::Pkix { names }));
+    let d = decide(&DecisionInput {
+        level: Level::Auto,
+        fallback: Level::Encrypt,
+        match_names: &[],
+        mx_status,
+        hosts: &hosts,
+        sts: &StsState::Absent,
+    });
+    assert_eq!(
+        (d.level, d.source),
+        (Level::Encrypt, PolicySource::Fallback)
+    );
+    assert_eq!(d.per_host[0], Ok(TlsRequirement::Encrypt));
+}
+
+#[test]
+fn dane_requirement_names_the_mx_host() {
+    let (mx_status, h) = host(S::HalfDane);
+    let hosts = [h];
+    let d = decide(&DecisionInput {
+        level: Level::Auto,
+        fallback: Level::May,
+        match_names: &[],
+        mx_status,
+        hosts: &hosts,
+        sts: &StsState::Absent,
+    });
+    assert_eq!(
+        d.per_host[0],
+        Ok(TlsRequirement::Dane {
+            tlsa: tlsa(),
+            names: vec![MX.into()]
+        })
+    );
+}
+
+#[test]
+fn needs_sts_only_where_dane_does_not_apply() {
+    let facts = |s| [host(s).1];
+    assert!(needs_sts(Level::MtaSts, &facts(S::SecureUsable)));
+    assert!(needs_sts(Level::Auto, &facts(S::Unsigned)));
+    assert!(needs_sts(Level::Auto, &facts(S::SecureNoTlsa)));
+    assert!(!needs_sts(Level::Auto, &facts(S::SecureUsable)));
+    assert!(!needs_sts(Level::Auto, &facts(S::TlsaBogus)));
+    assert!(!needs_sts(Level::Dane, &facts(S::Unsigned)));
+    assert!(!needs_sts(Level::Verify, &facts(S::Unsigned)));
+}

@@ -1,0 +1,405 @@
+//! [`PolicyEngine`]: the thin async shell around the decision core. It resolves the MX
+//! hosts, their addresses and TLSA records, consults the MTA-STS store when the facts
+//! call for it, then lets [`decide`] choose. It also builds and caches rustls configs.
+//! It does not connect to MX hosts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use mxgate_config::{Config, Level, TlsVersion};
+use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxHost, MxLookup};
+use rustls::crypto::CryptoProvider;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use tokio::task::JoinSet;
+
+use crate::dane::Auth;
+use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
+use crate::explain::{Explanation, MxReport, StsReport};
+use crate::plan::{DeliveryPlan, MxPlan, PlanError, TlsRequirement, TlsaRecord};
+use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
+use crate::sts::store::{now_unix, PolicyStore, StsLookup};
+use crate::tls;
+
+/// The engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyInitError {
+    #[error(transparent)]
+    Roots(#[from] tls::RootsError),
+    #[error("MTA-STS client: {0}")]
+    Http(#[from] FetchError),
+    /// Contract §3: with `dns.dnssec = "off"` there is no DANE, so `dane`/`dane-only`
+    /// cannot be honoured.
+    #[error("level {level} for {scope} needs DNSSEC, but dns.dnssec = \"off\"")]
+    DaneWithoutDnssec { level: Level, scope: String },
+}
+
+/// Upper bound of cached rustls configurations (DANE ones differ per MX host).
+const MAX_CACHED_CONFIGS: usize = 4096;
+
+/// Decides the [`DeliveryPlan`] of each destination.
+pub struct PolicyEngine {
+    config: Arc<Config>,
+    dns: Arc<DnsClient>,
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    configs: DashMap<(TlsRequirement, TlsVersion), Arc<rustls::ClientConfig>>,
+    sts: PolicyStore,
+}
+
+/// Addresses, DANE facts and every TLSA record (for reports) of one MX host.
+type HostLookup = (Vec<IpAddr>, HostFacts, Vec<TlsaRecord>);
+
+/// Everything the lookups found, kept for [`PolicyEngine::explain`].
+struct Facts {
+    hosts: Vec<(MxHost, Vec<IpAddr>, HostFacts, Vec<TlsaRecord>)>,
+    mx_status: DnssecStatus,
+    sts: StsLookup,
+}
+
+impl PolicyEngine {
+    /// Loads the trust roots (`delivery.ca_file`) and prepares the MTA-STS client and
+    /// store (`policy.cache_path`, `policy.mta_sts_port`, `policy.mta_sts_timeout`).
+    pub fn new(config: Arc<Config>, dns: Arc<DnsClient>) -> Result<Self, PolicyInitError> {
+        let roots = Arc::new(tls::load_roots(&config.delivery.ca_file)?);
+        let source = NetworkSource::new(
+            dns.clone(),
+            roots.clone(),
+            config.policy.mta_sts_port,
+            config.policy.mta_sts_timeout,
+        )?;
+        Self::with_sts_source(config, dns, roots, Arc::new(source))
+    }
+
+    /// As [`PolicyEngine::new`], with another MTA-STS source (tests).
+    pub fn with_sts_source(
+        config: Arc<Config>,
+        dns: Arc<DnsClient>,
+        roots: Arc<RootCertStore>,
+        source: Arc<dyn StsSource>,
+    ) -> Result<Self, PolicyInitError> {
+        if dns.dnssec_mode() == mxgate_config::DnssecMode::Off {
+            if config.policy.default.needs_dnssec() {
+                return Err(PolicyInitError::DaneWithoutDnssec {
+                    level: config.policy.default,
+                    scope: "policy.default".into(),
+                });
+            }
+            if let Some((d, e)) = config
+                .policy
+                .domains
+                .iter()
+                .find(|(_, e)| e.level.needs_dnssec())
+            {
+                return Err(PolicyInitError::DaneWithoutDnssec {
+                    level: e.level,
+                    scope: format!("policy.domains.{d:?}"),
+                });
+            }
+        }
+        let sts = PolicyStore::new(config.policy.cache_path.clone(), source);
+        Ok(PolicyEngine {
+            config,
+            dns,
+            provider: tls::provider(),
+            roots,
+            configs: DashMap::new(),
+            sts,
+        })
+    }
+
+    /// The plan for one destination domain.
+    pub async fn plan(&self, domain: &str) -> Result<DeliveryPlan, PlanError> {
+        let domain = normalise(domain);
+        let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
+        let facts = self.gather(&domain, level).await?;
+        let host_facts: Vec<HostFacts> = facts.hosts.iter().map(|h| h.2.clone()).collect();
+        let decision = decide(&DecisionInput {
+            level,
+            fallback: self.config.policy.fallback,
+            match_names: &match_names,
+            mx_status: facts.mx_status,
+            hosts: &host_facts,
+            sts: &facts.sts.state,
+        });
+        let mx = facts
+            .hosts
+            .into_iter()
+            .zip(decision.per_host)
+            .map(|((mx, addrs, hf, _), req)| {
+                let requirement = match (&hf.addrs, req) {
+                    (AddrFacts::Failed(why), Ok(_)) => Err(why.clone()),
+                    (_, r) => r,
+                };
+                MxPlan {
+                    host: mx.host,
+                    preference: mx.preference,
+                    addrs,
+                    requirement,
+                }
+            })
+            .collect();
+        Ok(DeliveryPlan {
+            domain,
+            level: decision.level,
+            source: decision.source,
+            min_tls_version,
+            on_tls_failure,
+            mx,
+        })
+    }
+
+    /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`).
+    pub async fn explain(&self, domain: &str) -> Result<Explanation, PlanError> {
+        let domain = normalise(domain);
+        let plan = self.plan(&domain).await;
+        let (level, ..) = self.settings(&domain);
+        let facts = self.gather(&domain, level).await;
+        let plan = plan?;
+        let facts = facts?;
+        let now = now_unix();
+        Ok(Explanation {
+            domain: domain.clone(),
+            configured_level: level.as_str().to_string(),
+            level: plan.level.as_str().to_string(),
+            source: plan.source.as_str().to_string(),
+            min_tls_version: plan.min_tls_version.as_str().to_string(),
+            mx: facts
+                .hosts
+                .iter()
+                .zip(&plan.mx)
+                .map(|((mx, addrs, hf, tlsa), p)| {
+                    MxReport::new(mx, addrs, hf, tlsa, facts.mx_status, p)
+                })
+                .collect(),
+            mta_sts: self
+                .sts
+                .cached(&domain)
+                .or(facts.sts.cached)
+                .map(|c| StsReport::new(&c, now)),
+        })
+    }
+
+    /// The rustls configuration for one TLS session under `requirement` (cached).
+    pub fn client_config(
+        &self,
+        requirement: &TlsRequirement,
+        min_tls_version: TlsVersion,
+    ) -> Arc<rustls::ClientConfig> {
+        let key = (requirement.clone(), min_tls_version);
+        if let Some(c) = self.configs.get(&key) {
+            return c.clone();
+        }
+        // Fails only if rustls rejects TLS 1.2/1.3 with the ring provider or the root
+        // store is empty (webpki-roots never is): programming errors, not input.
+        #[allow(clippy::expect_used)]
+        let config =
+            tls::build_client_config(&self.provider, &self.roots, requirement, min_tls_version)
+                .expect("ring supports TLS 1.2/1.3 and webpki-roots is not empty");
+        let config = Arc::new(config);
+        if self.configs.len() >= MAX_CACHED_CONFIGS {
+            self.configs.clear();
+        }
+        self.configs.insert(key, config.clone());
+        config
+    }
+
+    /// Which authentication a completed handshake under `requirement` performed (log
+    /// field `auth=`); `peer_certificates` as rustls reports them, leaf first.
+    pub fn authenticated_by(
+        &self,
+        requirement: &TlsRequirement,
+        peer_certificates: &[CertificateDer<'_>],
+    ) -> Auth {
+        tls::authenticated_by(requirement, peer_certificates)
+    }
+
+    /// `[policy.domains]` entry or the global defaults.
+    fn settings(
+        &self,
+        domain: &str,
+    ) -> (Level, Vec<String>, TlsVersion, mxgate_config::OnTlsFailure) {
+        let p = &self.config.policy;
+        match p.domain_entry(domain) {
+            Some((_, e)) => (
+                e.level,
+                e.match_names.iter().map(|n| normalise(n)).collect(),
+                e.min_tls_version.unwrap_or(p.min_tls_version),
+                e.on_tls_failure.unwrap_or(p.on_tls_failure),
+            ),
+            None => (p.default, Vec::new(), p.min_tls_version, p.on_tls_failure),
+        }
+    }
+
+    async fn gather(&self, domain: &str, level: Level) -> Result<Facts, PlanError> {
+        let uses_dane = matches!(level, Level::Dane | Level::DaneOnly | Level::Auto);
+        let (hosts, mx_status) = match self.dns.mx(domain).await {
+            Err(e) => return Err(dns_error(domain, "MX", e)),
+            Ok(MxLookup::NullMx { .. }) => return Err(PlanError::NullMx(domain.to_string())),
+            Ok(MxLookup::NxDomain { .. }) => {
+                return Err(PlanError::NoSuchDomain {
+                    domain: domain.to_string(),
+                    detail: "NXDOMAIN".into(),
+                })
+            }
+            // RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated
+            // as if it was associated with an implicit MX RR, with a preference of 0,
+            // pointing to that host."
+            Ok(MxLookup::NoMx { status }) => (
+                vec![MxHost {
+                    preference: 0,
+                    host: domain.to_string(),
+                }],
+                status,
+            ),
+            Ok(MxLookup::Mx { hosts, status }) => (hosts, status),
+        };
+        // RFC 7672 §2.2.1: an MX lookup that is neither secure nor insecure cannot be
+        // trusted either way; defer where DANE could apply.
+        if uses_dane && mx_status == DnssecStatus::Indeterminate {
+            return Err(PlanError::Temporary(format!(
+                "dane: DNSSEC status of the MX records of {domain} is indeterminate"
+            )));
+        }
+        let implicit = hosts.len() == 1 && hosts[0].host == domain && hosts[0].preference == 0;
+        let port = self.config.delivery.smtp_port;
+        let mut set = JoinSet::new();
+        for (i, mx) in hosts.iter().enumerate() {
+            let dns = self.dns.clone();
+            let host = mx.host.clone();
+            set.spawn(async move { (i, host_facts(&dns, &host, port, uses_dane).await) });
+        }
+        let mut results: Vec<Option<HostLookup>> = vec![None; hosts.len()];
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, r)) = joined {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(hosts.len());
+        for (mx, r) in hosts.into_iter().zip(results) {
+            let r = r.unwrap_or_else(|| {
+                (
+                    Vec::new(),
+                    HostFacts {
+                        host: mx.host.clone(),
+                        addrs: AddrFacts::Failed(format!("lookup of {} aborted", mx.host)),
+                        tlsa: TlsaFacts::NotLooked,
+                    },
+                    Vec::new(),
+                )
+            });
+            out.push((mx, r.0, r.1, r.2));
+        }
+        // The implicit MX of a domain without addresses: the domain does not take mail.
+        if implicit && out.iter().all(|h| h.1.is_empty()) {
+            if let AddrFacts::Failed(why) = &out[0].2.addrs {
+                if why.starts_with("no address") {
+                    return Err(PlanError::NoSuchDomain {
+                        domain: domain.to_string(),
+                        detail: "no MX and no address records".into(),
+                    });
+                }
+            }
+        }
+        let host_facts: Vec<HostFacts> = out.iter().map(|h| h.2.clone()).collect();
+        let sts = if needs_sts(level, &host_facts) {
+            self.sts.lookup(domain, now_unix()).await
+        } else {
+            StsLookup {
+                state: StsState::NotConsulted,
+                cached: None,
+            }
+        };
+        Ok(Facts {
+            hosts: out,
+            mx_status,
+            sts,
+        })
+    }
+}
+
+/// Address and TLSA facts of one MX host. Returns also every TLSA record (for reports).
+async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> HostLookup {
+    let (addrs, addr_facts) = match dns.addresses(host).await {
+        Ok(Answer::Found { records, status }) => match status {
+            DnssecStatus::Secure | DnssecStatus::Insecure => (records, AddrFacts::Found(status)),
+            other => (
+                Vec::new(),
+                AddrFacts::Failed(format!("address records of {host} are {other}")),
+            ),
+        },
+        Ok(_) => (
+            Vec::new(),
+            AddrFacts::Failed(format!("no address records for {host}")),
+        ),
+        Err(e) => (Vec::new(), AddrFacts::Failed(e.to_string())),
+    };
+    let mut all = Vec::new();
+    // RFC 7672 §2.2.2: TLSA records are looked up only when the address records are
+    // secure.
+    let tlsa = if uses_dane && addr_facts == AddrFacts::Found(DnssecStatus::Secure) {
+        match dns.tlsa(port, host).await {
+            Ok(Answer::Found { records, status }) => {
+                all = records
+                    .into_iter()
+                    .map(|t| TlsaRecord {
+                        usage: t.usage,
+                        selector: t.selector,
+                        matching: t.matching,
+                        data: t.data,
+                    })
+                    .collect();
+                match status {
+                    DnssecStatus::Secure => {
+                        let usable: Vec<TlsaRecord> =
+                            all.iter().filter(|r| r.is_usable()).cloned().collect();
+                        if usable.is_empty() {
+                            TlsaFacts::SecureUnusable
+                        } else {
+                            TlsaFacts::SecureUsable(usable)
+                        }
+                    }
+                    DnssecStatus::Insecure => TlsaFacts::Insecure,
+                    other => TlsaFacts::Failed(format!("TLSA records of {host} are {other}")),
+                }
+            }
+            Ok(Answer::NoData { status } | Answer::NxDomain { status }) => match status {
+                DnssecStatus::Secure => TlsaFacts::SecureNone,
+                DnssecStatus::Insecure => TlsaFacts::Insecure,
+                other => TlsaFacts::Failed(format!("TLSA denial for {host} is {other}")),
+            },
+            Err(e) => TlsaFacts::Failed(format!("TLSA lookup for {host} failed: {e}")),
+        }
+    } else {
+        TlsaFacts::NotLooked
+    };
+    (
+        addrs,
+        HostFacts {
+            host: host.to_string(),
+            addrs: addr_facts,
+            tlsa,
+        },
+        all,
+    )
+}
+
+fn dns_error(domain: &str, what: &str, e: DnsError) -> PlanError {
+    match e {
+        DnsError::InvalidName { .. } => PlanError::NoSuchDomain {
+            domain: domain.to_string(),
+            detail: e.to_string(),
+        },
+        DnsError::Bogus { .. } => {
+            PlanError::Temporary(format!("dnssec: {what} lookup for {domain}: {e}"))
+        }
+        DnsError::Temporary { .. } | DnsError::Setup(_) => PlanError::Temporary(e.to_string()),
+    }
+}
+
+fn normalise(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}

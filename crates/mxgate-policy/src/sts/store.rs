@@ -1,0 +1,399 @@
+//! The MTA-STS policy store (RFC 8461 §5.1): a dashmap in front of one JSON file per
+//! domain under `policy.cache_path`, so policies survive restarts.
+//!
+//! Rules: refetch when the TXT `id` changes; keep an unexpired policy when the TXT
+//! lookup or the refresh fails; refresh proactively once a per-domain share (50–75 %,
+//! spread by a hash of the domain) of `max_age` has passed; remember domains without a
+//! policy with a growing back-off. A corrupt cache file is logged and ignored. The store
+//! does not decide delivery and never holds a map guard across an `.await`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use super::fetch::{StsSource, TxtOutcome};
+use super::MtaStsPolicy;
+use crate::decide::StsState;
+
+/// One cached policy, as stored on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPolicy {
+    pub domain: String,
+    pub id: String,
+    pub policy: MtaStsPolicy,
+    /// Unix seconds.
+    pub fetched_at: u64,
+}
+
+impl CachedPolicy {
+    pub fn expires_at(&self) -> u64 {
+        self.fetched_at.saturating_add(self.policy.max_age)
+    }
+
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.expires_at()
+    }
+
+    /// When to refresh proactively: between 50 % and 75 % of max_age, per domain.
+    pub fn refresh_at(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.domain.hash(&mut h);
+        let share = 50 + h.finish() % 26; // percent
+        self.fetched_at
+            .saturating_add(self.policy.max_age.saturating_mul(share) / 100)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Policy(CachedPolicy),
+    /// No policy: do not ask again before `until`; `backoff` seconds next time.
+    Negative {
+        until: u64,
+        backoff: u64,
+    },
+}
+
+/// Negative caching: first 5 minutes, doubling up to 1 hour.
+const NEG_MIN: u64 = 300;
+const NEG_MAX: u64 = 3600;
+
+/// What [`PolicyStore::lookup`] found, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsLookup {
+    pub state: StsState,
+    pub cached: Option<CachedPolicy>,
+}
+
+/// MTA-STS policies by domain.
+pub struct PolicyStore {
+    dir: PathBuf,
+    mem: DashMap<String, Entry>,
+    source: Arc<dyn StsSource>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl PolicyStore {
+    pub fn new(dir: PathBuf, source: Arc<dyn StsSource>) -> PolicyStore {
+        PolicyStore {
+            dir,
+            mem: DashMap::new(),
+            source,
+        }
+    }
+
+    fn path_for(&self, domain: &str) -> Option<PathBuf> {
+        // Domain names become file names: only LDH labels and dots, never a path.
+        let ok = !domain.is_empty()
+            && !domain.starts_with('.')
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        ok.then(|| self.dir.join(format!("{domain}.json")))
+    }
+
+    fn load(&self, domain: &str) -> Option<CachedPolicy> {
+        let path = self.path_for(domain)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "mta-sts cache: unreadable, ignored");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<CachedPolicy>(&bytes) {
+            Ok(p) if p.domain == domain => Some(p),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "mta-sts cache: file is for another domain, ignored");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "mta-sts cache: corrupt file, ignored");
+                None
+            }
+        }
+    }
+
+    fn save(&self, p: &CachedPolicy) {
+        let Some(path) = self.path_for(&p.domain) else {
+            return;
+        };
+        if let Err(e) = write_atomic(&self.dir, &path, p) {
+            tracing::warn!(path = %path.display(), error = %e, "mta-sts cache: write failed");
+        }
+    }
+
+    /// The cached policy for `domain`, memory first, then disk (no network).
+    pub fn cached(&self, domain: &str) -> Option<CachedPolicy> {
+        if let Some(e) = self.mem.get(domain) {
+            if let Entry::Policy(p) = e.value() {
+                return Some(p.clone());
+            }
+        }
+        let p = self.load(domain)?;
+        self.mem
+            .insert(domain.to_string(), Entry::Policy(p.clone()));
+        Some(p)
+    }
+
+    /// The MTA-STS state of `domain` at `now` (unix seconds), fetching as needed.
+    pub async fn lookup(&self, domain: &str, now: u64) -> StsLookup {
+        let negative = self.mem.get(domain).and_then(|e| match e.value() {
+            Entry::Negative { until, backoff } => Some((*until, *backoff)),
+            Entry::Policy(_) => None,
+        });
+        if let Some((until, _)) = negative {
+            if now < until {
+                metrics::counter!("mxgate_policy_cache_lookups_total", "result" => "hit")
+                    .increment(1);
+                return StsLookup {
+                    state: StsState::Absent,
+                    cached: None,
+                };
+            }
+        }
+        let cached = self.cached(domain).filter(|p| p.is_fresh(now));
+        let result = if cached.as_ref().is_some_and(|p| now < p.refresh_at()) {
+            "hit"
+        } else {
+            "miss"
+        };
+        metrics::counter!("mxgate_policy_cache_lookups_total", "result" => result).increment(1);
+
+        let txt = self.source.txt(domain).await;
+        match (txt, cached) {
+            (TxtOutcome::Id(id), Some(c)) if c.id == id && now < c.refresh_at() => found(c),
+            (TxtOutcome::Id(id), cached) => {
+                // RFC 8461 §5.1: "If the "id" field differs from the cached value, the
+                // sender MUST fetch a new policy"; proactive refresh also lands here.
+                match self.source.fetch(domain).await {
+                    Ok(policy) => {
+                        metrics::counter!("mxgate_mta_sts_fetches_total", "result" => "ok")
+                            .increment(1);
+                        let c = CachedPolicy {
+                            domain: domain.to_string(),
+                            id,
+                            policy,
+                            fetched_at: now,
+                        };
+                        self.save(&c);
+                        self.mem
+                            .insert(domain.to_string(), Entry::Policy(c.clone()));
+                        found(c)
+                    }
+                    Err(e) => {
+                        metrics::counter!("mxgate_mta_sts_fetches_total", "result" => e.label())
+                            .increment(1);
+                        tracing::warn!(domain, error = %e, "mta-sts: policy fetch failed");
+                        match cached {
+                            // RFC 8461 §5.1: an unexpired cached policy stays in force
+                            // when a refresh fails.
+                            Some(c) => found(c),
+                            // RFC 8461 §5: "If a valid TXT record is found but no policy
+                            // can be fetched via HTTPS (for any reason), and there is no
+                            // valid (non-expired) previously cached policy, senders MUST
+                            // continue with delivery as though the domain has not
+                            // implemented MTA-STS."
+                            None => StsLookup {
+                                state: StsState::Absent,
+                                cached: None,
+                            },
+                        }
+                    }
+                }
+            }
+            // RFC 8461 §5.1: a cached, unexpired policy is used even when the TXT record
+            // has gone or cannot be looked up (a downgrade attacker could remove it).
+            (TxtOutcome::NoPolicy | TxtOutcome::Failed(_), Some(c)) => found(c),
+            (TxtOutcome::NoPolicy, None) => {
+                let backoff = negative
+                    .map(|(_, b)| (b * 2).min(NEG_MAX))
+                    .unwrap_or(NEG_MIN);
+                self.mem.insert(
+                    domain.to_string(),
+                    Entry::Negative {
+                        until: now.saturating_add(backoff),
+                        backoff,
+                    },
+                );
+                StsLookup {
+                    state: StsState::Absent,
+                    cached: None,
+                }
+            }
+            (TxtOutcome::Failed(why), None) => {
+                tracing::info!(domain, error = %why, "mta-sts: TXT lookup failed, no cached policy");
+                StsLookup {
+                    state: StsState::Absent,
+                    cached: None,
+                }
+            }
+        }
+    }
+}
+
+fn found(c: CachedPolicy) -> StsLookup {
+    StsLookup {
+        state: StsState::Policy(c.policy.clone()),
+        cached: Some(c),
+    }
+}
+
+/// temp file, fsync, rename, fsync the directory.
+fn write_atomic(dir: &Path, path: &Path, p: &CachedPolicy) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sts::fetch::{BoxFut, FetchError};
+    use crate::sts::MtaStsMode;
+    use std::sync::Mutex;
+
+    /// A scripted source: TXT answer and fetch result per call, counting fetches.
+    struct Fake {
+        txt: Mutex<TxtOutcome>,
+        fetch: Mutex<Result<MtaStsPolicy, FetchError>>,
+        fetches: Mutex<u32>,
+    }
+
+    impl StsSource for Fake {
+        fn txt(&self, _d: &str) -> BoxFut<'_, TxtOutcome> {
+            let t = self.txt.lock().unwrap().clone();
+            Box::pin(async move { t })
+        }
+        fn fetch(&self, _d: &str) -> BoxFut<'_, Result<MtaStsPolicy, FetchError>> {
+            *self.fetches.lock().unwrap() += 1;
+            let r = self.fetch.lock().unwrap().clone();
+            Box::pin(async move { r })
+        }
+    }
+
+    fn policy(max_age: u64) -> MtaStsPolicy {
+        MtaStsPolicy {
+            mode: MtaStsMode::Enforce,
+            mx: vec!["mx.example.com".into()],
+            max_age,
+        }
+    }
+
+    fn fake(txt: TxtOutcome, fetch: Result<MtaStsPolicy, FetchError>) -> Arc<Fake> {
+        Arc::new(Fake {
+            txt: Mutex::new(txt),
+            fetch: Mutex::new(fetch),
+            fetches: Mutex::new(0),
+        })
+    }
+
+    fn enforce(l: &StsLookup) -> bool {
+        matches!(&l.state, StsState::Policy(p) if p.mode == MtaStsMode::Enforce)
+    }
+
+    #[tokio::test]
+    async fn fetch_cache_survives_restart_and_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("1".into()), Ok(policy(86400)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        assert!(enforce(&store.lookup("example.com", 1000).await));
+        // Same id, before the refresh point: no new fetch.
+        assert!(enforce(&store.lookup("example.com", 2000).await));
+        assert_eq!(*src.fetches.lock().unwrap(), 1);
+        assert!(dir.path().join("example.com.json").exists());
+
+        // "Restart" with the HTTPS server down and the TXT record stripped.
+        let down = fake(TxtOutcome::NoPolicy, Err(FetchError::Timeout));
+        let store2 = PolicyStore::new(dir.path().into(), down.clone());
+        assert!(enforce(&store2.lookup("example.com", 3000).await));
+        // TXT present with a new id, fetch fails: the old policy stays.
+        *down.txt.lock().unwrap() = TxtOutcome::Id("2".into());
+        assert!(enforce(&store2.lookup("example.com", 4000).await));
+        assert_eq!(*down.fetches.lock().unwrap(), 1);
+        // After expiry, nothing is left.
+        let l = store2.lookup("example.com", 1000 + 86400).await;
+        assert_eq!(l.state, StsState::Absent);
+    }
+
+    #[tokio::test]
+    async fn id_change_refetches() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("a".into()), Ok(policy(86400)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        store.lookup("example.com", 10).await;
+        *src.txt.lock().unwrap() = TxtOutcome::Id("b".into());
+        let mut p = policy(86400);
+        p.mode = MtaStsMode::Testing;
+        *src.fetch.lock().unwrap() = Ok(p);
+        let l = store.lookup("example.com", 20).await;
+        assert!(matches!(l.state, StsState::Policy(ref p) if p.mode == MtaStsMode::Testing));
+        assert_eq!(l.cached.unwrap().id, "b");
+        assert_eq!(*src.fetches.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn proactive_refresh_before_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("a".into()), Ok(policy(1000)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        let first = store.lookup("example.com", 0).await.cached.unwrap();
+        let at = first.refresh_at();
+        assert!((500..=750).contains(&at), "refresh at {at}");
+        store.lookup("example.com", at - 1).await;
+        assert_eq!(*src.fetches.lock().unwrap(), 1);
+        store.lookup("example.com", at).await;
+        assert_eq!(*src.fetches.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn negative_cache_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::NoPolicy, Err(FetchError::Timeout));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        assert_eq!(
+            store.lookup("none.example", 0).await.state,
+            StsState::Absent
+        );
+        // Within the back-off the TXT answer is not even asked: publish a policy now.
+        *src.txt.lock().unwrap() = TxtOutcome::Id("x".into());
+        *src.fetch.lock().unwrap() = Ok(policy(100));
+        assert_eq!(
+            store.lookup("none.example", NEG_MIN - 1).await.state,
+            StsState::Absent
+        );
+        assert_eq!(*src.fetches.lock().unwrap(), 0);
+        assert!(enforce(&store.lookup("none.example", NEG_MIN).await));
+    }
+
+    #[tokio::test]
+    async fn corrupt_cache_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("example.com.json"), b"{not json").unwrap();
+        let src = fake(TxtOutcome::NoPolicy, Err(FetchError::Timeout));
+        let store = PolicyStore::new(dir.path().into(), src);
+        assert_eq!(store.lookup("example.com", 5).await.state, StsState::Absent);
+        assert!(store.path_for("../etc/passwd").is_none());
+    }
+}

@@ -1,0 +1,223 @@
+//! rustls client configurations per [`TlsRequirement`], and their verifiers.
+//!
+//! Every configuration uses the ring provider, TLS 1.2+ (or 1.3 only), and rustls'
+//! default cipher suites (all AEAD with forward secrecy). Verifiers always check the
+//! handshake signature; what differs is how the certificate is judged:
+//! [`DangerAcceptAnyCertificate`] (opportunistic/encrypt), [`PkixNamesVerifier`]
+//! (verify, MTA-STS enforce) and [`crate::dane::DaneVerifier`]. This module does not
+//! open connections.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mxgate_config::TlsVersion;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::dane::{Auth, DaneVerifier};
+use crate::plan::TlsRequirement;
+
+/// The ring provider with rustls' default (AEAD, forward-secret) suites.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why the trust roots could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("delivery.ca_file {path}: {detail}")]
+    CaFile { path: String, detail: String },
+}
+
+/// webpki-roots plus the PEM certificates of `ca_file` (empty path = none).
+pub fn load_roots(ca_file: &Path) -> Result<RootCertStore, RootsError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if ca_file.as_os_str().is_empty() {
+        return Ok(roots);
+    }
+    let err = |detail: String| RootsError::CaFile {
+        path: ca_file.display().to_string(),
+        detail,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate found".into()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// Accepts any certificate, still checking the handshake signature. Only for levels
+/// that do not authenticate (`may`, `encrypt`, DANE with unusable TLSA records):
+/// contract §2 "none (any certificate)".
+#[derive(Debug)]
+pub struct DangerAcceptAnyCertificate {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for DangerAcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// PKIX to the configured roots, and ANY of `names` in the certificate (not only the
+/// SNI: a `match` list may differ from the MX name).
+#[derive(Debug)]
+pub struct PkixNamesVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<String>,
+}
+
+impl ServerCertVerifier for PkixNamesVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no reference identifier configured".into());
+        for name in &self.names {
+            let Ok(sn) = ServerName::try_from(name.as_str()) else {
+                continue;
+            };
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, &sn, ocsp_response, now)
+            {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Builds the rustls configuration for one requirement.
+pub fn build_client_config(
+    provider: &Arc<CryptoProvider>,
+    roots: &Arc<RootCertStore>,
+    requirement: &TlsRequirement,
+    min: TlsVersion,
+) -> Result<ClientConfig, rustls::Error> {
+    let algs = provider.signature_verification_algorithms;
+    let verifier: Arc<dyn ServerCertVerifier> = match requirement {
+        TlsRequirement::Cleartext | TlsRequirement::Opportunistic | TlsRequirement::Encrypt => {
+            Arc::new(DangerAcceptAnyCertificate { algs })
+        }
+        TlsRequirement::Pkix { names } => {
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+            Arc::new(PkixNamesVerifier {
+                inner,
+                names: names.clone(),
+            })
+        }
+        TlsRequirement::Dane { tlsa, names } => {
+            DaneVerifier::new(tlsa.clone(), names.clone(), algs)
+        }
+    };
+    // RFC 8996 §2/§3: TLS 1.0 and 1.1 "MUST NOT be used"; rustls never offers them.
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Which authentication a successful handshake under `requirement` performed, from
+/// the certificates the peer presented (leaf first). Pure; call after the handshake.
+pub fn authenticated_by(
+    requirement: &TlsRequirement,
+    peer_certificates: &[CertificateDer<'_>],
+) -> Auth {
+    match requirement {
+        TlsRequirement::Cleartext | TlsRequirement::Opportunistic | TlsRequirement::Encrypt => {
+            Auth::None
+        }
+        TlsRequirement::Pkix { .. } => Auth::Pkix,
+        TlsRequirement::Dane { tlsa, .. } => match peer_certificates.first() {
+            Some(leaf)
+                if tlsa
+                    .iter()
+                    .any(|r| r.is_usable() && r.usage == 3 && r.matches_cert(leaf)) =>
+            {
+                Auth::DaneEe
+            }
+            Some(_) => Auth::DaneTa,
+            None => Auth::None,
+        },
+    }
+}

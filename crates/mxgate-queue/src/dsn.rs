@@ -1,0 +1,320 @@
+//! Delivery Status Notifications (RFC 3464) for bounced recipients, honouring the DSN
+//! parameters of RFC 3461 (`NOTIFY`, `RET`, `ENVID`, `ORCPT`).
+//!
+//! [`build_dsn`] is pure: it takes the original envelope and message, the failed
+//! recipients and the time, and returns the bytes of the report. It does not decide
+//! whether a DSN is due beyond [`wants_failure_dsn`], and it does not store or send it.
+
+use mxgate_smtp::{Envelope, Ret};
+
+use crate::spool::BounceReason;
+use crate::transport::{DeliveryFailure, QueueId};
+
+/// One recipient to report as failed.
+#[derive(Debug, Clone)]
+pub struct FailedRecipient {
+    /// Index into the envelope's recipients.
+    pub index: usize,
+    pub failure: DeliveryFailure,
+    pub reason: BounceReason,
+    /// Unix ms of the last delivery attempt, if there was one.
+    pub last_attempt_ms: Option<u64>,
+}
+
+/// Everything a DSN is made of.
+#[derive(Debug)]
+pub struct DsnInput<'a> {
+    /// `server.hostname`
+    pub reporting_mta: &'a str,
+    pub queue_id: &'a QueueId,
+    pub envelope: &'a Envelope,
+    pub arrival_ms: u64,
+    pub now_ms: u64,
+    pub failed: &'a [FailedRecipient],
+    /// The original message as stored.
+    pub original: &'a [u8],
+    /// MIME boundary; must not occur in `original` (random in practice).
+    pub boundary: &'a str,
+}
+
+/// Whether recipient `index` asked for a failure report and the message can have one.
+pub fn wants_failure_dsn(envelope: &Envelope, index: usize) -> bool {
+    // RFC 3461 §5.2.1: "a DSN MUST NOT be returned to the sender if the MAIL command's
+    // reverse-path is empty" (the null sender).
+    if envelope.sender.is_empty() {
+        return false;
+    }
+    // RFC 3461 §4.1: "If no NOTIFY parameter was specified, the MTA ... SHOULD
+    // behave as if NOTIFY=FAILURE,DELAY had been specified" — so failure is reported.
+    envelope
+        .recipients
+        .get(index)
+        .is_some_and(|r| r.notify.is_none_or(|n| n.failure))
+}
+
+/// The RFC 5322 date of unix milliseconds, in UTC.
+pub fn rfc5322_date(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        WD[days.rem_euclid(7) as usize],
+        d,
+        MON[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// One line of header or DSN field text: control characters (CR, LF, ...) become spaces
+/// so nothing from the network can inject a header.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// RFC 3464 §2.3.3: "failed" — the status of a failed recipient is reported with a
+/// permanent (5.x.x) class even when the last attempt was a temporary failure (expiry).
+fn final_status(status: &str) -> String {
+    let parts: Vec<&str> = status.split('.').collect();
+    let valid = parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    if valid {
+        format!("5.{}.{}", parts[1], parts[2])
+    } else {
+        "5.0.0".to_string()
+    }
+}
+
+/// The headers of a message: everything up to the first empty line.
+fn headers_of(message: &[u8]) -> &[u8] {
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => &message[..p + 2],
+        None => message,
+    }
+}
+
+fn human_reason(f: &FailedRecipient) -> String {
+    let diag = clean(&f.failure.diagnostic);
+    let security = f.failure.status.split('.').nth(1) == Some("7");
+    let what = if security {
+        format!(
+            "the TLS security level required for this destination could not be met, so the message was not \
+             sent (mxgate never falls back to cleartext when TLS is required): {diag}"
+        )
+    } else if f.failure.remote {
+        let host = f
+            .failure
+            .remote_mta
+            .as_deref()
+            .unwrap_or("the remote server");
+        format!("host {} said: {diag}", clean(host))
+    } else {
+        diag
+    };
+    match f.reason {
+        BounceReason::Rejected => what,
+        BounceReason::Expired => {
+            format!("delivery kept failing until the message expired; the last problem was: {what}")
+        }
+        BounceReason::Operator => format!("returned by the mail system administrator ({what})"),
+    }
+}
+
+/// Builds the DSN message (RFC 3464 `multipart/report`).
+pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
+    let host = clean(input.reporting_mta);
+    let b = input.boundary;
+    let env = input.envelope;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
+    ));
+    out.push_str(&format!("To: <{}>\r\n", clean(&env.sender)));
+    out.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    out.push_str(&format!("Date: {}\r\n", rfc5322_date(input.now_ms)));
+    out.push_str(&format!(
+        "Message-ID: <{}.{}@{host}>\r\n",
+        input.queue_id, b
+    ));
+    // RFC 3834 §5: automatic responses carry Auto-Submitted: auto-replied.
+    out.push_str("Auto-Submitted: auto-replied\r\n");
+    out.push_str("MIME-Version: 1.0\r\n");
+    out.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{b}\"\r\n\r\n"
+    ));
+    out.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+
+    // Part 1: for people.
+    out.push_str(&format!("--{b}\r\nContent-Description: Notification\r\n"));
+    out.push_str(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+    );
+    out.push_str(&format!("This is the mail system at host {host}.\r\n\r\n"));
+    out.push_str("Your message could not be delivered to one or more recipients.\r\n");
+    out.push_str("It is attached below.\r\n\r\n");
+    for f in input.failed {
+        let addr = env
+            .recipients
+            .get(f.index)
+            .map(|r| clean(&r.address))
+            .unwrap_or_default();
+        out.push_str(&format!("<{addr}>: {}\r\n\r\n", human_reason(f)));
+    }
+
+    // Part 2: for machines (RFC 3464 §2.2 per-message, §2.3 per-recipient fields).
+    out.push_str(&format!(
+        "--{b}\r\nContent-Description: Delivery report\r\n"
+    ));
+    out.push_str("Content-Type: message/delivery-status\r\n\r\n");
+    out.push_str(&format!("Reporting-MTA: dns; {host}\r\n"));
+    out.push_str(&format!("X-Mxgate-Queue-ID: {}\r\n", input.queue_id));
+    if let Some(envid) = &env.envid {
+        out.push_str(&format!("Original-Envelope-Id: {}\r\n", clean(envid)));
+    }
+    out.push_str(&format!(
+        "Arrival-Date: {}\r\n",
+        rfc5322_date(input.arrival_ms)
+    ));
+    for f in input.failed {
+        let Some(r) = env.recipients.get(f.index) else {
+            continue;
+        };
+        out.push_str("\r\n");
+        if let Some(orcpt) = &r.orcpt {
+            let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            out.push_str(&format!(
+                "Original-Recipient: {}; {}\r\n",
+                clean(kind.trim()),
+                clean(addr.trim())
+            ));
+        }
+        out.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            clean(&r.address)
+        ));
+        out.push_str("Action: failed\r\n");
+        out.push_str(&format!("Status: {}\r\n", final_status(&f.failure.status)));
+        if let Some(mta) = &f.failure.remote_mta {
+            out.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
+        }
+        let kind = if f.failure.remote { "smtp" } else { "x-mxgate" };
+        out.push_str(&format!(
+            "Diagnostic-Code: {kind}; {}\r\n",
+            clean(&f.failure.diagnostic)
+        ));
+        if let Some(t) = f.last_attempt_ms {
+            out.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc5322_date(t)));
+        }
+    }
+    out.push_str("\r\n");
+
+    // Part 3: the original (RFC 3461 §4.3: RET=FULL the whole message, RET=HDRS or
+    // absent the headers only).
+    let full = env.ret == Some(Ret::Full);
+    let mut bytes = out.into_bytes();
+    if full {
+        bytes.extend_from_slice(
+            format!("--{b}\r\nContent-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n")
+                .as_bytes(),
+        );
+        bytes.extend_from_slice(input.original);
+    } else {
+        bytes.extend_from_slice(
+            format!(
+                "--{b}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        bytes.extend_from_slice(headers_of(input.original));
+    }
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    bytes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mxgate_smtp::{BodyType, Notify, Recipient};
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_354_456_000),
+            "Sun, 22 Nov 2026 13:34:16 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(951_782_400_000),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn status_is_made_permanent() {
+        assert_eq!(final_status("4.4.7"), "5.4.7");
+        assert_eq!(final_status("5.1.1"), "5.1.1");
+        assert_eq!(final_status("garbage"), "5.0.0");
+        assert_eq!(final_status("4.x.1"), "5.0.0");
+    }
+
+    #[test]
+    fn notify_rules() {
+        let rcpt = |notify| Recipient {
+            address: "b@example.com".into(),
+            notify,
+            orcpt: None,
+        };
+        let mut env = Envelope {
+            sender: "a@example.net".into(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            recipients: vec![
+                rcpt(None),
+                rcpt(Some(Notify::NEVER)),
+                rcpt(Some(Notify {
+                    success: true,
+                    failure: false,
+                    delay: true,
+                })),
+                rcpt(Some(Notify {
+                    success: false,
+                    failure: true,
+                    delay: false,
+                })),
+            ],
+        };
+        let got: Vec<bool> = (0..5).map(|i| wants_failure_dsn(&env, i)).collect();
+        assert_eq!(got, [true, false, false, true, false]);
+        env.sender.clear();
+        assert!(!wants_failure_dsn(&env, 0));
+    }
+}

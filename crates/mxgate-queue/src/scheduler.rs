@@ -1,0 +1,519 @@
+//! The scheduler: finds due recipients, groups them per (message, domain) into
+//! [`DeliveryJob`]s, runs a bounded number at once, records every outcome durably,
+//! and bounces (with a DSN) what failed for good.
+//!
+//! It never sleeps to poll: a stored message, a finished job or an operator command
+//! wakes it, and otherwise it sleeps until the earliest next attempt. It does not know
+//! how delivery works; the [`Transport`] does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxgate_smtp::{BodyType, Envelope, Recipient};
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dsn::{build_dsn, wants_failure_dsn, DsnInput, FailedRecipient};
+use crate::queue::{Index, Queue, QueueError, Rcpt};
+use crate::schedule::Decision;
+use crate::spool::{self, BounceReason, RecipientStatus, StateLine};
+use crate::transport::{
+    DeliveryFailure, DeliveryJob, Outcome, QueueId, RecipientOutcome, Transport,
+};
+
+/// How long running deliveries may finish after shutdown before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A job taken from the index, before its body is read.
+#[derive(Debug)]
+struct Due {
+    id: QueueId,
+    envelope: Arc<Envelope>,
+    domain: String,
+    recipients: Vec<usize>,
+    attempt: u32,
+    body_offset: u64,
+    size: u64,
+}
+
+/// What `finish` needs to know about the message.
+struct Snapshot {
+    envelope: Arc<Envelope>,
+    arrival_ms: u64,
+    dsn: bool,
+    body_offset: u64,
+    size: u64,
+}
+
+fn state_line(i: usize, r: &Rcpt) -> StateLine {
+    StateLine {
+        i,
+        st: r.status,
+        a: r.attempts,
+        n: r.next_ms,
+        t: r.last_attempt_ms.unwrap_or(0),
+        e: r.last_error.clone(),
+        why: r.why,
+    }
+}
+
+/// Marks one job of `id` as finished; returns the entry if the message is still queued.
+fn end_job<'a>(index: &'a mut Index, id: &QueueId) -> Option<&'a mut crate::queue::Entry> {
+    let Index { msgs, active, .. } = index;
+    let e = msgs.get_mut(id)?;
+    e.jobs_in_flight = e.jobs_in_flight.saturating_sub(1);
+    if e.jobs_in_flight == 0 {
+        *active = active.saturating_sub(1);
+    }
+    Some(e)
+}
+
+/// Releases a job's recipients if its task ends without recording an outcome (the
+/// transport panicked, or the task was aborted at shutdown): they are deferred, never
+/// left "in flight" forever.
+struct JobGuard {
+    queue: Arc<Queue>,
+    id: QueueId,
+    recipients: Vec<usize>,
+    armed: bool,
+}
+
+impl JobGuard {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::error!(id = %self.id, "delivery task ended without an outcome; deferring");
+        let now = self.queue.now_ms();
+        let mut index = self.queue.lock();
+        if let Some(e) = end_job(&mut index, &self.id) {
+            for &i in &self.recipients {
+                let r = &mut e.rcpts[i];
+                if r.in_flight && r.status == RecipientStatus::Pending {
+                    r.in_flight = false;
+                    r.next_ms =
+                        now + self.queue.retry.delay_after(r.attempts.max(1)).as_millis() as u64;
+                }
+            }
+        }
+        index.reschedule(&self.id);
+        self.queue.publish_counts(&index);
+        drop(index);
+        self.queue.wake.notify_one();
+    }
+}
+
+impl Queue {
+    /// Runs deliveries until `shutdown` is cancelled, at most
+    /// `settings.max_concurrent` at once; then gives running ones a grace period.
+    pub async fn run<T: Transport>(
+        self: Arc<Self>,
+        transport: Arc<T>,
+        shutdown: CancellationToken,
+    ) {
+        let max = self.settings.max_concurrent.max(1);
+        let mut running = JoinSet::new();
+        loop {
+            while running.try_join_next().is_some() {}
+            let budget = max.saturating_sub(running.len());
+            let (jobs, next_due) = self.take_due(budget);
+            for due in jobs {
+                let q = Arc::clone(&self);
+                let t = Arc::clone(&transport);
+                running.spawn(async move {
+                    let guard = JobGuard {
+                        queue: Arc::clone(&q),
+                        id: due.id.clone(),
+                        recipients: due.recipients.clone(),
+                        armed: true,
+                    };
+                    q.execute(due, &*t).await;
+                    guard.disarm();
+                    q.wake.notify_one();
+                });
+            }
+            let wake_at = next_due.map(|ms| self.clock.instant_at(ms));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = async {
+                    match wake_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = running.len(),
+                "aborting deliveries still running at shutdown"
+            );
+            running.abort_all();
+        }
+    }
+
+    /// Takes up to `budget` due jobs and marks their recipients in flight. Returns the
+    /// earliest future attempt (`None` when the budget ran out: a finishing job wakes
+    /// the scheduler).
+    fn take_due(&self, budget: usize) -> (Vec<Due>, Option<u64>) {
+        let now = self.now_ms();
+        let mut index = self.lock();
+        let due_ids: Vec<QueueId> = index
+            .schedule
+            .iter()
+            .take_while(|(k, _)| *k <= now)
+            .take(budget)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut jobs = Vec::new();
+        for id in due_ids {
+            {
+                let Index { msgs, active, .. } = &mut *index;
+                let Some(e) = msgs.get_mut(&id) else {
+                    continue;
+                };
+                let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+                for (i, r) in e.rcpts.iter().enumerate() {
+                    if r.status == RecipientStatus::Pending && !r.in_flight && r.next_ms <= now {
+                        let domain = e
+                            .envelope
+                            .recipients
+                            .get(i)
+                            .map(Recipient::domain)
+                            .unwrap_or_default();
+                        groups.entry(domain).or_default().push(i);
+                    }
+                }
+                for (domain, recipients) in groups {
+                    if jobs.len() >= budget {
+                        break;
+                    }
+                    let attempt = recipients
+                        .iter()
+                        .map(|&i| e.rcpts[i].attempts)
+                        .max()
+                        .unwrap_or(0)
+                        + 1;
+                    for &i in &recipients {
+                        e.rcpts[i].in_flight = true;
+                    }
+                    if e.jobs_in_flight == 0 {
+                        *active += 1;
+                    }
+                    e.jobs_in_flight += 1;
+                    jobs.push(Due {
+                        id: id.clone(),
+                        envelope: Arc::clone(&e.envelope),
+                        domain,
+                        recipients,
+                        attempt,
+                        body_offset: e.body_offset,
+                        size: e.size,
+                    });
+                }
+            }
+            index.reschedule(&id);
+        }
+        if !jobs.is_empty() {
+            self.publish_counts(&index);
+        }
+        if jobs.len() >= budget {
+            // A finishing job wakes the scheduler.
+            return (jobs, None);
+        }
+        let next = index.schedule.first().map(|(k, _)| (*k).max(now + 1));
+        (jobs, next)
+    }
+
+    /// Reads the body, hands the job to the transport and records the outcomes.
+    async fn execute<T: Transport>(&self, due: Due, transport: &T) {
+        let path = self.paths.message(&due.id.0);
+        let (offset, len) = (due.body_offset, due.size);
+        let body = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let outcomes = match body {
+            Ok(message) => {
+                let job = DeliveryJob {
+                    id: due.id.clone(),
+                    envelope: Arc::clone(&due.envelope),
+                    domain: due.domain.clone(),
+                    recipients: due.recipients.clone(),
+                    message,
+                    attempt: due.attempt,
+                };
+                transport.deliver(job).await
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Deleted by the operator while the job was waiting.
+                let mut index = self.lock();
+                if let Some(entry) = end_job(&mut index, &due.id) {
+                    for &i in &due.recipients {
+                        entry.rcpts[i].in_flight = false;
+                    }
+                }
+                index.reschedule(&due.id);
+                self.publish_counts(&index);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(id = %due.id, error = %e, "cannot read message from spool");
+                let failure = DeliveryFailure {
+                    status: "4.3.0".into(),
+                    remote_mta: None,
+                    diagnostic: format!("cannot read message from spool: {e}"),
+                    remote: false,
+                };
+                due.recipients
+                    .iter()
+                    .map(|&index| RecipientOutcome {
+                        index,
+                        outcome: Outcome::Deferred(failure.clone()),
+                    })
+                    .collect()
+            }
+        };
+        self.record(&due, outcomes).await;
+    }
+
+    /// Applies the outcomes of one job to the index, then makes them durable.
+    async fn record(&self, due: &Due, outcomes: Vec<RecipientOutcome>) {
+        let now = self.now_ms();
+        let mut by_index: HashMap<usize, Outcome> = HashMap::new();
+        for o in outcomes {
+            if due.recipients.contains(&o.index) {
+                by_index.insert(o.index, o.outcome);
+            } else {
+                tracing::warn!(id = %due.id, index = o.index, "transport reported a recipient not in the job");
+            }
+        }
+        let mut lines = Vec::new();
+        let mut failed = Vec::new();
+        let (snapshot, final_now) = {
+            let mut index = self.lock();
+            let Some(e) = end_job(&mut index, &due.id) else {
+                return;
+            };
+            for &i in &due.recipients {
+                let arrival_ms = e.arrival_ms;
+                let address = e
+                    .envelope
+                    .recipients
+                    .get(i)
+                    .map(|r| r.address.clone())
+                    .unwrap_or_default();
+                let r = &mut e.rcpts[i];
+                r.in_flight = false;
+                if r.status != RecipientStatus::Pending {
+                    continue; // bounced by the operator meanwhile
+                }
+                let outcome = by_index.remove(&i).unwrap_or_else(|| {
+                    Outcome::Deferred(DeliveryFailure {
+                        status: "4.3.0".into(),
+                        remote_mta: None,
+                        diagnostic: "delivery returned no outcome for this recipient".into(),
+                        remote: false,
+                    })
+                });
+                r.attempts += 1;
+                r.last_attempt_ms = Some(now);
+                let jitter = rand::rng().random_range(0.9..=1.1);
+                match self
+                    .retry
+                    .decide(&outcome, r.attempts, arrival_ms, now, jitter)
+                {
+                    Decision::Delivered => {
+                        r.status = RecipientStatus::Delivered;
+                        r.last_error = None;
+                    }
+                    Decision::Bounce(failure, why) => {
+                        tracing::info!(id = %due.id, to = %address, status = %failure.status, reason = ?why, diagnostic = %failure.diagnostic, "recipient bounced");
+                        r.status = RecipientStatus::Bounced;
+                        r.last_error = Some(failure.clone());
+                        r.why = Some(why);
+                        failed.push(FailedRecipient {
+                            index: i,
+                            failure,
+                            reason: why,
+                            last_attempt_ms: Some(now),
+                        });
+                    }
+                    Decision::Defer { next_ms, failure } => {
+                        r.next_ms = next_ms;
+                        r.last_error = Some(failure);
+                    }
+                }
+                lines.push(state_line(i, r));
+            }
+            let snapshot = Snapshot {
+                envelope: Arc::clone(&e.envelope),
+                arrival_ms: e.arrival_ms,
+                dsn: e.dsn,
+                body_offset: e.body_offset,
+                size: e.size,
+            };
+            let final_now = e.all_final();
+            index.reschedule(&due.id);
+            self.publish_counts(&index);
+            (snapshot, final_now)
+        };
+        self.finish(&due.id, snapshot, lines, failed, final_now)
+            .await;
+    }
+
+    /// DSN first, then the state records, then removal: a crash between them repeats a
+    /// report or an attempt, it never loses one.
+    async fn finish(
+        &self,
+        id: &QueueId,
+        snapshot: Snapshot,
+        lines: Vec<StateLine>,
+        failed: Vec<FailedRecipient>,
+        final_now: bool,
+    ) {
+        if !failed.is_empty() {
+            self.send_dsn(id, &snapshot, &failed).await;
+        }
+        self.persist(id, lines).await;
+        if final_now {
+            self.remove(id, false).await;
+        }
+        let mut index = self.lock();
+        index.recorded += 1;
+        self.publish_counts(&index);
+    }
+
+    /// Generates and stores one DSN for the recipients of `id` that failed in this pass
+    /// and asked for failure reports.
+    async fn send_dsn(&self, id: &QueueId, snapshot: &Snapshot, failed: &[FailedRecipient]) {
+        let env = &snapshot.envelope;
+        if snapshot.dsn || env.sender.is_empty() {
+            tracing::warn!(id = %id, recipients = failed.len(), "undeliverable bounce message dropped");
+            return;
+        }
+        let reported: Vec<FailedRecipient> = failed
+            .iter()
+            .filter(|f| wants_failure_dsn(env, f.index))
+            .cloned()
+            .collect();
+        if reported.is_empty() {
+            return;
+        }
+        let path = self.paths.message(&id.0);
+        let (offset, len) = (snapshot.body_offset, snapshot.size);
+        let original = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+            .unwrap_or_else(|e| {
+                tracing::error!(id = %id, error = %e, "cannot read original for the DSN");
+                bytes::Bytes::new()
+            });
+        let boundary = format!(
+            "{id}.{:016X}/{}",
+            rand::rng().random::<u64>(),
+            self.settings.hostname
+        );
+        let message = build_dsn(&DsnInput {
+            reporting_mta: &self.settings.hostname,
+            queue_id: id,
+            envelope: env,
+            arrival_ms: snapshot.arrival_ms,
+            now_ms: self.now_ms(),
+            failed: &reported,
+            original: &original,
+            boundary: &boundary,
+        });
+        let body = if message.iter().any(|&b| b >= 0x80) {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        };
+        // TODO(bounce_relay): `queue.bounce_relay` should route this DSN to a fixed
+        // relay; `DeliveryJob` cannot express a relay override yet (see report), so DSNs
+        // are delivered like any other message.
+        let dsn_envelope = Envelope {
+            sender: String::new(),
+            body,
+            smtputf8: env.smtputf8,
+            ret: None,
+            envid: None,
+            recipients: vec![Recipient {
+                address: env.sender.clone(),
+                notify: None,
+                orcpt: None,
+            }],
+        };
+        match self.store_message(dsn_envelope, message.into(), true).await {
+            Ok(dsn_id) => {
+                tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender non-delivery notification")
+            }
+            Err(e) => tracing::error!(id = %id, error = %e, "cannot queue DSN"),
+        }
+    }
+
+    /// Bounces every pending recipient of `id` ("bounced by operator"), with a DSN.
+    /// Returns how many recipients were bounced.
+    pub async fn bounce(&self, id: &QueueId) -> Result<usize, QueueError> {
+        let mut lines = Vec::new();
+        let mut failed = Vec::new();
+        let snapshot = {
+            let mut index = self.lock();
+            let e = index
+                .msgs
+                .get_mut(id)
+                .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+            for (i, r) in e.rcpts.iter_mut().enumerate() {
+                if r.status != RecipientStatus::Pending {
+                    continue;
+                }
+                let mut diagnostic = "bounced by operator".to_string();
+                if let Some(last) = &r.last_error {
+                    diagnostic.push_str(&format!("; last error: {}", last.diagnostic));
+                }
+                let failure = DeliveryFailure {
+                    status: "5.0.0".into(),
+                    remote_mta: None,
+                    diagnostic,
+                    remote: false,
+                };
+                r.status = RecipientStatus::Bounced;
+                r.why = Some(BounceReason::Operator);
+                r.last_error = Some(failure.clone());
+                lines.push(state_line(i, r));
+                failed.push(FailedRecipient {
+                    index: i,
+                    failure,
+                    reason: BounceReason::Operator,
+                    last_attempt_ms: r.last_attempt_ms,
+                });
+            }
+            let snapshot = Snapshot {
+                envelope: Arc::clone(&e.envelope),
+                arrival_ms: e.arrival_ms,
+                dsn: e.dsn,
+                body_offset: e.body_offset,
+                size: e.size,
+            };
+            index.reschedule(id);
+            snapshot
+        };
+        let n = failed.len();
+        tracing::info!(id = %id, recipients = n, "bounced by operator");
+        self.finish(id, snapshot, lines, failed, true).await;
+        Ok(n)
+    }
+}

@@ -1,0 +1,87 @@
+//! Argument parsing and dispatch of the subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mxgate_config::Config;
+
+/// Policy-enforcing outbound SMTP relay: MTA-STS, DANE and per-domain TLS levels.
+#[derive(Debug, Parser)]
+#[command(name = "mxgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the configuration and exit (0 = valid).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `--config PATH`, else `$MXGATE_CONFIG`, else built-in defaults.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML). Default: $MXGATE_CONFIG, else built-in defaults.
+    #[arg(long, short = 'c', env = "MXGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn path(&self) -> Option<&Path> {
+        self.config.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
+    pub fn load(&self) -> Result<Config, mxgate_config::ConfigError> {
+        Config::load(self.path())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An error that ends the command with a message.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("configuration: {0}")]
+    Config(#[from] mxgate_config::ConfigError),
+    #[error("{0}")]
+    Startup(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run { config, log_format } => {
+            crate::logging::init(log_format);
+            let loaded = config.load()?;
+            crate::run::run(loaded, config.path().map(Path::to_path_buf))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let loaded = config.load()?;
+            match config.path() {
+                Some(p) => println!("{}: configuration is valid", p.display()),
+                None => println!("built-in defaults: configuration is valid"),
+            }
+            let _ = loaded;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine with the Rust toolchain:
+# installs the system packages the tests drive (Postfix, unbound, ldns tools), then
+# checks formatting and lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/postfix ] || need+=(postfix)
+command -v unbound >/dev/null || need+=(unbound)
+command -v ldns-signzone >/dev/null || need+=(ldnsutils)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: needs root to install: ${need[*]}" >&2
+        exit 1
+    fi
+    # Postfix without a prompt and without a system listener: the tests run private
+    # instances with `postfix -c DIR start-fg`.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"
