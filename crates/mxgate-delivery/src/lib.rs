@@ -166,7 +166,7 @@ impl<P: Planner> Delivery<P> {
                     addr: SocketAddr::new(*ip, self.settings.smtp_port),
                     requirement: requirement.clone(),
                     tls_config: tls_config.clone(),
-                    policy_label: plan.level.as_str().to_string(),
+                    policy_label: reason_label(plan.level, &requirement).to_string(),
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
@@ -247,6 +247,16 @@ fn leftover_outcome(
             None,
             format!("no MX host of {} could be dialled", plan.domain),
         )),
+    }
+}
+
+/// The level word that opens a TLS failure reason (`encrypt: ...`, `mta-sts enforce: ...`).
+fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
+    match (level, requirement) {
+        // RFC 8461 §5: only an `enforce` policy makes TLS mandatory; MTA-STS delivery
+        // under a PKIX requirement is enforce mode.
+        (Level::MtaSts, TlsRequirement::Pkix { .. }) => "mta-sts enforce",
+        (level, _) => level.as_str(),
     }
 }
 

@@ -418,6 +418,13 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<SessionReport, SessionError> {
     let relay = params.relay();
     let mx = params.mx_host.as_str();
+    // Defence in depth (contract §2): no envelope command ever goes out in cleartext
+    // when the requirement needs TLS, whatever path led here.
+    if tls.version.is_none() && !params.requirement.allows_cleartext() {
+        conn.quit().await;
+        let what = format!("refusing to send the envelope to {mx} in cleartext");
+        return Err(policy_failure(params, "handshake_failed", what));
+    }
     let report = |outcomes| SessionReport {
         relay: relay.clone(),
         tls: tls.clone(),

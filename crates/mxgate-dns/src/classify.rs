@@ -207,6 +207,7 @@ pub fn order_mx(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use hickory_resolver::proto::op::Query;

@@ -44,8 +44,9 @@ impl DnsClient {
                     config.nameservers.clone()
                 };
                 // Contract §3: the validating resolver "must then be on loopback": the AD
-                // bit crosses the network unauthenticated (RFC 6840 §5.7 asks for a secure
-                // channel to the resolver), so anything else is refused at startup.
+                // bit crosses the network unauthenticated (RFC 4035 §4.9.3, paraphrased: a
+                // stub may trust AD only over a secure channel to its resolver), so
+                // anything else is refused at startup.
                 if let Some(bad) = servers.iter().find(|s| !s.ip().is_loopback()) {
                     return Err(DnsError::Setup(format!(
                         "dns.dnssec = \"trust-ad\" needs a resolver on loopback, not {bad}"
@@ -259,6 +260,7 @@ pub(crate) fn merge_addresses(a: Answer<Record>, aaaa: Answer<Record>) -> AddrAn
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::DnssecStatus;

@@ -1,5 +1,7 @@
 //! Lookups against the test kit's authoritative server with really signed zones.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use mxgate_config::{DnsConfig, DnssecMode};

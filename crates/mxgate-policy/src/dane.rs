@@ -43,11 +43,11 @@ impl fmt::Display for Auth {
 }
 
 impl TlsaRecord {
-    /// RFC 7672 §3.1: "SMTP clients [...] MUST support" DANE-TA(2) and DANE-EE(3);
-    /// §3.1.3: PKIX-TA(0) and PKIX-EE(1) "SHOULD NOT" be published and are treated as
-    /// unusable. RFC 6698 §2.1.2/§2.1.3: selectors 0 (Cert) and 1 (SPKI), matching types
-    /// 0 (Full), 1 (SHA2-256), 2 (SHA2-512); anything else is unusable. A digest of the
-    /// wrong length can never match and is unusable too.
+    /// RFC 7672 §3.1 (paraphrased): SMTP clients support DANE-TA(2) and DANE-EE(3);
+    /// §3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP. RFC 6698 §2.1.2/§2.1.3:
+    /// selectors 0 (Cert) and 1 (SPKI), matching types 0 (Full), 1 (SHA2-256),
+    /// 2 (SHA2-512); anything else is unusable (RFC 7671 §4 / RFC 6698 §4.1). A digest
+    /// of the wrong length can never match and is unusable too.
     pub fn is_usable(&self) -> bool {
         let usage_ok = matches!(self.usage, 2 | 3);
         let selector_ok = matches!(self.selector, 0 | 1);
@@ -105,12 +105,10 @@ pub enum DaneError {
 
 /// Matches a presented chain (leaf first) against usable TLSA records.
 ///
-/// RFC 7672 §3.1.1: with DANE-EE(3) "the server's certificate [...] is matched [...]
-/// Other than [the key/cert match], the contents of the certificate are not checked:
-/// [...] the validity period and the subject and issuer names are ignored".
-/// RFC 7672 §3.1.2: with DANE-TA(2) "the SMTP client [...] MUST verify that the
-/// certificate chain [...] leads to the trust anchor" and checks the server names
-/// (§3.2.2) and the validity dates.
+/// RFC 7672 §3.1.1 (paraphrased): with DANE-EE(3) only the key or certificate match
+/// counts; names and validity dates of the certificate are ignored.
+/// RFC 7672 §3.1.2 (paraphrased): with DANE-TA(2) the chain must lead from the leaf to
+/// the matched trust anchor, and the names (§3.2.2) and dates are checked.
 pub fn match_chain(
     tlsa: &[TlsaRecord],
     chain: &[CertificateDer<'_>],
@@ -124,8 +122,8 @@ pub fn match_chain(
     }
     let mut last_err = None;
     for ta_rec in usable.iter().filter(|r| r.usage == 2) {
-        // The TA must be one of the certificates the server sent (RFC 7671 §5.2.2:
-        // servers "MUST include the trust anchor certificate in their chain").
+        // The TA must be one of the certificates the server sent (RFC 7671 §5.2.2,
+        // paraphrased: with DANE-TA the server includes the TA certificate in its chain).
         for (i, candidate) in chain.iter().enumerate() {
             if !ta_rec.matches_cert(candidate) {
                 continue;
@@ -180,8 +178,8 @@ fn verify_to_anchor(
         )
         .map_err(|e| DaneError::BadChain(e.to_string()))?;
     }
-    // RFC 7672 §3.2.2: "the SMTP client MUST accept the certificate if it matches the
-    // TLSA base domain or the MX host name" (our `names`).
+    // RFC 7672 §3.2.2 (paraphrased): with DANE-TA the certificate must name the TLSA
+    // base domain or the MX host (our `names`).
     let ok = names.iter().any(|n| {
         ServerName::try_from(n.as_str())
             .ok()
@@ -255,5 +253,6 @@ impl ServerCertVerifier for DaneVerifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "dane_tests.rs"]
 mod tests;

@@ -54,7 +54,7 @@ fn dane_ee_ignores_names_and_dates() {
         rec(3, 0, 0, cert.leaf_der.clone()),
     ] {
         assert_eq!(
-            match_chain(&[r.clone()], &cert.chain, &names(), now()),
+            match_chain(std::slice::from_ref(&r), &cert.chain, &names(), now()),
             Ok(Auth::DaneEe),
             "{}",
             r.params()
@@ -96,7 +96,7 @@ fn dane_ta_root_and_intermediate() {
     // TA = root certificate (2 0 1), sent in the chain.
     let ta_root = rec(2, 0, 1, sha256(&root.cert_der()));
     assert_eq!(
-        match_chain(&[ta_root.clone()], &cert.chain, &names(), now()),
+        match_chain(std::slice::from_ref(&ta_root), &cert.chain, &names(), now()),
         Ok(Auth::DaneTa)
     );
     // TA = intermediate key (2 1 1).
@@ -108,7 +108,7 @@ fn dane_ta_root_and_intermediate() {
     // Names are checked with DANE-TA.
     let other = vec!["other.example.com".to_string()];
     assert!(matches!(
-        match_chain(&[ta_root.clone()], &cert.chain, &other, now()),
+        match_chain(std::slice::from_ref(&ta_root), &cert.chain, &other, now()),
         Err(DaneError::BadName(_))
     ));
     // Dates are checked with DANE-TA.
@@ -126,7 +126,7 @@ fn forged_chain_with_real_ta_appended_fails() {
     let root = TestCa::new("Root");
     let ta = rec(2, 0, 1, sha256(&root.cert_der()));
     let forged = TestCert::self_signed(&[MX]).with_chain_cert(root.cert_der());
-    let got = match_chain(&[ta.clone()], &forged.chain, &names(), now());
+    let got = match_chain(std::slice::from_ref(&ta), &forged.chain, &names(), now());
     assert!(matches!(got, Err(DaneError::BadChain(_))), "{got:?}");
     // A leaf from another CA with the real TA appended fails as well.
     let evil = TestCa::new("Root")

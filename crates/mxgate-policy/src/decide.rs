@@ -65,9 +65,11 @@ pub struct DecisionInput<'a> {
     pub level: Level,
     /// `policy.fallback`.
     pub fallback: Level,
-    /// Where `level` came from: an explicit entry or the global default.
+    /// The `match` list of the domain's `[policy.domains]` entry (for `verify`).
     pub match_names: &'a [String],
-    /// Status of the MX RRset (Insecure for an implicit MX from an insecure A/AAAA).
+    /// Status of the MX RRset. Informational: a bogus or indeterminate MX RRset never
+    /// reaches `decide` (the engine defers first), and an insecure one still allows
+    /// DANE per host (half-DANE).
     pub mx_status: DnssecStatus,
     pub hosts: &'a [HostFacts],
     pub sts: &'a StsState,
@@ -93,34 +95,35 @@ enum DaneOutcome {
 /// RFC 7672 for one host.
 fn dane_for_host(h: &HostFacts) -> DaneOutcome {
     match (&h.addrs, &h.tlsa) {
-        // RFC 7672 §2.2.1: "If the DNS lookup of the MX RRset or of the address records
-        // of an MX host fails [...] the SMTP client MUST [...] treat the destination as
-        // temporarily unavailable" when the failure is a DNSSEC/lookup failure.
+        // RFC 7672 §2.2.1/§2.2.2 (paraphrased): a failed (bogus, SERVFAIL, timeout) MX or
+        // address lookup makes the MX host temporarily unreachable; DANE must not be
+        // silently skipped.
         (AddrFacts::Failed(why), _) => DaneOutcome::Defer(format!("dane: {why}")),
-        // RFC 7672 §2.2.2: "If the A and/or AAAA RRsets are "insecure", the SMTP client
-        // MUST NOT [...] look up TLSA records"; delivery continues without DANE.
+        // RFC 7672 §2.2.2 (paraphrased): TLSA records are only looked up when the
+        // address records are secure; otherwise delivery continues without DANE.
         (AddrFacts::Found(s), _) if !s.is_secure() => DaneOutcome::NoDane,
         (AddrFacts::Found(_), TlsaFacts::NotLooked) => DaneOutcome::NoDane,
-        // RFC 7672 §2.2: "If a TLSA RRset is "secure" and at least one record is usable
-        // [...] the SMTP client MUST use TLS [...] authenticated via [...] the usable TLSA
-        // records." Reference identifier: the MX host name (also for half-DANE, §2.2.1).
+        // RFC 7672 §2.2 (paraphrased): a secure TLSA RRset with a usable record makes
+        // TLS mandatory, authenticated by those records. §2.2.1: "the SMTP client MAY
+        // proceed to use DANE TLS [...] even with MX hosts obtained via an "insecure" MX
+        // RRSet" (half-DANE); the MX host name is then the reference identifier.
         (AddrFacts::Found(_), TlsaFacts::SecureUsable(tlsa)) => {
             DaneOutcome::Applies(TlsRequirement::Dane {
                 tlsa: tlsa.clone(),
                 names: vec![h.host.clone()],
             })
         }
-        // RFC 7672 §2.2: "If the TLSA records are all unusable [...] the SMTP client MUST
-        // use TLS [...] but need not authenticate".
+        // RFC 7672 §2.2 (paraphrased): a secure TLSA RRset whose records are all
+        // unusable still makes TLS mandatory, without authentication.
         (AddrFacts::Found(_), TlsaFacts::SecureUnusable) => {
             DaneOutcome::Applies(TlsRequirement::Encrypt)
         }
-        // RFC 7672 §2.2: "If the TLSA RRset is "insecure" or there are no TLSA records,
-        // [...] fall back to pre-DANE opportunistic TLS".
+        // RFC 7672 §2.2 (paraphrased): an insecure TLSA RRset, or none, means no DANE
+        // for this host: pre-DANE opportunistic TLS.
         (AddrFacts::Found(_), TlsaFacts::SecureNone | TlsaFacts::Insecure) => DaneOutcome::NoDane,
-        // RFC 7672 §2.2: "If the TLSA RRset lookup fails (bogus or SERVFAIL), the SMTP
-        // client MUST treat the MX host as temporarily unreachable" — and RFC 8461 §2:
-        // MTA-STS must not override a failing DANE check.
+        // RFC 7672 §2.2 (paraphrased): a failed TLSA lookup (bogus, SERVFAIL, timeout)
+        // makes the MX host temporarily unreachable, and RFC 8461 §2 (paraphrased):
+        // MTA-STS never overrides a failing DANE check (contract §2).
         (AddrFacts::Found(_), TlsaFacts::Failed(why)) => DaneOutcome::Defer(format!("dane: {why}")),
     }
 }
@@ -161,12 +164,12 @@ fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, Str
             // RFC 8461 §5: "none: In this mode, Sending MTAs should treat the Policy
             // Domain as though it does not have any active policy."
             MtaStsMode::None => None,
-            // RFC 8461 §5: "testing: Sending MTAs [...] MUST NOT treat failures as
-            // failures to deliver": deliver as `may`.
+            // RFC 8461 §5 (paraphrased): in testing mode failures are reported, not
+            // treated as delivery failures: deliver as `may`.
             MtaStsMode::Testing => Some(Ok(TlsRequirement::Opportunistic)),
-            // RFC 8461 §4.1: "senders MUST NOT deliver to an MX host that does not match
-            // at least one of the policy's 'mx' patterns"; §4.2: the certificate "MUST be
-            // valid for the MX host name" and chain to a trusted root.
+            // RFC 8461 §4.1/§4.2, §5 (paraphrased): in enforce mode an MX host matching no
+            // `mx` pattern is not dialled, and the certificate must chain to a trusted
+            // root and be valid for the MX host name.
             MtaStsMode::Enforce => Some(if p.mx_matches(host) {
                 Ok(TlsRequirement::Pkix {
                     names: vec![host.to_string()],
@@ -281,5 +284,6 @@ pub fn needs_sts(level: Level, hosts: &[HostFacts]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "decide_tests.rs"]
 mod tests;

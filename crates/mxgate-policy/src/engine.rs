@@ -111,6 +111,13 @@ impl PolicyEngine {
 
     /// The plan for one destination domain.
     pub async fn plan(&self, domain: &str) -> Result<DeliveryPlan, PlanError> {
+        self.plan_with_facts(domain).await.map(|(plan, _, _)| plan)
+    }
+
+    async fn plan_with_facts(
+        &self,
+        domain: &str,
+    ) -> Result<(DeliveryPlan, Facts, Level), PlanError> {
         let domain = normalise(domain);
         let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
         let facts = self.gather(&domain, level).await?;
@@ -125,7 +132,7 @@ impl PolicyEngine {
         });
         let mx = facts
             .hosts
-            .into_iter()
+            .iter()
             .zip(decision.per_host)
             .map(|((mx, addrs, hf, _), req)| {
                 let requirement = match (&hf.addrs, req) {
@@ -133,31 +140,28 @@ impl PolicyEngine {
                     (_, r) => r,
                 };
                 MxPlan {
-                    host: mx.host,
+                    host: mx.host.clone(),
                     preference: mx.preference,
-                    addrs,
+                    addrs: addrs.clone(),
                     requirement,
                 }
             })
             .collect();
-        Ok(DeliveryPlan {
+        let plan = DeliveryPlan {
             domain,
             level: decision.level,
             source: decision.source,
             min_tls_version,
             on_tls_failure,
             mx,
-        })
+        };
+        Ok((plan, facts, level))
     }
 
     /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`).
     pub async fn explain(&self, domain: &str) -> Result<Explanation, PlanError> {
         let domain = normalise(domain);
-        let plan = self.plan(&domain).await;
-        let (level, ..) = self.settings(&domain);
-        let facts = self.gather(&domain, level).await;
-        let plan = plan?;
-        let facts = facts?;
+        let (plan, facts, level) = self.plan_with_facts(&domain).await?;
         let now = now_unix();
         Ok(Explanation {
             domain: domain.clone(),
@@ -402,4 +406,23 @@ fn dns_error(domain: &str, what: &str, e: DnsError) -> PlanError {
 
 fn normalise(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delivery spawns `plan` on tokio: its future must be `Send`, and the engine
+    /// shareable.
+    #[test]
+    fn engine_and_plan_future_are_send() {
+        fn send<T: Send>(_: &T) {}
+        fn sync<T: Send + Sync>() {}
+        sync::<PolicyEngine>();
+        #[allow(dead_code)]
+        fn check(e: &PolicyEngine) {
+            send(&e.plan("example.com"));
+            send(&e.explain("example.com"));
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! The engine against a real signed DNS world and a real HTTPS policy server.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Real TLS handshakes on loopback with the configurations of `client_config`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use mxgate_config::{Config, DnsConfig, TlsVersion};

@@ -29,13 +29,46 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Show the effective TLS policy of a domain and why.
+    Policy {
+        domain: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Operate on the queue of a running mxgate (through `control.socket`).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List queued messages with their recipients' states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message.
+    Show { id: String },
+    /// Retry deferred recipients now (of one message, or of all).
+    Flush { id: Option<String> },
+    /// Remove a message without notifying anyone.
+    Delete { id: String },
+    /// Give up on a message's pending recipients and send the DSN.
+    Bounce { id: String },
 }
 
 /// `--config PATH`, else `$MXGATE_CONFIG`, else built-in defaults.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Configuration file (TOML). Default: $MXGATE_CONFIG, else built-in defaults.
-    #[arg(long, short = 'c', env = "MXGATE_CONFIG")]
+    #[arg(long, short = 'c', env = "MXGATE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -74,6 +107,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             crate::run::run(loaded, config.path().map(Path::to_path_buf))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy {
+            domain,
+            json,
+            config,
+        } => crate::inspect::policy(config.load()?, &domain, json),
+        Command::Queue { action, config } => crate::inspect::queue(config.load()?, action),
         Command::CheckConfig { config } => {
             let loaded = config.load()?;
             match config.path() {

@@ -6,8 +6,11 @@
 //! configuration, ask DNS / the control socket, print and exit.
 
 mod cli;
+mod control;
+mod inspect;
 mod logging;
 mod metrics_setup;
+mod reload;
 mod run;
 
 use std::process::ExitCode;

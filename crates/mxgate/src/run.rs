@@ -1,19 +1,193 @@
 //! `mxgate run`: build every part from the configuration and run until SIGTERM.
+//!
+//! Start order: metrics, DNS, policy, queue (recovers the spool), delivery, listener,
+//! control socket, then sd_notify `READY=1`. Stop order on SIGTERM/SIGINT: stop
+//! accepting (listener), let running deliveries finish within the grace period
+//! (queue), exit. Everything acknowledged is on disk, so a stop at any point loses
+//! nothing; an interrupted delivery is retried after restart.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use mxgate_config::Config;
+use mxgate_delivery::Delivery;
+use mxgate_dns::DnsClient;
+use mxgate_listener::{Listener, ListenerSettings};
+use mxgate_policy::PolicyEngine;
+use mxgate_queue::{Queue, QueueSettings};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::CliError;
+use crate::reload::ReloadablePolicy;
+
+/// How long running deliveries may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mxgate")
         .build()?;
-    runtime.block_on(async move {
-        let metrics_addr = crate::metrics_setup::install(&config.metrics.listen)?;
-        tracing::info!(?metrics_addr, ?config_path, "mxgate starting");
-        Ok(())
+    runtime.block_on(run_async(config, config_path))
+}
+
+fn startup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> CliError {
+    move |e| CliError::Startup(format!("{what}: {e}"))
+}
+
+async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
+    let metrics_addr = crate::metrics_setup::install(&config.metrics.listen)?;
+    mxgate_listener::describe_metrics();
+    let config = Arc::new(config);
+
+    let dns = Arc::new(DnsClient::new(&config.dns).map_err(startup("dns"))?);
+    let policy = Arc::new(ReloadablePolicy::new(
+        PolicyEngine::new(config.clone(), dns.clone()).map_err(startup("policy"))?,
+    ));
+    let queue = Queue::open(QueueSettings::from_config(&config))
+        .await
+        .map_err(startup("queue"))?;
+    let delivery = Arc::new(Delivery::new(
+        config.delivery.clone(),
+        policy.clone(),
+        config.server.hostname.clone(),
+    ));
+    let listener = Listener::bind(ListenerSettings::from_config(&config), queue.clone())
+        .await
+        .map_err(startup("listener.listen"))?;
+    let control = crate::control::bind(&config.control.socket).map_err(|e| {
+        CliError::Startup(format!(
+            "control.socket {}: {e}",
+            config.control.socket.display()
+        ))
+    })?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let listen_addrs = listener.local_addrs()?;
+    tasks.spawn(listener.run(shutdown.clone()));
+    tasks.spawn(queue.clone().run(delivery, shutdown.clone()));
+    tasks.spawn(crate::control::serve(control, queue.clone(), shutdown.clone()));
+
+    tracing::info!(
+        listen = ?listen_addrs,
+        metrics = ?metrics_addr,
+        config = ?config_path,
+        queue = %config.queue.path.display(),
+        "mxgate ready"
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = watchdog_task(shutdown.clone());
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => reload(&config_path, &config, &dns, &policy),
+        }
+    }
+
+    tracing::info!("shutting down: no new mail accepted, finishing running deliveries");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "deliveries still running at the end of the grace period; they will be retried after restart"
+        );
+        tasks.abort_all();
+    }
+    watchdog.abort();
+    let _ = std::fs::remove_file(&config.control.socket);
+    tracing::info!("mxgate stopped");
+    Ok(())
+}
+
+/// SIGHUP: read the file again; an invalid file is logged and the old one stays.
+fn reload(
+    path: &Option<PathBuf>,
+    running: &Config,
+    dns: &Arc<DnsClient>,
+    policy: &ReloadablePolicy,
+) {
+    // systemd ≥ 253 wants the monotonic time right after RELOADING=1.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
+    match Config::load(path.as_deref()) {
+        Err(e) => tracing::error!(error = %e, "reload failed: configuration invalid, the running one stays in force"),
+        Ok(new) => {
+            let restart_keys = restart_only_changes(running, &new);
+            if !restart_keys.is_empty() {
+                tracing::warn!(keys = ?restart_keys, "these changes take effect only after a restart");
+            }
+            match PolicyEngine::new(Arc::new(new), dns.clone()) {
+                Ok(engine) => {
+                    policy.replace(engine);
+                    tracing::info!("configuration reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "reload failed: policy invalid, the running one stays in force"),
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Keys whose change needs a restart (sockets and the spool).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listener != new.listener {
+        keys.push("listener");
+    }
+    if old.queue != new.queue {
+        keys.push("queue");
+    }
+    if old.delivery != new.delivery {
+        keys.push("delivery");
+    }
+    if old.dns != new.dns {
+        keys.push("dns");
+    }
+    if old.metrics != new.metrics {
+        keys.push("metrics");
+    }
+    if old.control != new.control {
+        keys.push("control");
+    }
+    if old.server != new.server {
+        keys.push("server");
+    }
+    keys
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pings the systemd watchdog at half its interval while the runtime is healthy.
+fn watchdog_task(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(interval) = sd_notify::watchdog_enabled() else {
+            return;
+        };
+        let period = interval / 2;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => notify(&[sd_notify::NotifyState::Watchdog]),
+            }
+        }
     })
 }

@@ -19,8 +19,8 @@ use super::{parse_policy, parse_txt, MtaStsPolicy};
 /// Boxed future, so the source can be a trait object.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// RFC 8461 §3.3: "senders SHOULD impose a limit on the maximum size of the policy
-/// body"; we use 64 KiB, as recommended for the policy file.
+/// Cap on the policy body (RFC 8461 §3.3 asks senders to bound the fetch; 64 KiB is the
+/// size policy hosts document as the maximum).
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The outcome of the TXT discovery (RFC 8461 §3.1).
@@ -141,12 +141,11 @@ impl NetworkSource {
             self.port
         );
         let mut resp = self.http.get(&url).send().await.map_err(classify)?;
-        // RFC 8461 §3.3: "Senders [...] MUST consider only HTTP 200 responses as valid".
+        // RFC 8461 §3.3 (paraphrased): only a successful 200 answer carries a policy.
         if resp.status().as_u16() != 200 {
             return Err(FetchError::Status(resp.status().as_u16()));
         }
-        // RFC 8461 §3.2: "the policy [...] [is] served with the media type
-        // "text/plain"".
+        // RFC 8461 §3.2 (paraphrased): the policy is served as media type text/plain.
         let ctype = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)

@@ -51,9 +51,9 @@ impl MtaStsPolicy {
     }
 }
 
-/// RFC 8461 §4.1: "In the case of an "mx" value beginning with "*.", the wildcard
-/// matches only the leftmost label of the MX host"; "mx: *.example.com" matches
-/// "mx1.example.com" but not "example.com" nor "foo.bar.example.com".
+/// RFC 8461 §4.1 (paraphrased): a pattern starting with `*.` matches exactly one
+/// leftmost label: `*.example.com` matches `mx1.example.com`, not `example.com` nor
+/// `foo.bar.example.com`. Otherwise the match is exact (case-insensitive).
 pub fn mx_pattern_matches(pattern: &str, host: &str) -> bool {
     let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
     let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -219,8 +219,8 @@ pub fn parse_policy(body: &str) -> Result<MtaStsPolicy, StsParseError> {
                 }
                 mx.push(value.trim_end_matches('.').to_ascii_lowercase());
             }
-            // RFC 8461 §3.2: "Additional "key: value" pairs can be added in future
-            // extensions; senders MUST ignore unrecognized fields". Their syntax:
+            // RFC 8461 §3.2 (paraphrased): unknown fields are extensions and are
+            // ignored, provided they have the extension syntax:
             // sts-policy-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
             other => {
                 let ok = !other.is_empty()
@@ -272,4 +272,5 @@ fn valid_mx_pattern(p: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

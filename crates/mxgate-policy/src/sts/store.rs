@@ -52,12 +52,11 @@ impl CachedPolicy {
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Policy(CachedPolicy),
+    /// A policy; no refetch is tried before `retry_after` (unix seconds) after a
+    /// failed one, so a dead policy server does not stall every lookup.
+    Policy(CachedPolicy, u64),
     /// No policy: do not ask again before `until`; `backoff` seconds next time.
-    Negative {
-        until: u64,
-        backoff: u64,
-    },
+    Negative { until: u64, backoff: u64 },
 }
 
 /// Negative caching: first 5 minutes, doubling up to 1 hour.
@@ -139,13 +138,13 @@ impl PolicyStore {
     /// The cached policy for `domain`, memory first, then disk (no network).
     pub fn cached(&self, domain: &str) -> Option<CachedPolicy> {
         if let Some(e) = self.mem.get(domain) {
-            if let Entry::Policy(p) = e.value() {
+            if let Entry::Policy(p, _) = e.value() {
                 return Some(p.clone());
             }
         }
         let p = self.load(domain)?;
         self.mem
-            .insert(domain.to_string(), Entry::Policy(p.clone()));
+            .insert(domain.to_string(), Entry::Policy(p.clone(), 0));
         Some(p)
     }
 
@@ -153,7 +152,11 @@ impl PolicyStore {
     pub async fn lookup(&self, domain: &str, now: u64) -> StsLookup {
         let negative = self.mem.get(domain).and_then(|e| match e.value() {
             Entry::Negative { until, backoff } => Some((*until, *backoff)),
-            Entry::Policy(_) => None,
+            Entry::Policy(..) => None,
+        });
+        let retry_after = self.mem.get(domain).map_or(0, |e| match e.value() {
+            Entry::Policy(_, t) => *t,
+            Entry::Negative { .. } => 0,
         });
         if let Some((until, _)) = negative {
             if now < until {
@@ -175,10 +178,14 @@ impl PolicyStore {
 
         let txt = self.source.txt(domain).await;
         match (txt, cached) {
-            (TxtOutcome::Id(id), Some(c)) if c.id == id && now < c.refresh_at() => found(c),
+            (TxtOutcome::Id(id), Some(c))
+                if (c.id == id && now < c.refresh_at()) || now < retry_after =>
+            {
+                found(c)
+            }
             (TxtOutcome::Id(id), cached) => {
-                // RFC 8461 §5.1: "If the "id" field differs from the cached value, the
-                // sender MUST fetch a new policy"; proactive refresh also lands here.
+                // RFC 8461 §5.1 (paraphrased): a TXT id that differs from the cached one
+                // means a new policy must be fetched; proactive refresh also lands here.
                 match self.source.fetch(domain).await {
                     Ok(policy) => {
                         metrics::counter!("mxgate_mta_sts_fetches_total", "result" => "ok")
@@ -191,7 +198,7 @@ impl PolicyStore {
                         };
                         self.save(&c);
                         self.mem
-                            .insert(domain.to_string(), Entry::Policy(c.clone()));
+                            .insert(domain.to_string(), Entry::Policy(c.clone(), 0));
                         found(c)
                     }
                     Err(e) => {
@@ -200,8 +207,16 @@ impl PolicyStore {
                         tracing::warn!(domain, error = %e, "mta-sts: policy fetch failed");
                         match cached {
                             // RFC 8461 §5.1: an unexpired cached policy stays in force
-                            // when a refresh fails.
-                            Some(c) => found(c),
+                            // when a refresh fails; retry in a tenth of max_age (1 min
+                            // to 1 h).
+                            Some(c) => {
+                                let wait = (c.policy.max_age / 10).clamp(60, 3600);
+                                self.mem.insert(
+                                    domain.to_string(),
+                                    Entry::Policy(c.clone(), now.saturating_add(wait)),
+                                );
+                                found(c)
+                            }
                             // RFC 8461 §5: "If a valid TXT record is found but no policy
                             // can be fetched via HTTPS (for any reason), and there is no
                             // valid (non-expired) previously cached policy, senders MUST
@@ -268,6 +283,7 @@ fn write_atomic(dir: &Path, path: &Path, p: &CachedPolicy) -> std::io::Result<()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::sts::fetch::{BoxFut, FetchError};
@@ -365,6 +381,25 @@ mod tests {
         assert_eq!(*src.fetches.lock().unwrap(), 1);
         store.lookup("example.com", at).await;
         assert_eq!(*src.fetches.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_refresh_is_not_retried_on_every_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("a".into()), Ok(policy(86400)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        store.lookup("example.com", 0).await;
+        *src.txt.lock().unwrap() = TxtOutcome::Id("b".into());
+        *src.fetch.lock().unwrap() = Err(FetchError::Timeout);
+        assert!(enforce(&store.lookup("example.com", 100).await));
+        assert!(enforce(&store.lookup("example.com", 200).await));
+        assert_eq!(
+            *src.fetches.lock().unwrap(),
+            2,
+            "retried within the back-off"
+        );
+        assert!(enforce(&store.lookup("example.com", 100 + 3600).await));
+        assert_eq!(*src.fetches.lock().unwrap(), 3);
     }
 
     #[tokio::test]

@@ -1,0 +1,200 @@
+//! The client commands: `mxgate policy DOMAIN` and `mxgate queue ...`.
+//!
+//! `policy` runs the same policy engine as the daemon (same DNS, same cache
+//! directory, read-only use) and prints its explanation. `queue` talks to the running
+//! daemon over the control socket.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use mxgate_config::Config;
+use mxgate_dns::DnsClient;
+use mxgate_policy::PolicyEngine;
+use serde_json::Value;
+
+use crate::cli::{CliError, QueueAction};
+use crate::control::{self, Request};
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `mxgate policy DOMAIN [--json]`.
+pub fn policy(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliError> {
+    let config = Arc::new(config);
+    runtime()?.block_on(async move {
+        let dns = Arc::new(DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?);
+        let engine = PolicyEngine::new(config.clone(), dns)
+            .map_err(|e| CliError::Startup(format!("policy: {e}")))?;
+        match engine.explain(domain).await {
+            Ok(explanation) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&explanation)
+                            .map_err(|e| CliError::Startup(e.to_string()))?
+                    );
+                } else {
+                    let value = serde_json::to_value(&explanation)
+                        .map_err(|e| CliError::Startup(e.to_string()))?;
+                    print!("{}", explanation_text(&value));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "domain": domain,
+                            "error": e.to_string(),
+                            "permanent": e.is_permanent(),
+                        })
+                    );
+                } else {
+                    println!("{domain}: {e}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}
+
+/// `mxgate queue ACTION`.
+pub fn queue(config: Config, action: QueueAction) -> Result<ExitCode, CliError> {
+    let (request, json) = match action {
+        QueueAction::List { json } => (Request::List, json),
+        QueueAction::Show { id } => (Request::Show { id }, true),
+        QueueAction::Flush { id } => (Request::Flush { id }, false),
+        QueueAction::Delete { id } => (Request::Delete { id }, false),
+        QueueAction::Bounce { id } => (Request::Bounce { id }, false),
+    };
+    let socket = config.control.socket.clone();
+    let answer = runtime()?.block_on(async { control::call(&socket, &request).await });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("mxgate: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let print_json = |v: &Value| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+    };
+    match request {
+        Request::List if json => print_json(answer.get("messages").unwrap_or(&Value::Null)),
+        Request::List => print_list(answer.get("messages").unwrap_or(&Value::Null)),
+        Request::Show { .. } => print_json(answer.get("message").unwrap_or(&Value::Null)),
+        Request::Flush { .. } => println!(
+            "{} recipient(s) scheduled for immediate delivery",
+            answer.get("count").and_then(Value::as_u64).unwrap_or(0)
+        ),
+        Request::Delete { id } => println!("{id}: deleted"),
+        Request::Bounce { id } => println!(
+            "{id}: {} recipient(s) bounced",
+            answer.get("count").and_then(Value::as_u64).unwrap_or(0)
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `postqueue -p`-like listing.
+fn print_list(messages: &Value) {
+    let Some(messages) = messages.as_array() else {
+        println!("Mail queue is empty");
+        return;
+    };
+    if messages.is_empty() {
+        println!("Mail queue is empty");
+        return;
+    }
+    println!("{:<20} {:>9} {:>12}  Sender/Recipient", "Queue ID", "Size", "Arrival");
+    for m in messages {
+        let field = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+        let sender = field("sender");
+        let sender = sender.as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
+        println!(
+            "{:<20} {:>9} {:>12}  {}",
+            field("id").as_str().unwrap_or("?"),
+            field("size").as_u64().unwrap_or(0),
+            field("arrival").as_u64().unwrap_or(0),
+            sender
+        );
+        for r in field("recipients").as_array().into_iter().flatten() {
+            let address = r.get("address").and_then(Value::as_str).unwrap_or("?");
+            let state = r.get("state").map(|s| match s {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            let attempts = r.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+            println!(
+                "{:<44}{address} ({}, {attempts} attempt(s))",
+                "",
+                state.unwrap_or_default()
+            );
+            if let Some(err) = r.get("last_error").filter(|e| !e.is_null()) {
+                let diag = err.get("diagnostic").and_then(Value::as_str).unwrap_or("");
+                println!("{:<48}({diag})", "");
+            }
+        }
+    }
+}
+
+/// The human form of `mxgate policy DOMAIN`, from the same fields as `--json`.
+fn explanation_text(v: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value, k: &str| match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "domain:  {}", s(v, "domain"));
+    let _ = writeln!(
+        out,
+        "level:   {} (source: {}, configured: {}, min TLS {})",
+        s(v, "level"),
+        s(v, "source"),
+        s(v, "configured_level"),
+        s(v, "min_tls_version")
+    );
+    for mx in v.get("mx").and_then(Value::as_array).into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "mx:      {} (pref {}) dnssec={} tlsa={} -> {}",
+            s(mx, "host"),
+            s(mx, "preference"),
+            s(mx, "dnssec"),
+            s(mx, "tlsa_state"),
+            s(mx, "requirement")
+        );
+        for addr in mx.get("addrs").and_then(Value::as_array).into_iter().flatten() {
+            let _ = writeln!(out, "           address {}", addr.as_str().unwrap_or("?"));
+        }
+        for t in mx.get("tlsa").and_then(Value::as_array).into_iter().flatten() {
+            let _ = writeln!(out, "           TLSA {}", t.as_str().unwrap_or("?"));
+        }
+    }
+    match v.get("mta_sts") {
+        Some(sts) if !sts.is_null() => {
+            let _ = writeln!(
+                out,
+                "mta-sts: mode={} id={} max_age={} fetched_at={} mx={}",
+                s(sts, "mode"),
+                s(sts, "id"),
+                s(sts, "max_age"),
+                s(sts, "fetched_at"),
+                sts.get("mx").map(Value::to_string).unwrap_or_default()
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "mta-sts: none");
+        }
+    }
+    out
+}
