@@ -35,6 +35,8 @@ pub struct Settings {
     pub domains: String,
     /// Extra `[queue]` lines.
     pub queue: String,
+    /// Extra `[listener]` lines.
+    pub listener: String,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
             policy: String::new(),
             domains: String::new(),
             queue: String::new(),
+            listener: String::new(),
         }
     }
 }
@@ -90,6 +93,7 @@ hostname = "relay.mxgate.test"
 
 [listener]
 listen = ["{listen}"]
+{listener_extra}
 
 [queue]
 path = {queue}
@@ -126,6 +130,7 @@ socket = {control_toml}
 "#,
             queue = toml_path(&dir.join("queue")),
             queue_extra = settings.queue,
+            listener_extra = settings.listener,
             smtp_port = settings.smtp_port,
             dns = settings.dns,
             dnssec = settings.dnssec,

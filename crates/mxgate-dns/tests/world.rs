@@ -13,6 +13,10 @@ async fn world() -> DnsWorld {
         .zone("secure.test.", Signing::Secure)
         .zone("insecure.test.", Signing::Insecure)
         .zone("bogus.test.", Signing::BogusSignature)
+        .zone("wrongds.test.", Signing::Bogus)
+        .zone("expired.test.", Signing::BogusExpired)
+        .record("wrongds.test. 300 IN MX 10 mx.wrongds.test.")
+        .record("expired.test. 300 IN MX 10 mx.expired.test.")
         .record("secure.test. 300 IN MX 10 mx.secure.test.")
         .record("mx.secure.test. 300 IN A 127.0.0.1")
         .record("_25._tcp.mx.secure.test. 300 IN TLSA 3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
@@ -110,9 +114,19 @@ async fn validate_mode_reports_each_status() {
         DnssecStatus::Insecure
     );
 
-    // Bogus zone.
-    let bogus = c.mx("bogus.test").await;
-    assert!(matches!(bogus, Err(DnsError::Bogus { .. })), "{bogus:?}");
+    // Bogus zones, all three kinds, positive and negative answers.
+    for name in ["bogus.test", "wrongds.test", "expired.test"] {
+        let bogus = c.mx(name).await;
+        assert!(
+            matches!(bogus, Err(DnsError::Bogus { .. })),
+            "{name}: {bogus:?}"
+        );
+    }
+    let bogus_nx = c.tlsa(25, "mx.bogus.test").await;
+    assert!(
+        matches!(bogus_nx, Err(DnsError::Bogus { .. })),
+        "{bogus_nx:?}"
+    );
 
     // A server that never answers is a temporary failure.
     let slow = c.addresses("slow.secure.test").await;

@@ -38,6 +38,16 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Live TLS probe of every MX of a domain (never sends MAIL); exit 1 if the
+    /// effective policy would defer.
+    Check {
+        domain: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Operate on the queue of a running mxgate (through `control.socket`).
     Queue {
         #[command(subcommand)]
@@ -112,6 +122,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             json,
             config,
         } => crate::inspect::policy(config.load()?, &domain, json),
+        Command::Check {
+            domain,
+            json,
+            config,
+        } => crate::check::check(config.load()?, &domain, json),
         Command::Queue { action, config } => crate::inspect::queue(config.load()?, action),
         Command::CheckConfig { config } => {
             let loaded = config.load()?;

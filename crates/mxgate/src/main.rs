@@ -5,6 +5,7 @@
 //! systemd when it is ready. The other commands are clients: they read the
 //! configuration, ask DNS / the control socket, print and exit.
 
+mod check;
 mod cli;
 mod control;
 mod inspect;

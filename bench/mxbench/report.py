@@ -1,0 +1,114 @@
+"""Summaries: medians over repetitions, ratios, and a Markdown report.
+
+Throughput, CPU and memory are the median over repetitions; latency
+percentiles are taken over all samples of all repetitions pooled. A figure
+that was not measured (a system skipped, a trial that failed) prints as "-",
+never as a guess. It does NOT run anything.
+"""
+
+import os
+import platform
+import statistics
+import subprocess
+
+from .trials import percentile
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) // 1024} MiB"
+    except OSError:
+        pass
+    postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(), "memory": mem,
+            "postfix": postfix, "python": platform.python_version()}
+
+
+def _median(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None and not r.get("error")]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(results, keys=()):
+    """Groups trial results by (system, sessions) into one summary row each."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["system"], r["sessions"]), []).append(r)
+    out = {}
+    for (system, sessions), rows in groups.items():
+        lat = [x for r in rows if not r.get("error") for x in r["latencies_ms"]]
+        s = {"system": system, "sessions": sessions, "reps": len(rows),
+             "errors": [r["error"] for r in rows if r.get("error")],
+             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "samples": len(lat)}
+        for k in ("accepted_per_s", "delivered_per_s", "cpu_s_per_1000", "peak_rss_kib",
+                  "peak_pss_kib") + tuple(keys):
+            s[k] = _median(rows, k)
+        out[(system, sessions)] = s
+    return out
+
+
+def fmt(v, spec=".0f"):
+    return "-" if v is None else format(v, spec)
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024.0
+
+
+def core_tables(summary, sessions_list):
+    lines = ["| sessions | metric | mxgate / Postfix | mxgate / bound |", "|---|---|---|---|"]
+    for s in sessions_list:
+        mx, pf, bd = (summary.get((n, s), {}) for n in ("mxgate", "postfix", "bound"))
+        for key, label in (("delivered_per_s", "delivered msg/s"), ("accepted_per_s", "accepted msg/s")):
+            lines.append(f"| {s} | {label} | {fmt(ratio(mx.get(key), pf.get(key)), '.2f')}x | "
+                         f"{fmt(ratio(mx.get(key), bd.get(key)), '.2f')}x |")
+        lines.append(f"| {s} | accept p99 (lower is better) | {fmt(ratio(mx.get('p99_ms'), pf.get('p99_ms')), '.2f')}x | - |")
+    head = "\n".join(lines)
+    rows = ["| system | sessions | accepted msg/s | delivered msg/s | accept p50 ms | accept p99 ms | "
+            "CPU s / 1000 msg | peak RSS MiB | peak PSS MiB | latency samples |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sessions_list:
+        for n in ("bound", "postfix", "mxgate"):
+            r = summary.get((n, s))
+            if r is None:
+                continue
+            rows.append(f"| {n} | {s} | {fmt(r['accepted_per_s'])} | {fmt(r['delivered_per_s'])} | "
+                        f"{fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_s_per_1000'], '.3f')} | "
+                        f"{fmt(mib(r['peak_rss_kib']), '.1f')} | {fmt(mib(r['peak_pss_kib']), '.1f')} | {r['samples']}"
+                        + (f" (errors: {'; '.join(r['errors'])})" if r["errors"] else "") + " |")
+    return head, "\n".join(rows)
+
+
+def tls_table(summary):
+    rows = ["| relay → sink | sessions | delivered msg/s | TLS handshakes/s | msgs / connection | "
+            "CPU s / 1000 msg | accept p99 ms |", "|---|---|---|---|---|---|---|"]
+    for (name, s), r in sorted(summary.items()):
+        rows.append(f"| {name} | {s} | {fmt(r['delivered_per_s'])} | {fmt(r.get('handshakes_per_s'), '.1f')} | "
+                    f"{fmt(r.get('msgs_per_connection'), '.1f')} | {fmt(r['cpu_s_per_1000'], '.3f')} | "
+                    f"{fmt(r['p99_ms'], '.2f')} |" + (f" errors: {'; '.join(r['errors'])}" if r["errors"] else ""))
+    return "\n".join(rows)
+
+
+def queue_table(rows):
+    out = ["| queued | fill msg/s | accepted msg/s | accept p99 ms | RSS after accepts MiB | "
+           "queued at restart | startup s | RSS after restart MiB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['queued']} | {fmt(r['fill_per_s'])} | {fmt(r['accepted_per_s'])} | "
+                   f"{fmt(r['p99_ms'], '.2f')} | {fmt(mib(r['rss_after_accept_kib']), '.1f')} | "
+                   f"{r['queued_at_restart']} | {fmt(r['startup_s'], '.2f')} | {fmt(mib(r['rss_after_restart_kib']), '.1f')} |")
+    return "\n".join(out)

@@ -1,0 +1,723 @@
+//! `mxgate check DOMAIN [--json]`: a live TLS probe of every MX host of a domain, in
+//! the spirit of Postfix's `posttls-finger`.
+//!
+//! The MX hosts, their addresses and what each must prove come from the same
+//! [`PolicyEngine`] the daemon uses (same DNS settings, same MTA-STS cache). For each
+//! address the probe connects on `delivery.smtp_port`, reads the banner, says EHLO,
+//! looks for STARTTLS, completes a TLS handshake that accepts any certificate but
+//! records the chain, and then judges the chain offline: PKIX for the reference
+//! names (webpki roots plus `delivery.ca_file`), and DANE against the plan's TLSA
+//! records ([`mxgate_policy::dane::match_chain`]). After the handshake it says EHLO
+//! again and QUIT. The verdict of an address is the pure function [`judge`]; an MX
+//! passes when one of its addresses does, and the domain is deliverable when one MX
+//! passes. Exit code: 0 deliverable, 1 the effective policy would defer (or the domain
+//! cannot take mail at all).
+//!
+//! What it does NOT do: send `MAIL FROM` or anything after the second EHLO (no message
+//! is ever transferred), retry, fall back to cleartext on a new connection (the verdict
+//! says when delivery would), or change the queue or the policy cache beyond what a
+//! normal policy lookup does.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxgate_config::{Config, TlsVersion};
+use mxgate_delivery::conn::Conn;
+use mxgate_dns::DnsClient;
+use mxgate_policy::{Explanation, MxPlan, PolicyEngine, TlsRequirement};
+use mxgate_smtp::ehlo::Capabilities;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::cli::CliError;
+
+/// One certificate of the presented chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub sans: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub expired: bool,
+}
+
+/// The outcome of one offline check of the chain (PKIX or DANE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainCheck {
+    pub ok: bool,
+    /// `valid for NAME`, `dane-ee`, or the error.
+    pub detail: String,
+}
+
+/// What the TLS session looked like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsProbe {
+    pub version: String,
+    pub cipher: String,
+    pub chain: Vec<CertInfo>,
+    pub pkix: ChainCheck,
+    /// `None` when the plan has no TLSA records for this MX.
+    pub dane: Option<ChainCheck>,
+}
+
+/// Where the conversation with one address ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "stage", content = "detail", rename_all = "kebab-case")]
+pub enum Stage {
+    ConnectFailed(String),
+    GreetingRejected(String),
+    EhloFailed(String),
+    StartTlsNotOffered,
+    StartTlsRefused(String),
+    /// RFC 3207 §4.2 (paraphrased): data sent before the handshake is an attack.
+    StartTlsInjection,
+    HandshakeFailed(String),
+    /// The TLS session was established (and the second EHLO answered).
+    TlsEstablished,
+}
+
+/// Verdict of one address, one MX, or the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The policy never dials this MX.
+    Skip,
+}
+
+impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        }
+    }
+}
+
+/// A verdict with its diagnostic code (`tls-dane`, `pkix-invalid`, ...) and detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+fn pass(code: &'static str, detail: impl Into<String>) -> Judgement {
+    Judgement {
+        verdict: Verdict::Pass,
+        code,
+        detail: detail.into(),
+    }
+}
+
+fn fail(code: &'static str, detail: impl Into<String>) -> Judgement {
+    Judgement {
+        verdict: Verdict::Fail,
+        code,
+        detail: detail.into(),
+    }
+}
+
+/// One probed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressReport {
+    pub address: SocketAddr,
+    pub banner: Option<String>,
+    /// EHLO keywords before STARTTLS.
+    pub ehlo: Vec<String>,
+    pub stage: Stage,
+    pub tls: Option<TlsProbe>,
+    #[serde(flatten)]
+    pub judgement: Judgement,
+}
+
+/// One MX host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MxCheck {
+    pub host: String,
+    pub preference: u16,
+    /// What the policy requires (`dane (names)`, `pkix (names)`, `skip: reason`, ...).
+    pub requirement: String,
+    /// Whether the host matches the MTA-STS policy's `mx` patterns (`None`: no policy).
+    pub mta_sts_mx_match: Option<bool>,
+    pub addresses: Vec<AddressReport>,
+    #[serde(flatten)]
+    pub judgement: Judgement,
+}
+
+/// The whole report (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub domain: String,
+    pub level: String,
+    pub source: String,
+    pub min_tls_version: String,
+    pub mta_sts: Option<mxgate_policy::explain::StsReport>,
+    pub mx: Vec<MxCheck>,
+    /// At least one MX passes: the effective policy would deliver now.
+    pub deliverable: bool,
+}
+
+/// The verdict for one address under `requirement`, from what the probe saw. Pure.
+pub fn judge(requirement: &TlsRequirement, stage: &Stage, tls: Option<&TlsProbe>) -> Judgement {
+    let tls_text = |t: &TlsProbe| format!("{} {}", t.version, t.cipher);
+    match stage {
+        Stage::ConnectFailed(e) => return fail("connect-failed", e.clone()),
+        Stage::GreetingRejected(e) => return fail("greeting-rejected", e.clone()),
+        Stage::EhloFailed(e) => return fail("ehlo-failed", e.clone()),
+        _ => {}
+    }
+    match requirement {
+        TlsRequirement::Cleartext => pass("cleartext", "policy none: STARTTLS is never used"),
+        TlsRequirement::Opportunistic => match (stage, tls) {
+            (Stage::TlsEstablished, Some(t)) => pass("tls-opportunistic", tls_text(t)),
+            (Stage::StartTlsNotOffered, _) => {
+                pass("cleartext", "STARTTLS not offered: delivered in cleartext")
+            }
+            (other, _) => pass(
+                "cleartext-fallback",
+                format!(
+                    "{}: delivery retries in cleartext on a new connection",
+                    stage_text(other)
+                ),
+            ),
+        },
+        TlsRequirement::Encrypt | TlsRequirement::Pkix { .. } | TlsRequirement::Dane { .. } => {
+            // Contract §2: at `encrypt` and above, stripping STARTTLS, a refusal or a
+            // failed handshake defers; it never leads to cleartext.
+            let t = match (stage, tls) {
+                (Stage::TlsEstablished, Some(t)) => t,
+                (Stage::StartTlsNotOffered, _) => {
+                    return fail("starttls-missing", "STARTTLS not offered, TLS is required")
+                }
+                (Stage::StartTlsRefused(r), _) => return fail("starttls-refused", r.clone()),
+                (Stage::StartTlsInjection, _) => {
+                    return fail("starttls-injection", stage_text(stage))
+                }
+                (other, _) => return fail("handshake-failed", stage_text(other)),
+            };
+            match requirement {
+                TlsRequirement::Pkix { .. } if !t.pkix.ok => {
+                    fail("pkix-invalid", t.pkix.detail.clone())
+                }
+                TlsRequirement::Pkix { .. } => {
+                    pass("tls-pkix", format!("{}, {}", tls_text(t), t.pkix.detail))
+                }
+                TlsRequirement::Dane { .. } => match &t.dane {
+                    Some(d) if d.ok => pass("tls-dane", format!("{}, {}", tls_text(t), d.detail)),
+                    Some(d) => fail("dane-mismatch", d.detail.clone()),
+                    None => fail("dane-mismatch", "no TLSA records to match"),
+                },
+                _ => pass("tls-encrypt", tls_text(t)),
+            }
+        }
+    }
+}
+
+/// An MX passes when any address passes (delivery tries them in order).
+pub fn judge_mx(plan: &MxPlan, addresses: &[AddressReport]) -> Judgement {
+    if let Err(why) = &plan.requirement {
+        return Judgement {
+            verdict: Verdict::Skip,
+            code: "policy-skip",
+            detail: why.clone(),
+        };
+    }
+    if let Some(ok) = addresses
+        .iter()
+        .find(|a| a.judgement.verdict == Verdict::Pass)
+    {
+        return Judgement {
+            detail: format!("{}: {}", ok.address, ok.judgement.detail),
+            ..ok.judgement.clone()
+        };
+    }
+    match addresses.last() {
+        Some(last) => Judgement {
+            detail: format!("{}: {}", last.address, last.judgement.detail),
+            ..last.judgement.clone()
+        },
+        None => fail("no-address", "the host has no address"),
+    }
+}
+
+fn stage_text(stage: &Stage) -> String {
+    match stage {
+        Stage::ConnectFailed(e) => format!("connect failed: {e}"),
+        Stage::GreetingRejected(e) => format!("greeting rejected: {e}"),
+        Stage::EhloFailed(e) => format!("EHLO failed: {e}"),
+        Stage::StartTlsNotOffered => "STARTTLS not offered".into(),
+        Stage::StartTlsRefused(r) => format!("STARTTLS refused: {r}"),
+        Stage::StartTlsInjection => {
+            "server sent data after the STARTTLS reply before the handshake".into()
+        }
+        Stage::HandshakeFailed(e) => format!("TLS handshake failed: {e}"),
+        Stage::TlsEstablished => "TLS established".into(),
+    }
+}
+
+fn requirement_text(plan: &MxPlan) -> String {
+    match &plan.requirement {
+        Ok(TlsRequirement::Cleartext) => "none".into(),
+        Ok(TlsRequirement::Opportunistic) => "may".into(),
+        Ok(TlsRequirement::Encrypt) => "encrypt".into(),
+        Ok(TlsRequirement::Pkix { names }) => format!("pkix ({})", names.join(", ")),
+        Ok(TlsRequirement::Dane { names, .. }) => format!("dane ({})", names.join(", ")),
+        Err(why) => format!("skip: {why}"),
+    }
+}
+
+/// Subject, SANs, issuer and dates of a DER certificate; `None` if it does not parse.
+pub fn cert_info(der: &[u8], now_unix: i64) -> Option<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(format!("DNS:{d}")),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    Some(format!("IP:{}", ip_text(ip)))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let validity = cert.validity();
+    Some(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sans,
+        not_before: validity.not_before.to_string(),
+        not_after: validity.not_after.to_string(),
+        expired: validity.not_after.timestamp() < now_unix,
+    })
+}
+
+fn ip_text(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .map(|b| std::net::Ipv4Addr::from(b).to_string())
+            .unwrap_or_default(),
+        16 => <[u8; 16]>::try_from(bytes)
+            .map(|b| std::net::Ipv6Addr::from(b).to_string())
+            .unwrap_or_default(),
+        _ => "?".into(),
+    }
+}
+
+/// PKIX: a chain to the configured roots, valid for any of `names`.
+fn check_pkix(
+    verifier: &WebPkiServerVerifier,
+    chain: &[CertificateDer<'static>],
+    names: &[String],
+) -> ChainCheck {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return ChainCheck {
+            ok: false,
+            detail: "no certificate presented".into(),
+        };
+    };
+    let mut last = String::from("no reference name");
+    for name in names {
+        let Ok(sn) = ServerName::try_from(name.clone()) else {
+            continue;
+        };
+        match verifier.verify_server_cert(leaf, intermediates, &sn, &[], UnixTime::now()) {
+            Ok(_) => {
+                return ChainCheck {
+                    ok: true,
+                    detail: format!("valid for {name}"),
+                }
+            }
+            Err(e) => last = format!("not valid for {}: {e}", names.join(", ")),
+        }
+    }
+    ChainCheck {
+        ok: false,
+        detail: last,
+    }
+}
+
+/// Everything the probe of one address needs.
+struct Prober {
+    engine: Arc<PolicyEngine>,
+    pkix: Arc<WebPkiServerVerifier>,
+    hostname: String,
+    port: u16,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    min_tls_version: TlsVersion,
+}
+
+impl Prober {
+    async fn probe(&self, plan: &MxPlan, addr: std::net::IpAddr) -> AddressReport {
+        let address = SocketAddr::new(addr, self.port);
+        let requirement = plan
+            .requirement
+            .clone()
+            .unwrap_or(TlsRequirement::Opportunistic);
+        let mut report = AddressReport {
+            address,
+            banner: None,
+            ehlo: Vec::new(),
+            stage: Stage::TlsEstablished,
+            tls: None,
+            judgement: pass("", ""),
+        };
+        report.stage = self.converse(plan, &requirement, &mut report).await;
+        report.judgement = judge(&requirement, &report.stage, report.tls.as_ref());
+        report
+    }
+
+    async fn converse(
+        &self,
+        plan: &MxPlan,
+        requirement: &TlsRequirement,
+        report: &mut AddressReport,
+    ) -> Stage {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(report.address))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Stage::ConnectFailed(e.to_string()),
+                Err(_) => {
+                    return Stage::ConnectFailed(format!("timed out after {:?}", self.connect_timeout))
+                }
+            };
+        let mut conn = Conn::new(stream, self.command_timeout);
+        match conn.reply().await {
+            Ok(r) if r.is_positive() => report.banner = Some(reply_text(&r)),
+            Ok(r) => return Stage::GreetingRejected(reply_text(&r)),
+            Err(e) => return Stage::GreetingRejected(e.to_string()),
+        }
+        let caps = match self.ehlo(&mut conn).await {
+            Ok(caps) => caps,
+            Err(e) => return Stage::EhloFailed(e),
+        };
+        report.ehlo = caps.raw.clone();
+        if !caps.starttls {
+            conn.quit().await;
+            return Stage::StartTlsNotOffered;
+        }
+        if let Err(e) = conn.send(mxgate_smtp::client::STARTTLS).await {
+            return Stage::StartTlsRefused(e.to_string());
+        }
+        match conn.reply().await {
+            Ok(r) if r.code == 220 => {}
+            Ok(r) => {
+                conn.quit().await;
+                return Stage::StartTlsRefused(reply_text(&r));
+            }
+            Err(e) => return Stage::StartTlsRefused(e.to_string()),
+        }
+        // RFC 3207 §4.2: "The client SHOULD send an EHLO command as the first command
+        // after a successful TLS negotiation" — and nothing the server sent before the
+        // handshake may be used, so buffered bytes here are a protocol error.
+        if conn.has_buffered_input() {
+            return Stage::StartTlsInjection;
+        }
+        let sni = match requirement {
+            TlsRequirement::Dane { names, .. } => names.first().cloned(),
+            _ => None,
+        }
+        .unwrap_or_else(|| plan.host.clone());
+        let Ok(server_name) = ServerName::try_from(sni.clone()) else {
+            return Stage::HandshakeFailed(format!("{sni:?} is not a valid server name"));
+        };
+        // Accept any certificate (the handshake signature is still checked), capture
+        // the chain, and judge it below.
+        let config = self
+            .engine
+            .client_config(&TlsRequirement::Encrypt, self.min_tls_version);
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let handshake = connector.connect(server_name, conn.into_stream());
+        let tls = match tokio::time::timeout(self.command_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Stage::HandshakeFailed(e.to_string()),
+            Err(_) => return Stage::HandshakeFailed("timed out".into()),
+        };
+        let session = tls.get_ref().1;
+        let chain: Vec<CertificateDer<'static>> = session
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let pkix_names = match requirement {
+            TlsRequirement::Pkix { names } => names.clone(),
+            _ => vec![plan.host.clone()],
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        report.tls = Some(TlsProbe {
+            version: session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .replace("TLSv1_", "TLSv1."),
+            cipher: session
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("?")
+                .to_string(),
+            chain: chain.iter().filter_map(|c| cert_info(c, now)).collect(),
+            pkix: check_pkix(&self.pkix, &chain, &pkix_names),
+            dane: match requirement {
+                TlsRequirement::Dane { tlsa, names } => Some(
+                    match mxgate_policy::dane::match_chain(tlsa, &chain, names, UnixTime::now()) {
+                        Ok(auth) => ChainCheck {
+                            ok: true,
+                            detail: auth.as_str().to_string(),
+                        },
+                        Err(e) => ChainCheck {
+                            ok: false,
+                            detail: e.to_string(),
+                        },
+                    },
+                ),
+                _ => None,
+            },
+        });
+        // The session must work: EHLO again (RFC 3207 §4.2), then QUIT. Never MAIL.
+        let mut conn = Conn::new(tls, self.command_timeout);
+        if let Err(e) = self.ehlo(&mut conn).await {
+            return Stage::HandshakeFailed(format!("EHLO after TLS: {e}"));
+        }
+        conn.quit().await;
+        Stage::TlsEstablished
+    }
+
+    async fn ehlo<S>(&self, conn: &mut Conn<S>) -> Result<Capabilities, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        conn.send(&mxgate_smtp::client::ehlo(&self.hostname))
+            .await
+            .map_err(|e| e.to_string())?;
+        match conn.reply().await {
+            Ok(r) if r.is_positive() => Ok(Capabilities::from_ehlo(&r)),
+            Ok(r) => Err(reply_text(&r)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn reply_text(r: &mxgate_smtp::reply::Reply) -> String {
+    format!("{} {}", r.code, r.lines.join(" / "))
+}
+
+/// `mxgate check DOMAIN [--json]`.
+pub fn check(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliError> {
+    let config = Arc::new(config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let dns = Arc::new(
+            DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?,
+        );
+        let engine = Arc::new(
+            PolicyEngine::new(config.clone(), dns)
+                .map_err(|e| CliError::Startup(format!("policy: {e}")))?,
+        );
+        let (plan, explanation) = match engine.plan(domain).await {
+            Ok(plan) => (plan, engine.explain(domain).await.ok()),
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"domain": domain, "error": e.to_string(),
+                            "permanent": e.is_permanent(), "deliverable": false})
+                    );
+                } else {
+                    println!("{domain}: {e}\nresult: not deliverable");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let roots = mxgate_policy::tls::load_roots(&config.delivery.ca_file)
+            .map_err(|e| CliError::Startup(e.to_string()))?;
+        let pkix = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            mxgate_policy::tls::provider(),
+        )
+        .build()
+        .map_err(|e| CliError::Startup(format!("PKIX verifier: {e}")))?;
+        let prober = Prober {
+            engine,
+            pkix,
+            hostname: config.server.hostname.clone(),
+            port: config.delivery.smtp_port,
+            connect_timeout: config.delivery.connect_timeout,
+            command_timeout: config.delivery.command_timeout.min(Duration::from_secs(60)),
+            min_tls_version: plan.min_tls_version,
+        };
+        let report = run_probe(&prober, &plan, explanation.as_ref()).await;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report)
+                    .map_err(|e| CliError::Startup(e.to_string()))?
+            );
+        } else {
+            print!("{}", report_text(&report));
+        }
+        Ok(if report.deliverable {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+async fn run_probe(
+    prober: &Prober,
+    plan: &mxgate_policy::DeliveryPlan,
+    explanation: Option<&Explanation>,
+) -> CheckReport {
+    let sts = explanation.and_then(|e| e.mta_sts.clone());
+    let mut mx = Vec::new();
+    for p in &plan.mx {
+        let mut addresses = Vec::new();
+        if p.requirement.is_ok() {
+            for addr in &p.addrs {
+                addresses.push(prober.probe(p, *addr).await);
+            }
+        }
+        let judgement = judge_mx(p, &addresses);
+        mx.push(MxCheck {
+            host: p.host.clone(),
+            preference: p.preference,
+            requirement: requirement_text(p),
+            mta_sts_mx_match: sts.as_ref().map(|s| {
+                s.mx
+                    .iter()
+                    .any(|pat| mxgate_policy::sts::mx_pattern_matches(pat, &p.host))
+            }),
+            addresses,
+            judgement,
+        });
+    }
+    CheckReport {
+        domain: plan.domain.clone(),
+        level: plan.level.as_str().to_string(),
+        source: plan.source.as_str().to_string(),
+        min_tls_version: plan.min_tls_version.as_str().to_string(),
+        mta_sts: sts,
+        deliverable: mx.iter().any(|m| m.judgement.verdict == Verdict::Pass),
+        mx,
+    }
+}
+
+/// The human form: details per address, then one verdict line per MX.
+pub fn report_text(r: &CheckReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "domain {}: level {} (source {}), min TLS {}",
+        r.domain, r.level, r.source, r.min_tls_version
+    );
+    match &r.mta_sts {
+        Some(s) => {
+            let _ = writeln!(out, "mta-sts: mode={} id={} mx={}", s.mode, s.id, s.mx.join(","));
+        }
+        None => {
+            let _ = writeln!(out, "mta-sts: none");
+        }
+    }
+    for m in &r.mx {
+        let _ = writeln!(
+            out,
+            "mx {} (pref {}): requires {}{}",
+            m.host,
+            m.preference,
+            m.requirement,
+            match m.mta_sts_mx_match {
+                Some(true) => ", matches MTA-STS mx",
+                Some(false) => ", NOT in MTA-STS mx",
+                None => "",
+            }
+        );
+        for a in &m.addresses {
+            let _ = writeln!(
+                out,
+                "  {}: banner {:?}; {}",
+                a.address,
+                a.banner.as_deref().unwrap_or("-"),
+                stage_text(&a.stage)
+            );
+            if let Some(t) = &a.tls {
+                let _ = writeln!(out, "    TLS {} {}", t.version, t.cipher);
+                for (i, c) in t.chain.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "    cert[{i}] subject={} sans={} issuer={} not_after={}{}",
+                        c.subject,
+                        c.sans.join(","),
+                        c.issuer,
+                        c.not_after,
+                        if c.expired { " EXPIRED" } else { "" }
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "    PKIX: {} ({})",
+                    if t.pkix.ok { "ok" } else { "FAIL" },
+                    t.pkix.detail
+                );
+                if let Some(d) = &t.dane {
+                    let _ = writeln!(
+                        out,
+                        "    DANE: {} ({})",
+                        if d.ok { "ok" } else { "FAIL" },
+                        d.detail
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "  {} {} [{}] {}",
+                a.address,
+                a.judgement.verdict.word(),
+                a.judgement.code,
+                a.judgement.detail
+            );
+        }
+        let _ = writeln!(
+            out,
+            "verdict {}: {} [{}] {}",
+            m.host,
+            m.judgement.verdict.word(),
+            m.judgement.code,
+            m.judgement.detail
+        );
+    }
+    let _ = writeln!(
+        out,
+        "result: {}",
+        if r.deliverable {
+            "deliverable"
+        } else {
+            "would defer"
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "check_tests.rs"]
+mod tests;

@@ -1,0 +1,439 @@
+//! End-to-end TLS policy tests through the real `mxgate` binary (issue 3, contract §2).
+//!
+//! Every test builds a private world on loopback: a signed DNS tree (`DnsWorld`), SMTP
+//! receivers with chosen certificates on `127.0.0.N` and one shared port (mxgate dials
+//! every MX on `delivery.smtp_port`), man-in-the-middle proxies reached through small
+//! TCP forwarders on that port, and an HTTPS server for MTA-STS policies. Each test
+//! function runs one mxgate with many destination domains at once, submits one message
+//! per domain, and then checks every outcome: what the receiver got, whether it came over
+//! TLS, and — where the level requires TLS — that no `MAIL FROM` and no message bytes ever
+//! crossed in cleartext.
+//!
+//! Not here: the decision table itself (mxgate-policy's unit tests), queue retry and DSN
+//! details (tests/queue_lifecycle.rs), the relay path without TLS policy (tests/relay.rs).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Mxgate, Settings};
+use mxgate_testkit::certs::{sha256, TestCa, TestCert, Validity};
+use mxgate_testkit::dns::{DnsWorld, DnsWorldBuilder, Signing};
+use mxgate_testkit::https::{HttpResponse, HttpsServer};
+use mxgate_testkit::mitm::{Mitm, MitmMode};
+use mxgate_testkit::postfix::submit;
+use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// How long a deferral may take to show up in the log (DNS timeout 2 s, connect 3 s).
+const OUTCOME_LIMIT: Duration = Duration::from_secs(20);
+
+const SENDER: &str = "sender@origin.test";
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// Relays every connection accepted on `bind` to the current target (which a test may
+/// switch while running), so a MITM on an ephemeral port can sit at an MX address.
+struct Forwarder {
+    target: Arc<Mutex<SocketAddr>>,
+    task: JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(bind: SocketAddr, target: SocketAddr) -> Forwarder {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let target = Arc::new(Mutex::new(target));
+        let current = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *current.lock().unwrap();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Forwarder { target, task }
+    }
+
+    fn set_target(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = to;
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What stands at an MX address: a receiver, maybe behind an attacker.
+struct Mx {
+    receiver: SmtpReceiver,
+    mitm: Option<Mitm>,
+    _forwarder: Option<Forwarder>,
+}
+
+impl Mx {
+    /// A receiver listening directly on `127.0.0.n:port`.
+    async fn direct(n: u8, port: u16, config: ReceiverConfig) -> Mx {
+        let receiver = SmtpReceiver::start_on(SocketAddr::new(loopback(n), port), config)
+            .await
+            .unwrap();
+        Mx {
+            receiver,
+            mitm: None,
+            _forwarder: None,
+        }
+    }
+
+    /// A receiver with `config` behind a MITM in `mode`, reached at `127.0.0.n:port`.
+    async fn attacked(n: u8, port: u16, config: ReceiverConfig, mode: MitmMode) -> Mx {
+        let receiver = SmtpReceiver::start(config).await.unwrap();
+        let mitm = Mitm::start(receiver.addr(), mode).await.unwrap();
+        let forwarder = Forwarder::start(SocketAddr::new(loopback(n), port), mitm.addr()).await;
+        Mx {
+            receiver,
+            mitm: Some(mitm),
+            _forwarder: Some(forwarder),
+        }
+    }
+
+    /// Everything the client sent in cleartext, seen by the attacker and the receiver.
+    async fn cleartext(&self) -> String {
+        let mut all = Vec::new();
+        if let Some(mitm) = &self.mitm {
+            all.extend(mitm.cleartext_from_client());
+            all.extend(mitm.decrypted_from_client());
+        }
+        if self.receiver.connections() > 0 {
+            self.receiver.wait_sessions(self.receiver.connections()).await;
+        }
+        all.extend(self.receiver.cleartext_transcript());
+        String::from_utf8_lossy(&all).to_ascii_uppercase()
+    }
+}
+
+/// One destination domain of a test and how its message must end.
+struct Case {
+    domain: String,
+    mx: Mx,
+    expect: Expect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Received by the receiver over TLS (optionally `auth=` in the log line).
+    Tls(Option<&'static str>),
+    /// Received by the receiver in cleartext; mxgate never sent STARTTLS.
+    Cleartext,
+    /// Received by the receiver (TLS or not, e.g. through a MITM that re-sent it).
+    Delivered,
+    /// Deferred, never bounced, and nothing of the transaction in cleartext.
+    Deferred,
+    /// Deferred without any connection to the receiver.
+    DeferredUndialled,
+}
+
+fn rcpt(domain: &str) -> String {
+    format!("user@{domain}")
+}
+
+fn body(domain: &str) -> Vec<u8> {
+    format!("Subject: test {domain}\r\n\r\nSECRET-BODY-{domain}\r\n").into_bytes()
+}
+
+async fn submit_to(gate: &Mxgate, domain: &str) {
+    let to = rcpt(domain);
+    submit(gate.listen, SENDER, &[to.as_str()], &body(domain))
+        .await
+        .unwrap();
+}
+
+/// The first delivery log line for `domain`'s recipient with `status=...`.
+async fn log_line(gate: &Mxgate, domain: &str, status: &str) -> String {
+    let to = format!("to=<{}>", rcpt(domain));
+    let status = format!("status={status}");
+    gate.wait_log(|l| l.contains(&to) && l.contains(&status), OUTCOME_LIMIT)
+        .await
+}
+
+/// Checks one case's outcome; returns a description of what went wrong, if anything.
+async fn check(gate: &Mxgate, case: &Case) -> Result<(), String> {
+    let d = &case.domain;
+    let secret = format!("SECRET-BODY-{d}").to_ascii_uppercase();
+    match case.expect {
+        Expect::Tls(_) | Expect::Cleartext | Expect::Delivered => {
+            let msgs = case.mx.receiver.wait_for(1).await;
+            let msg = &msgs[0];
+            if !String::from_utf8_lossy(&msg.data).contains(&format!("SECRET-BODY-{d}")) {
+                return Err(format!("{d}: wrong message received"));
+            }
+            let line = log_line(gate, d, "sent").await;
+            match case.expect {
+                Expect::Tls(auth) => {
+                    if msg.tls.is_none() {
+                        return Err(format!("{d}: delivered in cleartext, expected TLS"));
+                    }
+                    if let Some(auth) = auth {
+                        if !line.contains(&format!("auth={auth}")) {
+                            return Err(format!("{d}: expected auth={auth}: {line}"));
+                        }
+                    }
+                    if case.mx.cleartext().await.contains("MAIL FROM") {
+                        return Err(format!("{d}: MAIL FROM crossed in cleartext"));
+                    }
+                }
+                Expect::Cleartext => {
+                    if msg.tls.is_some() {
+                        return Err(format!("{d}: expected cleartext, got {:?}", msg.tls));
+                    }
+                    if case.mx.cleartext().await.contains("STARTTLS") {
+                        return Err(format!("{d}: STARTTLS sent at a cleartext level"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Expect::Deferred | Expect::DeferredUndialled => {
+            let line = log_line(gate, d, "deferred").await;
+            if gate.log().lines().any(|l| {
+                l.contains(&format!("to=<{}>", rcpt(d))) && l.contains("status=bounced")
+            }) {
+                return Err(format!("{d}: bounced, must only defer"));
+            }
+            if !case.mx.receiver.messages().is_empty() {
+                return Err(format!("{d}: receiver got the message: {line}"));
+            }
+            let clear = case.mx.cleartext().await;
+            if clear.contains("MAIL FROM") || clear.contains(&secret) {
+                return Err(format!("{d}: transaction crossed in cleartext: {clear:?}"));
+            }
+            if case.expect == Expect::DeferredUndialled {
+                let dialled = case.mx.receiver.connections()
+                    + case.mx.mitm.as_ref().map_or(0, |m| m.connections());
+                if dialled != 0 {
+                    return Err(format!("{d}: MX was dialled {dialled} times: {line}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Submits one message per case, then checks all outcomes (mxgate works on them
+/// concurrently) and reports every failing case at once.
+async fn run_cases(gate: &Mxgate, cases: &[Case]) {
+    for case in cases {
+        submit_to(gate, &case.domain).await;
+    }
+    let mut failures = Vec::new();
+    for case in cases {
+        if let Err(e) = check(gate, case).await {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}\n--- mxgate log ---\n{}",
+        failures.join("\n"),
+        gate.log()
+    );
+}
+
+/// `D. MX 10 mx.D.` and `mx.D. A 127.0.0.n`.
+fn mx_records(world: DnsWorldBuilder, domain: &str, n: u8) -> DnsWorldBuilder {
+    world
+        .record(&format!("{domain}. 300 IN MX 10 mx.{domain}."))
+        .record(&format!("mx.{domain}. 300 IN A 127.0.0.{n}"))
+}
+
+fn tlsa(port: u16, host: &str, usage: u8, data: &[u8]) -> String {
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    format!("_{port}._tcp.{host}. 300 IN TLSA {usage} 1 1 {hex}")
+}
+
+fn sts_policy(mode: &str, mx: &[&str]) -> String {
+    let mut text = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        text.push_str(&format!("mx: {m}\r\n"));
+    }
+    text.push_str("max_age: 86400\r\n");
+    text
+}
+
+/// TXT discovery record and `mta-sts.D` address for an MTA-STS domain.
+fn sts_records(world: DnsWorldBuilder, domain: &str, id: &str) -> DnsWorldBuilder {
+    world
+        .record(&format!(
+            "_mta-sts.{domain}. 300 IN TXT \"v=STSv1; id={id}\""
+        ))
+        .record(&format!("mta-sts.{domain}. 300 IN A 127.0.0.1"))
+}
+
+fn tls_config(cert: &TestCert) -> ReceiverConfig {
+    ReceiverConfig::with_starttls(cert.server_config())
+}
+
+fn settings(
+    world: &DnsWorld,
+    dns: SocketAddr,
+    port: u16,
+    ca_path: &std::path::Path,
+    dnssec: &'static str,
+) -> Settings {
+    let mut s = Settings::new(dns, port);
+    s.trust_anchor = Some(world.trust_anchor_path().to_path_buf());
+    s.ca_file = Some(ca_path.to_path_buf());
+    s.dnssec = dnssec;
+    s
+}
+
+fn policy_json(gate: &Mxgate, domain: &str) -> serde_json::Value {
+    let (code, out, err) = gate.cli(&["policy", domain, "--json"]);
+    assert_eq!(code, 0, "mxgate policy {domain}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("policy {domain} JSON: {e}: {out}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Configured levels × attacks
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    Good,
+    SelfSigned,
+    WrongName,
+    Strip,
+    Reply454,
+    Reply554,
+    Inject,
+    OwnCert,
+}
+
+/// What each configured level must do against each attack (contract §2).
+fn level_expectation(level: &str, attack: Attack) -> Expect {
+    use Attack::*;
+    match (level, attack) {
+        ("none", _) => Expect::Cleartext,
+        ("may", Good | SelfSigned | WrongName) => Expect::Tls(Some("none")),
+        ("may", Strip | Reply454 | Reply554) => Expect::Delivered,
+        ("may", Inject | OwnCert) => Expect::Delivered,
+        ("encrypt", Good | SelfSigned | WrongName) => Expect::Tls(None),
+        // Any certificate is accepted at `encrypt`: the attacker's own too.
+        ("encrypt", OwnCert) => Expect::Delivered,
+        ("encrypt", Strip | Reply454 | Reply554 | Inject) => Expect::Deferred,
+        ("verify", Good) => Expect::Tls(Some("pkix")),
+        ("verify", _) => Expect::Deferred,
+        _ => unreachable!("no such level"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_levels_against_every_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Levels Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let port = common::free_port();
+
+    let levels = ["none", "may", "encrypt", "verify"];
+    let attacks = [
+        Attack::Good,
+        Attack::SelfSigned,
+        Attack::WrongName,
+        Attack::Strip,
+        Attack::Reply454,
+        Attack::Reply554,
+        Attack::Inject,
+        Attack::OwnCert,
+    ];
+    let mut world = DnsWorld::builder().zone("lv.test.", Signing::Insecure);
+    let mut domains_toml = String::new();
+    let mut cases = Vec::new();
+    let mut n = 2u8;
+    for level in levels {
+        for attack in attacks {
+            let domain = format!("{}-{}.lv.test", level, format!("{attack:?}").to_lowercase());
+            let host = format!("mx.{domain}");
+            let good = ca.issue(&[&host], Validity::current());
+            let config = match attack {
+                Attack::SelfSigned => tls_config(&TestCert::self_signed(&[&host])),
+                Attack::WrongName => tls_config(&ca.issue(&["other.lv.test"], Validity::current())),
+                _ => tls_config(&good),
+            };
+            let mode = match attack {
+                Attack::Strip => Some(MitmMode::StripStarttls),
+                Attack::Reply454 => Some(MitmMode::Reply454),
+                Attack::Reply554 => Some(MitmMode::Reply554),
+                Attack::Inject => Some(MitmMode::InjectAfterReady),
+                Attack::OwnCert => Some(MitmMode::OwnCertificate(
+                    TestCert::self_signed(&[&host]).server_config(),
+                )),
+                _ => None,
+            };
+            let mx = match mode {
+                Some(mode) => Mx::attacked(n, port, config, mode).await,
+                None => Mx::direct(n, port, config).await,
+            };
+            world = mx_records(world, &domain, n);
+            domains_toml.push_str(&format!("\"{domain}\" = {{ level = \"{level}\" }}\n"));
+            cases.push(Case {
+                domain,
+                mx,
+                expect: level_expectation(level, attack),
+            });
+            n += 1;
+        }
+    }
+    // `verify` with a `match` list: the certificate names the list's host, not the MX.
+    for (domain, cert_name, expect) in [
+        ("match-ok.lv.test", "gateway.partner.test", Expect::Tls(Some("pkix"))),
+        ("match-miss.lv.test", "mx.match-miss.lv.test", Expect::Deferred),
+    ] {
+        let cert = ca.issue(&[cert_name], Validity::current());
+        let mx = Mx::direct(n, port, tls_config(&cert)).await;
+        world = mx_records(world, domain, n);
+        domains_toml.push_str(&format!(
+            "\"{domain}\" = {{ level = \"verify\", match = [\"gateway.partner.test\"] }}\n"
+        ));
+        cases.push(Case {
+            domain: domain.to_string(),
+            mx,
+            expect,
+        });
+        n += 1;
+    }
+    let world = world.start().await.unwrap();
+    let mut s = settings(&world, world.addr(), port, &ca_path, "validate");
+    s.domains = domains_toml;
+    let gate = Mxgate::start(dir.path(), &s);
+    run_cases(&gate, &cases).await;
+
+    // `none` never even offers STARTTLS to the attacker; a 554 to STARTTLS never bounces.
+    for case in &cases {
+        if case.domain.starts_with("none-") {
+            if let Some(mitm) = &case.mx.mitm {
+                assert_eq!(mitm.starttls_count(), 0, "{}", case.domain);
+            }
+        }
+    }
+    // The deferral reason names the level that was not met.
+    let line = log_line(&gate, "encrypt-strip.lv.test", "deferred").await;
+    assert!(line.contains("encrypt"), "{line}");
+    let line = log_line(&gate, "verify-selfsigned.lv.test", "deferred").await;
+    assert!(line.contains("verify"), "{line}");
+}
