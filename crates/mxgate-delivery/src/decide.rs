@@ -47,21 +47,6 @@ pub fn starttls_step(
     }
 }
 
-/// The `auth=` log/metric label of an authenticated session under `requirement`.
-///
-/// For DANE the verifier does not report which record matched; we label `dane-ee` when
-/// any usable record is DANE-EE(3), else `dane-ta`.
-pub fn auth_label(requirement: &TlsRequirement) -> &'static str {
-    match requirement {
-        TlsRequirement::Cleartext | TlsRequirement::Opportunistic | TlsRequirement::Encrypt => {
-            "none"
-        }
-        TlsRequirement::Pkix { .. } => "pkix",
-        TlsRequirement::Dane { tlsa, .. } if tlsa.iter().any(|r| r.usage == 3) => "dane-ee",
-        TlsRequirement::Dane { .. } => "dane-ta",
-    }
-}
-
 /// The enhanced status code of a reply: its own when it has one (RFC 3463), else the
 /// generic `X.0.0` of its class.
 pub fn status_of(reply: &Reply) -> String {
@@ -192,7 +177,6 @@ pub fn rcpt_verdict(reply: &Reply, mx_host: &str) -> RcptVerdict {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use mxgate_policy::TlsaRecord;
 
     fn reply(code: u16, text: &str) -> Reply {
         let mut buf = bytes::BytesMut::from(format!("{code} {text}\r\n").as_str());
@@ -233,25 +217,6 @@ mod tests {
                 "{req:?} offered={offered} retry={retry}"
             );
         }
-    }
-
-    #[test]
-    fn auth_labels() {
-        let rec = |usage| TlsaRecord {
-            usage,
-            selector: 1,
-            matching: 1,
-            data: vec![],
-        };
-        let dane = |recs| TlsRequirement::Dane {
-            tlsa: recs,
-            names: vec![],
-        };
-        assert_eq!(auth_label(&TlsRequirement::Encrypt), "none");
-        assert_eq!(auth_label(&TlsRequirement::Pkix { names: vec![] }), "pkix");
-        assert_eq!(auth_label(&dane(vec![rec(3)])), "dane-ee");
-        assert_eq!(auth_label(&dane(vec![rec(2)])), "dane-ta");
-        assert_eq!(auth_label(&dane(vec![rec(2), rec(3)])), "dane-ee");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 pub use decide::TlsPolicyFailure;
 pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
 
-use decide::{auth_label, local_failure, status};
+use decide::{local_failure, status};
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -172,10 +172,7 @@ impl<P: Planner> Delivery<P> {
                 };
                 match deliver_to_address(&params, job, &pending).await {
                     Ok(report) => {
-                        let auth = match report.tls.version {
-                            Some(_) => auth_label(&requirement),
-                            None => "none",
-                        };
+                        let auth = report.tls.auth;
                         if let Some(version) = report.tls.version {
                             metrics::counter!("mxgate_tls_connections_total",
                                 "version" => version,

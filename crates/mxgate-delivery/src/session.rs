@@ -71,6 +71,8 @@ pub struct TlsFacts {
     /// `TLSv1.2` / `TLSv1.3`; `None` = cleartext.
     pub version: Option<&'static str>,
     pub cipher: Option<String>,
+    /// How the server was authenticated (`auth=`): `none`, `pkix`, `dane-ee`, `dane-ta`.
+    pub auth: &'static str,
 }
 
 /// A session that reached a transaction: an outcome for every recipient.
@@ -307,6 +309,11 @@ async fn attempt(
         cipher: session
             .negotiated_cipher_suite()
             .map(|c| format!("{:?}", c.suite())),
+        auth: mxgate_policy::tls::authenticated_by(
+            &params.requirement,
+            session.peer_certificates().unwrap_or_default(),
+        )
+        .as_str(),
     };
     let mut conn = Conn::new(tls, params.command_timeout);
     // RFC 3207 §4.2: the client SHOULD send an EHLO command as the first command after

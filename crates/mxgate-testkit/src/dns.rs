@@ -356,4 +356,5 @@ fn parse_name(text: &str) -> Result<Name, DnsWorldError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

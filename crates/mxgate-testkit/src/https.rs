@@ -321,6 +321,7 @@ fn parse_head(head: &str) -> Option<(String, String, Option<String>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::certs::{TestCa, Validity};

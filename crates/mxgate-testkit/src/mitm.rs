@@ -503,4 +503,5 @@ impl AsyncWrite for Joined {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
