@@ -141,7 +141,11 @@ async fn postfix_relays_through_mxgate_to_the_mx_over_tls13() {
     // what Postfix handed over.
     let (received, rest) = split_received(&got.data);
     assert_eq!(received.len(), 2, "{received:?}");
-    assert!(received[0].contains("by relay.mxgate.test"), "{}", received[0]);
+    assert!(
+        received[0].contains("by relay.mxgate.test"),
+        "{}",
+        received[0]
+    );
     assert!(received[1].contains("(Postfix)"), "{}", received[1]);
     assert_eq!(
         String::from_utf8_lossy(&rest),
@@ -150,7 +154,10 @@ async fn postfix_relays_through_mxgate_to_the_mx_over_tls13() {
     );
     assert!(postfix.maillog().contains("status=sent"));
     let line = gate
-        .wait_log(|l| l.contains("status=sent") && l.contains("rcpt@dest.test"), WAIT)
+        .wait_log(
+            |l| l.contains("status=sent") && l.contains("rcpt@dest.test"),
+            WAIT,
+        )
         .await;
     assert!(line.contains("tls=TLSv1.3"), "{line}");
     assert!(line.contains("policy=may"), "{line}");
@@ -174,12 +181,22 @@ async fn may_without_starttls_and_level_none_deliver_in_cleartext() {
     s.domains = "\"none.test\" = { level = \"none\" }".into();
     let gate = Mxgate::start(dir.path(), &s);
 
-    submit(gate.listen, "a@senders.test", &["x@plain.test"], &message("p1"))
-        .await
-        .expect("accepted");
-    submit(gate.listen, "a@senders.test", &["y@none.test"], &message("n1"))
-        .await
-        .expect("accepted");
+    submit(
+        gate.listen,
+        "a@senders.test",
+        &["x@plain.test"],
+        &message("p1"),
+    )
+    .await
+    .expect("accepted");
+    submit(
+        gate.listen,
+        "a@senders.test",
+        &["y@none.test"],
+        &message("n1"),
+    )
+    .await
+    .expect("accepted");
 
     let got = plain.next_message().await;
     assert!(got.tls.is_none(), "no STARTTLS offered: cleartext at may");
@@ -187,15 +204,22 @@ async fn may_without_starttls_and_level_none_deliver_in_cleartext() {
     assert!(got.tls.is_none(), "level none never uses STARTTLS");
     let sessions = offered.sessions();
     assert!(
-        sessions
+        sessions.iter().all(|s| !s
+            .commands
             .iter()
-            .all(|s| !s.commands.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS"))),
+            .any(|c| c.eq_ignore_ascii_case("STARTTLS"))),
         "level none sent STARTTLS"
     );
     let line = gate
-        .wait_log(|l| l.contains("status=sent") && l.contains("y@none.test"), WAIT)
+        .wait_log(
+            |l| l.contains("status=sent") && l.contains("y@none.test"),
+            WAIT,
+        )
         .await;
-    assert!(line.contains("policy=none") && line.contains("tls=none"), "{line}");
+    assert!(
+        line.contains("policy=none") && line.contains("tls=none"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,13 +235,21 @@ async fn second_mx_is_used_when_the_first_refuses_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = Mxgate::start(dir.path(), &settings(&world, port));
 
-    submit(gate.listen, "a@senders.test", &["r@two.test"], &message("t1"))
-        .await
-        .expect("accepted");
+    submit(
+        gate.listen,
+        "a@senders.test",
+        &["r@two.test"],
+        &message("t1"),
+    )
+    .await
+    .expect("accepted");
     let got = second.next_message().await;
     assert_eq!(got.recipients[0].address, "r@two.test");
     let line = gate
-        .wait_log(|l| l.contains("status=sent") && l.contains("r@two.test"), WAIT)
+        .wait_log(
+            |l| l.contains("status=sent") && l.contains("r@two.test"),
+            WAIT,
+        )
         .await;
     assert!(line.contains("mx2.two.test"), "{line}");
 }
@@ -227,7 +259,10 @@ async fn null_mx_and_550_fail_permanently_and_the_sender_gets_one_dsn() {
     let port = free_port();
     let dest = SmtpReceiver::start_on(
         SocketAddr::new(ip(7), port),
-        starttls_receiver().rcpt("bad@dest.test", ReplyScript::always("550 5.1.1 no such user")),
+        starttls_receiver().rcpt(
+            "bad@dest.test",
+            ReplyScript::always("550 5.1.1 no such user"),
+        ),
     )
     .await
     .expect("receiver");
@@ -252,28 +287,55 @@ async fn null_mx_and_550_fail_permanently_and_the_sender_gets_one_dsn() {
     .expect("accepted");
     let got = dest.next_message().await;
     let rcpts: Vec<_> = got.recipients.iter().map(|r| r.address.as_str()).collect();
-    assert_eq!(rcpts, ["good@dest.test"], "only the accepted recipient gets DATA");
+    assert_eq!(
+        rcpts,
+        ["good@dest.test"],
+        "only the accepted recipient gets DATA"
+    );
 
     let dsn = senders.next_message().await;
     assert_eq!(dsn.sender, "", "DSNs come from <>");
     assert_eq!(dsn.recipients[0].address, "sender@senders.test");
     let text = String::from_utf8_lossy(&dsn.data);
     assert!(text.contains("report-type=delivery-status"), "{text}");
-    assert!(text.contains("Final-Recipient: rfc822; bad@dest.test"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bad@dest.test"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.1"), "{text}");
-    assert!(!text.contains("Final-Recipient: rfc822; good@dest.test"), "{text}");
+    assert!(
+        !text.contains("Final-Recipient: rfc822; good@dest.test"),
+        "{text}"
+    );
 
-    submit(gate.listen, "sender@senders.test", &["x@nullmx.test"], &message("f2"))
-        .await
-        .expect("accepted");
+    submit(
+        gate.listen,
+        "sender@senders.test",
+        &["x@nullmx.test"],
+        &message("f2"),
+    )
+    .await
+    .expect("accepted");
     let dsn = senders.next_message().await;
     let text = String::from_utf8_lossy(&dsn.data);
-    assert!(text.contains("Final-Recipient: rfc822; x@nullmx.test"), "{text}");
-    assert!(text.contains("Status: 5.1.10"), "null MX is RFC 7505 §4.2's 5.1.10: {text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; x@nullmx.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Status: 5.1.10"),
+        "null MX is RFC 7505 §4.2's 5.1.10: {text}"
+    );
     let line = gate
-        .wait_log(|l| l.contains("status=bounced") && l.contains("x@nullmx.test"), WAIT)
+        .wait_log(
+            |l| l.contains("status=bounced") && l.contains("x@nullmx.test"),
+            WAIT,
+        )
         .await;
-    assert!(line.contains("null MX") || line.contains("does not accept mail"), "{line}");
+    assert!(
+        line.contains("null MX") || line.contains("does not accept mail"),
+        "{line}"
+    );
     queue_is_empty(&gate).await;
 }
 
@@ -344,7 +406,11 @@ async fn kill_9_during_concurrent_submission_loses_nothing() {
     let mut unique = delivered.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), delivered.len(), "a message was delivered twice");
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "a message was delivered twice"
+    );
     for id in &acked {
         assert!(delivered.contains(id), "acknowledged {id} was lost");
     }
@@ -364,14 +430,20 @@ async fn listener_rejects_smuggling_strangers_and_oversized_mail() {
 
     // A client outside allowed_clients: 554, then the connection is closed.
     let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind(SocketAddr::new(ip(11), 0)).expect("bind 127.0.0.11");
+    socket
+        .bind(SocketAddr::new(ip(11), 0))
+        .expect("bind 127.0.0.11");
     let stream = socket.connect(gate.listen).await.expect("connect");
     let mut stranger = BufReader::new(stream);
     let mut line = String::new();
     stranger.read_line(&mut line).await.expect("banner");
     assert!(line.starts_with("554"), "{line}");
     line.clear();
-    assert_eq!(stranger.read_line(&mut line).await.expect("eof"), 0, "not closed");
+    assert_eq!(
+        stranger.read_line(&mut line).await.expect("eof"),
+        0,
+        "not closed"
+    );
 
     // Bare LF inside DATA (an SMTP smuggling attempt): rejected, nothing queued.
     let stream = TcpStream::connect(gate.listen).await.expect("connect");
@@ -424,14 +496,23 @@ async fn listener_rejects_smuggling_strangers_and_oversized_mail() {
     assert!(l.starts_with("552"), "{l}");
     drop(conn);
 
-    let reply = submit(gate.listen, "a@senders.test", &["r@dest.test"], &message("ok"))
-        .await
-        .expect("a normal message is still accepted");
+    let reply = submit(
+        gate.listen,
+        "a@senders.test",
+        &["r@dest.test"],
+        &message("ok"),
+    )
+    .await
+    .expect("a normal message is still accepted");
     assert!(reply.starts_with("250"));
     let got = receiver.next_message().await;
     let text = String::from_utf8_lossy(&got.data);
     assert!(text.contains("Message-ID: <ok@senders.test>"));
     assert!(!text.contains("evil"), "smuggled content was forwarded");
     queue_is_empty(&gate).await;
-    assert_eq!(receiver.messages().len(), 1, "only the good message was delivered");
+    assert_eq!(
+        receiver.messages().len(),
+        1,
+        "only the good message was delivered"
+    );
 }

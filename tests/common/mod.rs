@@ -217,11 +217,7 @@ socket = {control_toml}
 
     /// Waits for the process to exit (after SIGTERM).
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        self.child
-            .take()
-            .expect("running")
-            .wait()
-            .expect("wait")
+        self.child.take().expect("running").wait().expect("wait")
     }
 
     /// Everything mxgate logged.

@@ -393,7 +393,10 @@ impl Prober {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Stage::ConnectFailed(e.to_string()),
                 Err(_) => {
-                    return Stage::ConnectFailed(format!("timed out after {:?}", self.connect_timeout))
+                    return Stage::ConnectFailed(format!(
+                        "timed out after {:?}",
+                        self.connect_timeout
+                    ))
                 }
             };
         let mut conn = Conn::new(stream, self.command_timeout);
@@ -602,8 +605,7 @@ async fn run_probe(
             preference: p.preference,
             requirement: requirement_text(p),
             mta_sts_mx_match: sts.as_ref().map(|s| {
-                s.mx
-                    .iter()
+                s.mx.iter()
                     .any(|pat| mxgate_policy::sts::mx_pattern_matches(pat, &p.host))
             }),
             addresses,
@@ -632,7 +634,13 @@ pub fn report_text(r: &CheckReport) -> String {
     );
     match &r.mta_sts {
         Some(s) => {
-            let _ = writeln!(out, "mta-sts: mode={} id={} mx={}", s.mode, s.id, s.mx.join(","));
+            let _ = writeln!(
+                out,
+                "mta-sts: mode={} id={} mx={}",
+                s.mode,
+                s.id,
+                s.mx.join(",")
+            );
         }
         None => {
             let _ = writeln!(out, "mta-sts: none");

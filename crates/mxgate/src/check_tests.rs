@@ -12,11 +12,19 @@ fn tls(pkix_ok: bool, dane: Option<bool>) -> TlsProbe {
         chain: Vec::new(),
         pkix: ChainCheck {
             ok: pkix_ok,
-            detail: if pkix_ok { "valid for mx".into() } else { "UnknownIssuer".into() },
+            detail: if pkix_ok {
+                "valid for mx".into()
+            } else {
+                "UnknownIssuer".into()
+            },
         },
         dane: dane.map(|ok| ChainCheck {
             ok,
-            detail: if ok { "dane-ee".into() } else { "no TLSA match (3 1 1)".into() },
+            detail: if ok {
+                "dane-ee".into()
+            } else {
+                "no TLSA match (3 1 1)".into()
+            },
         }),
     }
 }
@@ -50,14 +58,44 @@ fn verdict_per_requirement_and_stage() {
     let rows: Vec<(&TlsRequirement, &Stage, Option<&TlsProbe>, Verdict, &str)> = vec![
         (&Cleartext, &none, None, Verdict::Pass, "cleartext"),
         (&Cleartext, &conn, None, Verdict::Fail, "connect-failed"),
-        (&Opportunistic, &est, Some(&bad_pkix), Verdict::Pass, "tls-opportunistic"),
+        (
+            &Opportunistic,
+            &est,
+            Some(&bad_pkix),
+            Verdict::Pass,
+            "tls-opportunistic",
+        ),
         (&Opportunistic, &none, None, Verdict::Pass, "cleartext"),
-        (&Opportunistic, &hs, None, Verdict::Pass, "cleartext-fallback"),
-        (&Opportunistic, &refused, None, Verdict::Pass, "cleartext-fallback"),
-        (&Encrypt, &est, Some(&bad_pkix), Verdict::Pass, "tls-encrypt"),
+        (
+            &Opportunistic,
+            &hs,
+            None,
+            Verdict::Pass,
+            "cleartext-fallback",
+        ),
+        (
+            &Opportunistic,
+            &refused,
+            None,
+            Verdict::Pass,
+            "cleartext-fallback",
+        ),
+        (
+            &Encrypt,
+            &est,
+            Some(&bad_pkix),
+            Verdict::Pass,
+            "tls-encrypt",
+        ),
         (&Encrypt, &none, None, Verdict::Fail, "starttls-missing"),
         (&Encrypt, &refused, None, Verdict::Fail, "starttls-refused"),
-        (&Encrypt, &Stage::StartTlsInjection, None, Verdict::Fail, "starttls-injection"),
+        (
+            &Encrypt,
+            &Stage::StartTlsInjection,
+            None,
+            Verdict::Fail,
+            "starttls-injection",
+        ),
         (&Encrypt, &hs, None, Verdict::Fail, "handshake-failed"),
         (&pkix, &est, Some(&good), Verdict::Pass, "tls-pkix"),
         (&pkix, &est, Some(&bad_pkix), Verdict::Fail, "pkix-invalid"),
@@ -126,7 +164,10 @@ fn cert_info_reads_names_issuer_and_expiry() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let cert = ca.issue(&["mx1.example.test", "mx2.example.test"], Validity::current());
+    let cert = ca.issue(
+        &["mx1.example.test", "mx2.example.test"],
+        Validity::current(),
+    );
     let info = cert_info(&cert.leaf_der, now).unwrap();
     assert_eq!(info.subject, "CN=mx1.example.test");
     assert_eq!(info.issuer, "CN=Probe Test CA");

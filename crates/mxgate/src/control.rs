@@ -192,7 +192,10 @@ mod tests {
                 Request::Show { id: "AB12".into() },
                 r#"{"command":"show","id":"AB12"}"#,
             ),
-            (Request::Flush { id: None }, r#"{"command":"flush","id":null}"#),
+            (
+                Request::Flush { id: None },
+                r#"{"command":"flush","id":null}"#,
+            ),
             (
                 Request::Delete { id: "AB12".into() },
                 r#"{"command":"delete","id":"AB12"}"#,

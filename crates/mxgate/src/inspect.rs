@@ -25,7 +25,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub fn policy(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliError> {
     let config = Arc::new(config);
     runtime()?.block_on(async move {
-        let dns = Arc::new(DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?);
+        let dns = Arc::new(
+            DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?,
+        );
         let engine = PolicyEngine::new(config.clone(), dns)
             .map_err(|e| CliError::Startup(format!("policy: {e}")))?;
         match engine.explain(domain).await {
@@ -113,7 +115,10 @@ fn print_list(messages: &Value) {
         println!("Mail queue is empty");
         return;
     }
-    println!("{:<20} {:>9} {:>12}  Sender/Recipient", "Queue ID", "Size", "Arrival");
+    println!(
+        "{:<20} {:>9} {:>12}  Sender/Recipient",
+        "Queue ID", "Size", "Arrival"
+    );
     for m in messages {
         let field = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
         let sender = field("sender");
@@ -173,10 +178,20 @@ fn explanation_text(v: &Value) -> String {
             s(mx, "tlsa_state"),
             s(mx, "requirement")
         );
-        for addr in mx.get("addrs").and_then(Value::as_array).into_iter().flatten() {
+        for addr in mx
+            .get("addrs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(out, "           address {}", addr.as_str().unwrap_or("?"));
         }
-        for t in mx.get("tlsa").and_then(Value::as_array).into_iter().flatten() {
+        for t in mx
+            .get("tlsa")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(out, "           TLSA {}", t.as_str().unwrap_or("?"));
         }
     }

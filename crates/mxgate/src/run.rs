@@ -69,7 +69,11 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
     tasks.spawn(queue.clone().run(delivery, shutdown.clone()));
-    tasks.spawn(crate::control::serve(control, queue.clone(), shutdown.clone()));
+    tasks.spawn(crate::control::serve(
+        control,
+        queue.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(
         listen = ?listen_addrs,
@@ -125,7 +129,9 @@ fn reload(
         Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
     }
     match Config::load(path.as_deref()) {
-        Err(e) => tracing::error!(error = %e, "reload failed: configuration invalid, the running one stays in force"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed: configuration invalid, the running one stays in force")
+        }
         Ok(new) => {
             let restart_keys = restart_only_changes(running, &new);
             if !restart_keys.is_empty() {
@@ -136,7 +142,9 @@ fn reload(
                     policy.replace(engine);
                     tracing::info!("configuration reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "reload failed: policy invalid, the running one stays in force"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed: policy invalid, the running one stays in force")
+                }
             }
         }
     }

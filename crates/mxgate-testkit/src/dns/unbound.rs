@@ -7,7 +7,7 @@
 //!
 //! What it does NOT do: install unbound (the `unbound` binary must be on `PATH`; use
 //! [`Unbound::available`] to skip a test otherwise), or pick a port race-free: the port is
-//! found by binding and releasing it, so a collision fails loudly at start.
+//! found by binding and releasing it, and a start that collides is retried on a new port.
 
 use std::{
     net::SocketAddr,
@@ -28,6 +28,8 @@ use super::DnsWorld;
 
 /// How long unbound may take to answer its first query.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+/// How many ports to try when unbound exits during startup.
+const START_ATTEMPTS: usize = 5;
 /// How long one readiness probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -67,7 +69,20 @@ impl Unbound {
     }
 
     /// Starts unbound as a validating resolver whose only upstream is `world`.
+    ///
+    /// The port is picked by binding and releasing it, so another socket may take it
+    /// before unbound binds; an exit during startup is therefore retried on a new port.
     pub async fn start(world: &DnsWorld) -> Result<Self, UnboundError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(world).await {
+                Err(UnboundError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(world: &DnsWorld) -> Result<Self, UnboundError> {
         let dir = tempfile::tempdir()?;
         let port = {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
