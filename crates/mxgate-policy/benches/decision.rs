@@ -113,8 +113,16 @@ fn bench_decide(c: &mut Criterion) {
             "verify-match",
             "partner.example",
             vec![
-                host("mx1.partner.example", DnssecStatus::Insecure, TlsaFacts::NotLooked),
-                host("mx2.partner.example", DnssecStatus::Insecure, TlsaFacts::NotLooked),
+                host(
+                    "mx1.partner.example",
+                    DnssecStatus::Insecure,
+                    TlsaFacts::NotLooked,
+                ),
+                host(
+                    "mx2.partner.example",
+                    DnssecStatus::Insecure,
+                    TlsaFacts::NotLooked,
+                ),
             ],
         ),
     ];
@@ -145,6 +153,8 @@ fn bench_plan(c: &mut Criterion) {
     });
     let mut config = Config::default();
     config.policy = policy(1000);
+    // dns.dnssec = "off" (no signed test zone needed) forbids DANE levels at startup.
+    config.policy.domains.remove("dane.example");
     config.policy.cache_path = dir.path().join("policy");
     config.dns = DnsConfig {
         nameservers: vec![world.addr()],
@@ -155,7 +165,9 @@ fn bench_plan(c: &mut Criterion) {
     let dns = Arc::new(DnsClient::new(&config.dns).unwrap());
     let engine = PolicyEngine::new(Arc::new(config), dns).unwrap();
     // The first plan fills the resolver cache; every later one is the cached path.
-    let first = runtime.block_on(engine.plan("plain.insecure.test")).unwrap();
+    let first = runtime
+        .block_on(engine.plan("plain.insecure.test"))
+        .unwrap();
     assert_eq!(first.level, Level::May);
     let queries = world.queries().len();
 
