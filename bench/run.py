@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mxbench import report, trials  # noqa: E402
+from mxbench import profile, report, trials  # noqa: E402
 from mxbench.systems import BenchError, Mxgate, Postfix, Sink, Unbound, free_port  # noqa: E402
 from mxbench.trials import log  # noqa: E402
 
@@ -32,7 +32,8 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="small counts, one repetition")
     ap.add_argument("--mxgate", default=os.environ.get("MXGATE_BIN", "target/release/mxgate"))
     ap.add_argument("--no-mxgate", action="store_true", help="measure only the bound and Postfix")
-    ap.add_argument("--only", default="core,tls,queue", help="comma list of: core, tls, queue")
+    ap.add_argument("--only", default="core,profile,tls,queue",
+                    help="comma list of: core, profile, tls, queue (profile needs core)")
     ap.add_argument("--sessions", default="1,10,50")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--size", type=int, default=4096, help="message payload bytes (smtp-source -l)")
@@ -92,6 +93,13 @@ def main():
                 # so only mxgate is asked to hold many idle sessions.
                 out["idle"] = trials.idle_connections(mx.pid, mx.port, 200 if quick else 900)
                 log(f"idle connections: {out['idle']}")
+            if "profile" in parts:
+                out["profile"] = []
+                for name, port, pid in targets[1:]:
+                    p = profile.fsync_and_cpu(name, port, pid, sink, 10, 300 if quick else 3000, args.size,
+                                              workdir, cpu=(name == "mxgate"))
+                    log(f"profile {name}: fsyncs/msg={p.get('fsyncs_per_message')} {p.get('error', '')}")
+                    out["profile"].append(p)
         if "tls" in parts:
             out["tls"] = run_tls(workdir, dns, mxbin, use_mxgate, quick, reps, args.size, running)
         if "queue" in parts and use_mxgate:
@@ -155,6 +163,18 @@ def render(out, sessions_list):
         parts += [f"Idle connections: {i['connections']} SMTP sessions held open after the banner grew "
                   f"mxgate's RSS by {i['rss_per_connection_kib']:.1f} KiB per connection "
                   f"(PSS {i['pss_per_connection_kib']:.1f} KiB).\n"]
+    if "profile" in out:
+        parts.append("### Profile evidence (one extra trial each, 10 sessions)\n")
+        for p in out["profile"]:
+            if "error" in p:
+                parts.append(f"- {p['system']}: not profiled ({p['error']})")
+                continue
+            parts.append(f"- {p['system']}: {p['fsyncs']} fsync/fdatasync calls for {p['messages']} messages = "
+                         f"**{p['fsyncs_per_message']:.2f} per message**; by process name: {p['fsyncs_by_process']}")
+            if p.get("cpu_top"):
+                parts += ["", f"  {p['system']} CPU profile (perf, self time, top symbols):", "",
+                          "```", p["cpu_top"], "```"]
+        parts.append("")
     if "tls" in out:
         summary = report.summarise(out["tls"], keys=("handshakes_per_s", "msgs_per_connection"))
         parts += ["### TLS variant (10 sessions; sink = tlssink.py, plain vs STARTTLS)\n",

@@ -519,7 +519,6 @@ async fn mta_sts_cached_policy_survives_outage_and_restart() {
 /// A cleartext delivery logs `tls=none auth=none`: `auth=` is one of
 /// `none|pkix|dane-ee|dane-ta`, never empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: cleartext deliveries log an empty `auth=` (TlsFacts::default().auth is \"\")"]
 async fn cleartext_delivery_logs_auth_none() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Log Root");

@@ -128,11 +128,14 @@ socket = {control_toml}
 "#,
             queue = toml_path(&dir.join("queue")),
             // Defaults for fast tests, unless the test sets these keys itself.
-            queue_defaults = [("retry_intervals", "retry_intervals = [\"1s\"]\n"), ("max_age", "max_age = \"1h\"\n")]
-                .iter()
-                .filter(|(key, _)| !settings.queue.contains(key))
-                .map(|(_, line)| *line)
-                .collect::<String>(),
+            queue_defaults = [
+                ("retry_intervals", "retry_intervals = [\"1s\"]\n"),
+                ("max_age", "max_age = \"1h\"\n")
+            ]
+            .iter()
+            .filter(|(key, _)| !settings.queue.contains(key))
+            .map(|(_, line)| *line)
+            .collect::<String>(),
             queue_extra = settings.queue,
             listener_extra = settings.listener,
             smtp_port = settings.smtp_port,

@@ -66,13 +66,24 @@ impl SessionParams {
 }
 
 /// The TLS facts of a session, for logs and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFacts {
     /// `TLSv1.2` / `TLSv1.3`; `None` = cleartext.
     pub version: Option<&'static str>,
     pub cipher: Option<String>,
     /// How the server was authenticated (`auth=`): `none`, `pkix`, `dane-ee`, `dane-ta`.
     pub auth: &'static str,
+}
+
+impl Default for TlsFacts {
+    /// A cleartext session: no version, no cipher, `auth=none`.
+    fn default() -> Self {
+        TlsFacts {
+            version: None,
+            cipher: None,
+            auth: "none",
+        }
+    }
 }
 
 /// A session that reached a transaction: an outcome for every recipient.
