@@ -15,6 +15,7 @@ and does not touch the system Postfix or /etc.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mxbench import profile, report, trials  # noqa: E402
+from mxbench import callgrind, profile, report, trials  # noqa: E402
 from mxbench.systems import BenchError, Mxgate, Postfix, Sink, Unbound, free_port  # noqa: E402
 from mxbench.trials import log  # noqa: E402
 
@@ -33,7 +34,8 @@ def parse_args():
     ap.add_argument("--mxgate", default=os.environ.get("MXGATE_BIN", "target/release/mxgate"))
     ap.add_argument("--no-mxgate", action="store_true", help="measure only the bound and Postfix")
     ap.add_argument("--only", default="core,profile,tls,queue",
-                    help="comma list of: core, profile, tls, queue (profile needs core)")
+                    help="comma list of: core, profile, tls, queue, callgrind (profile needs core; "
+                         "callgrind is slow and not in the default list)")
     ap.add_argument("--sessions", default="1,10,50")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--size", type=int, default=4096, help="message payload bytes (smtp-source -l)")
@@ -90,8 +92,13 @@ def main():
                                       warmup=50 if quick else 500)
             if use_mxgate:
                 # Postfix runs one smtpd process per connection (default_process_limit 100),
-                # so only mxgate is asked to hold many idle sessions.
-                out["idle"] = trials.idle_connections(mx.pid, mx.port, 200 if quick else 900)
+                # so only mxgate is asked to hold many idle sessions. A fresh process, so
+                # that memory freed by the load trials cannot hide the per-connection cost.
+                mxi = Mxgate(mxbin, workdir, sink.port, dns.port, name="mxgate-idle")
+                running.append(mxi)
+                mxi.start()
+                out["idle"] = trials.idle_connections(mxi.pid, mxi.port, 200 if quick else 900)
+                mxi.stop()
                 log(f"idle connections: {out['idle']}")
             if "profile" in parts:
                 out["profile"] = []
@@ -100,12 +107,20 @@ def main():
                                               workdir, cpu=(name == "mxgate"))
                     log(f"profile {name}: fsyncs/msg={p.get('fsyncs_per_message')} {p.get('error', '')}")
                     out["profile"].append(p)
+        if "callgrind" in parts and use_mxgate:
+            cg_sink = Sink(workdir, "sink-callgrind")
+            running.append(cg_sink)
+            out["callgrind"] = callgrind.instructions_per_message(mxbin, workdir, cg_sink, dns.port,
+                                                                  50 if quick else 500, args.size)
+            log(f"callgrind: {out['callgrind']['ir_per_message']} instructions per message")
         if "tls" in parts:
             out["tls"] = run_tls(workdir, dns, mxbin, use_mxgate, quick, reps, args.size, running)
         if "queue" in parts and use_mxgate:
             mxq = Mxgate(mxbin, workdir, free_port(), dns.port, name="mxgate-queue", retry="1h")
             running.append(mxq)
             out["queue"] = trials.queue_scale(mxq, queue_sizes, 300 if quick else 2000, args.size)
+            # Up to millions of spool files: not worth keeping once measured.
+            shutil.rmtree(os.path.join(mxq.dir, "queue"), ignore_errors=True)
     except BenchError as e:
         log(f"FAILED: {e}")
         out["failure"] = str(e)
@@ -113,6 +128,7 @@ def main():
         for p in reversed(running):
             p.stop()
     out["elapsed_s"] = time.time() - started
+    out["log_outcomes"] = log_outcomes(workdir)
     md = render(out, sessions_list)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(out, f, indent=1, default=str)
@@ -121,6 +137,24 @@ def main():
     print(md)
     log(f"results in {workdir}/results.md and results.json ({out['elapsed_s']:.0f}s)")
     return 1 if "failure" in out else 0
+
+
+def log_outcomes(workdir):
+    """status=sent/deferred/bounced counts in each relay's log: every message the
+    benchmark counted should be `sent`; anything else is reported beside the numbers."""
+    counts = {}
+    for name, log in (("postfix", "postfix/maillog"), ("mxgate", "mxgate/mxgate.log")):
+        path = os.path.join(workdir, log)
+        if not os.path.exists(path):
+            continue
+        c = {"sent": 0, "deferred": 0, "bounced": 0}
+        with open(path, errors="replace") as f:
+            for line in f:
+                for k in c:
+                    if f"status={k}" in line:
+                        c[k] += 1
+        counts[name] = c
+    return counts
 
 
 def run_tls(workdir, dns, mxbin, use_mxgate, quick, reps, size, running):
@@ -136,6 +170,12 @@ def run_tls(workdir, dns, mxbin, use_mxgate, quick, reps, size, running):
         pf = Postfix(workdir, sink.port, name=f"postfix-{tag}", tls=tls)
         running.append(pf)
         pairs.append((f"postfix→{tag}", pf.port, pf.pid, sink))
+        if tls:
+            # Postfix reuses TLS connections only with smtp_tls_connection_reuse = yes
+            # (via tlsproxy): the same sink with reuse on shows what reuse is worth.
+            pfr = Postfix(workdir, sink.port, name="postfix-tls-reuse", tls=True, tls_reuse=True)
+            running.append(pfr)
+            pairs.append(("postfix-reuse→tls", pfr.port, pfr.pid, sink))
         if use_mxgate:
             mx = Mxgate(mxbin, workdir, sink.port, dns.port, name=f"mxgate-{tag}")
             running.append(mx)
@@ -143,7 +183,7 @@ def run_tls(workdir, dns, mxbin, use_mxgate, quick, reps, size, running):
             pairs.append((f"mxgate→{tag}", mx.port, mx.pid, sink))
     for name, port, pid, sink in pairs:
         trials.trial(name, port, pid, sink, 4, 50, size)
-    return trials.tls(pairs, 10, 300 if quick else 4000, reps, size)
+    return trials.tls(pairs, 10, 300 if quick else 2000, reps, size)
 
 
 def render(out, sessions_list):
@@ -154,6 +194,9 @@ def render(out, sessions_list):
              f"messages per trial {out['msgs_per_trial']}; {out['reps']} repetition(s), interleaved.\n"]
     if out.get("failure"):
         parts.append(f"**The run failed:** {out['failure']}\n")
+    if out.get("log_outcomes"):
+        parts.append("Relay logs, core run (status= counts): " + "; ".join(
+            f"{n}: {c}" for n, c in out["log_outcomes"].items()) + "\n")
     if "core" in out:
         summary = report.summarise(out["core"])
         head, table = report.core_tables(summary, sessions_list)
@@ -175,8 +218,15 @@ def render(out, sessions_list):
                 parts += ["", f"  {p['system']} CPU profile (perf, self time, top symbols):", "",
                           "```", p["cpu_top"], "```"]
         parts.append("")
+    if "callgrind" in out:
+        c = out["callgrind"]
+        per = c["ir_per_message"]
+        parts += [f"### Instructions per message (callgrind, mxgate, {c['messages']} messages, 1 session)\n",
+                  f"{'-' if per is None else format(per, ',.0f')} instructions per message "
+                  f"(startup-only run: {c['ir_startup_only']}, with messages: {c['ir_with_messages']}). "
+                  "Top functions by self cost:\n", "```", c["top"], "```", ""]
     if "tls" in out:
-        summary = report.summarise(out["tls"], keys=("handshakes_per_s", "msgs_per_connection"))
+        summary = report.summarise(out["tls"], keys=("handshakes_per_s", "sink_cpu_util"))
         parts += ["### TLS variant (10 sessions; sink = tlssink.py, plain vs STARTTLS)\n",
                   report.tls_table(summary), ""]
     if "queue" in out:

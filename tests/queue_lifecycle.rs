@@ -10,51 +10,17 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Mxgate, Settings};
-use mxgate_testkit::dns::{DnsWorld, Signing};
+use common::world::{mx, queue_is_empty, queue_list, receiver, settings, wait_queue, world, WAIT};
+use common::{free_port, Mxgate};
 use mxgate_testkit::postfix::{submit, SubmitError};
-use mxgate_testkit::smtp::{ReceivedMessage, ReceiverConfig, ReplyScript, SmtpReceiver};
+use mxgate_testkit::smtp::{ReceivedMessage, ReceiverConfig, ReplyScript};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, last])
-}
-
-async fn world(records: &[String]) -> DnsWorld {
-    let mut builder = DnsWorld::builder().zone("test.", Signing::Insecure);
-    for r in records {
-        builder = builder.record(r);
-    }
-    builder.start().await.expect("dns world")
-}
-
-fn mx(domain: &str, host: &str, addr: u8) -> Vec<String> {
-    vec![
-        format!("{domain}. 300 IN MX 10 {host}."),
-        format!("{host}. 300 IN A 127.0.0.{addr}"),
-    ]
-}
-
-fn settings(world: &DnsWorld, port: u16) -> Settings {
-    let mut s = Settings::new(world.addr(), port);
-    s.dnssec = "validate";
-    s.trust_anchor = Some(world.trust_anchor_path().to_path_buf());
-    s
-}
-
-async fn receiver(last: u8, port: u16, config: ReceiverConfig) -> SmtpReceiver {
-    SmtpReceiver::start_on(SocketAddr::new(ip(last), port), config)
-        .await
-        .expect("receiver")
-}
 
 fn message(id: &str) -> Vec<u8> {
     format!(
@@ -77,34 +43,6 @@ fn message_id(m: &ReceivedMessage) -> String {
 
 fn text(m: &ReceivedMessage) -> String {
     String::from_utf8_lossy(&m.data).into_owned()
-}
-
-fn queue_list(gate: &Mxgate) -> Vec<Value> {
-    let (code, out, err) = gate.cli(&["queue", "list", "--json"]);
-    assert_eq!(code, 0, "queue list failed: {err}");
-    let list: Value = serde_json::from_str(&out).expect("json");
-    list.as_array().cloned().expect("array")
-}
-
-/// Polls `mxgate queue list --json` (the only outside view of the queue) until `pred`.
-async fn wait_queue(gate: &Mxgate, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let list = queue_list(gate);
-        if pred(&list) {
-            return list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {list:#?}\n{}",
-            gate.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn queue_is_empty(gate: &Mxgate) {
-    wait_queue(gate, "queue not empty", |l| l.is_empty()).await;
 }
 
 /// The body of the MIME part whose `Content-Type` starts with `content_type`.

@@ -4,46 +4,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 
-use common::{free_port, Mxgate, Settings};
+use common::world::{ip, mx_pref as mx, queue_is_empty, settings, world, WAIT};
+use common::{free_port, Mxgate};
 use mxgate_testkit::certs::TestCert;
-use mxgate_testkit::dns::{DnsWorld, Signing};
 use mxgate_testkit::postfix::{submit, Postfix, SubmitError};
 use mxgate_testkit::smtp::{ReceiverConfig, ReplyScript, SmtpReceiver};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, last])
-}
-
-/// A world where every domain lives in the insecure zone `test.`; `records` are
-/// zone-file lines.
-async fn world(records: &[String]) -> DnsWorld {
-    let mut builder = DnsWorld::builder().zone("test.", Signing::Insecure);
-    for r in records {
-        builder = builder.record(r);
-    }
-    builder.start().await.expect("dns world")
-}
-
-fn mx(domain: &str, pref: u16, host: &str, addr: u8) -> Vec<String> {
-    vec![
-        format!("{domain}. 300 IN MX {pref} {host}."),
-        format!("{host}. 300 IN A 127.0.0.{addr}"),
-    ]
-}
-
-fn settings(world: &DnsWorld, port: u16) -> Settings {
-    let mut s = Settings::new(world.addr(), port);
-    s.dnssec = "validate";
-    s.trust_anchor = Some(world.trust_anchor_path().to_path_buf());
-    s
-}
 
 fn starttls_receiver() -> ReceiverConfig {
     ReceiverConfig::with_starttls(TestCert::self_signed(&["mx.dest.test"]).server_config())
@@ -82,26 +51,6 @@ fn split_received(data: &[u8]) -> (Vec<String>, Vec<u8>) {
         rest = &rest[end..];
     }
     (received, rest.to_vec())
-}
-
-async fn queue_is_empty(gate: &Mxgate) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (code, out, err) = gate.cli(&["queue", "list", "--json"]);
-        assert_eq!(code, 0, "queue list failed: {err}");
-        let list: serde_json::Value = serde_json::from_str(&out).expect("json");
-        if list.as_array().is_some_and(|a| a.is_empty()) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue not empty: {out}\n{}",
-            gate.log()
-        );
-        // The outcome is recorded right after the receiver's 250; the control socket
-        // is the only view into it from outside.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,13 @@ and returns the counts and the top of `perf report`. Needs root and perf; when p
 is missing or refuses, it returns the reason instead of numbers.
 
 It does NOT run callgrind (too slow for a throughput run; see docs/benchmarks.md)
-or attribute fsyncs by pid: Postfix's processes come and go, so it groups by name.
+or attribute Postfix's fsyncs by pid: its processes come and go, so they are
+grouped by process name (another Postfix on the machine would be counted too).
 """
 
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,21 +49,27 @@ def fsync_and_cpu(name, port, pid, sink, sessions, msgs, size, workdir, cpu=Fals
     if prof is not None:
         _finish(prof)
     total = msgs + r["sampled"] + 5 + 5  # both trials' messages, latency samples approximated
-    script = subprocess.run(["perf", "script", "-i", fs_data, "-F", "comm,event"],
+    script = subprocess.run(["perf", "script", "-i", fs_data, "-F", "pid,comm,event"],
                             capture_output=True, text=True)
     by_comm = collections.Counter()
+    mine = 0
     for line in script.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            by_comm[parts[0]] += 1
-    mine = {c: n for c, n in by_comm.items()
-            if (c in POSTFIX_COMMS if name == "postfix" else c.startswith("mxgate"))}
+        # "COMM PID EVENT:"; COMM may contain spaces, so parse from the right.
+        parts = line.rsplit(None, 2)
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        comm, tgid = parts[0].strip(), int(parts[1])
+        by_comm[comm] += 1
+        # mxgate is one process: count by pid (other mxgate processes may run on the box).
+        if (comm in POSTFIX_COMMS) if name == "postfix" else (tgid == pid):
+            mine += 1
     out = {"system": name, "trial": r, "fsyncs_by_process": dict(by_comm.most_common(12)),
-           "fsyncs": sum(mine.values()), "messages": total,
-           "fsyncs_per_message": sum(mine.values()) / total if total else None}
+           "fsyncs": mine, "messages": total, "fsyncs_per_message": mine / total if total else None}
     if cpu:
         rep = subprocess.run(["perf", "report", "-i", cpu_data, "--stdio", "--no-children", "-g", "none",
-                              "--sort", "dso,symbol", "--percent-limit", "1.5"],
+                              "--sort", "dso,symbol", "--percent-limit", "1"],
                              capture_output=True, text=True)
-        out["cpu_top"] = "\n".join(l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#"))[:4000]
+        lines = [re.sub(r"(\s+-)+\s*$", "", line).rstrip() for line in rep.stdout.splitlines()
+                 if line.strip() and not line.startswith("#")]
+        out["cpu_top"] = "\n".join(lines[:30])
     return out

@@ -52,7 +52,7 @@ def summarise(results, keys=()):
              "errors": [r["error"] for r in rows if r.get("error")],
              "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "samples": len(lat)}
         for k in ("accepted_per_s", "delivered_per_s", "cpu_s_per_1000", "peak_rss_kib",
-                  "peak_pss_kib") + tuple(keys):
+                  "peak_pss_kib", "msgs_per_connection") + tuple(keys):
             s[k] = _median(rows, k)
         out[(system, sessions)] = s
     return out
@@ -66,6 +66,11 @@ def ratio(a, b):
     return None if a is None or not b else a / b
 
 
+def fx(v):
+    """A ratio as "2.50x", or "-" when either side was not measured."""
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def mib(kib):
     return None if kib is None else kib / 1024.0
 
@@ -75,13 +80,13 @@ def core_tables(summary, sessions_list):
     for s in sessions_list:
         mx, pf, bd = (summary.get((n, s), {}) for n in ("mxgate", "postfix", "bound"))
         for key, label in (("delivered_per_s", "delivered msg/s"), ("accepted_per_s", "accepted msg/s")):
-            lines.append(f"| {s} | {label} | {fmt(ratio(mx.get(key), pf.get(key)), '.2f')}x | "
-                         f"{fmt(ratio(mx.get(key), bd.get(key)), '.2f')}x |")
-        lines.append(f"| {s} | accept p99 (lower is better) | {fmt(ratio(mx.get('p99_ms'), pf.get('p99_ms')), '.2f')}x | - |")
+            lines.append(f"| {s} | {label} | {fx(ratio(mx.get(key), pf.get(key)))} | "
+                         f"{fx(ratio(mx.get(key), bd.get(key)))} |")
+        lines.append(f"| {s} | accept p99 (lower is better) | {fx(ratio(mx.get('p99_ms'), pf.get('p99_ms')))} | - |")
     head = "\n".join(lines)
     rows = ["| system | sessions | accepted msg/s | delivered msg/s | accept p50 ms | accept p99 ms | "
-            "CPU s / 1000 msg | peak RSS MiB | peak PSS MiB | latency samples |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "CPU s / 1000 msg | peak RSS MiB | peak PSS MiB | msgs / sink connection | latency samples |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sessions_list:
         for n in ("bound", "postfix", "mxgate"):
             r = summary.get((n, s))
@@ -89,17 +94,19 @@ def core_tables(summary, sessions_list):
                 continue
             rows.append(f"| {n} | {s} | {fmt(r['accepted_per_s'])} | {fmt(r['delivered_per_s'])} | "
                         f"{fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_s_per_1000'], '.3f')} | "
-                        f"{fmt(mib(r['peak_rss_kib']), '.1f')} | {fmt(mib(r['peak_pss_kib']), '.1f')} | {r['samples']}"
+                        f"{fmt(mib(r['peak_rss_kib']), '.1f')} | {fmt(mib(r['peak_pss_kib']), '.1f')} | "
+                        f"{fmt(r['msgs_per_connection'], '.1f')} | {r['samples']}"
                         + (f" (errors: {'; '.join(r['errors'])})" if r["errors"] else "") + " |")
     return head, "\n".join(rows)
 
 
 def tls_table(summary):
     rows = ["| relay → sink | sessions | delivered msg/s | TLS handshakes/s | msgs / connection | "
-            "CPU s / 1000 msg | accept p99 ms |", "|---|---|---|---|---|---|---|"]
+            "relay CPU s / 1000 msg | sink CPU (cores) | accept p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for (name, s), r in sorted(summary.items()):
         rows.append(f"| {name} | {s} | {fmt(r['delivered_per_s'])} | {fmt(r.get('handshakes_per_s'), '.1f')} | "
                     f"{fmt(r.get('msgs_per_connection'), '.1f')} | {fmt(r['cpu_s_per_1000'], '.3f')} | "
+                    f"{fmt(r.get('sink_cpu_util'), '.2f')} | "
                     f"{fmt(r['p99_ms'], '.2f')} |" + (f" errors: {'; '.join(r['errors'])}" if r["errors"] else ""))
     return "\n".join(rows)
 

@@ -163,7 +163,7 @@ remote-control:
 class Postfix:
     """A private Postfix relaying everything to [127.0.0.1]:relay_port."""
 
-    def __init__(self, workdir, relay_port, name="postfix", tls=False):
+    def __init__(self, workdir, relay_port, name="postfix", tls=False, tls_reuse=False):
         self.root = os.path.join(workdir, name)
         os.makedirs(os.path.join(self.root, "queue"))
         os.makedirs(os.path.join(self.root, "data"))
@@ -187,6 +187,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 relayhost = [127.0.0.1]:{relay_port}
 smtp_tls_security_level = {tls_level}
+smtp_tls_connection_reuse = {"yes" if tls_reuse else "no"}
 smtpd_relay_restrictions = permit_mynetworks, reject
 alias_maps =
 alias_database =
@@ -204,6 +205,7 @@ pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+tlsproxy  unix  -       -       n       -       0       tlsproxy
 rewrite   unix  -       -       n       -       -       trivial-rewrite
 bounce    unix  -       -       n       -       0       bounce
 defer     unix  -       -       n       -       0       bounce
@@ -286,7 +288,7 @@ socket = "{self.dir}/control.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(notify_path)
             env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-            env.setdefault("RUST_LOG", "warn")
+            # Logging stays at mxgate's default (info), as Postfix logs every message too.
             log = open(os.path.join(self.dir, "mxgate.log"), "ab")
             t0 = time.monotonic()
             self.proc = subprocess.Popen([self.binary, "run", "--config", self.config], env=env,

@@ -98,10 +98,11 @@ class DeliveryWatch:
             time.sleep(0.01)
 
 
-def trial(system, port, relay_pid, sink, sessions, msgs, size, gap_ms=10.0, drain_timeout=300.0,
-          relay_is_sink=False):
-    base = sink.delivered()
+def trial(system, port, relay_pid, sink, sessions, msgs, size, gap_ms=10.0, drain_timeout=300.0):
+    c0 = sink.counters()
+    base = c0.get("mesg", 0)
     cpu0 = procs.cpu_seconds(procs.tree(relay_pid)) if relay_pid else None
+    sink_cpu0 = procs.cpu_seconds([sink.pid])
     mem = procs.MemorySampler(relay_pid).start()
     sampler = LatencySampler(port, size, gap_ms)
     watch = DeliveryWatch(sink)
@@ -116,8 +117,12 @@ def trial(system, port, relay_pid, sink, sessions, msgs, size, gap_ms=10.0, drai
     total = msgs + lat["count"]
     t2 = watch.reached(base + total, drain_timeout)
     cpu1 = procs.cpu_seconds(procs.tree(relay_pid)) if relay_pid else None
+    sink_cpu1 = procs.cpu_seconds([sink.pid])
     mem.stop()
-    delivered = sink.delivered() - base
+    c1 = sink.counters()
+    delivered = c1.get("mesg", 0) - base
+    # smtp-sink counts sessions as "sess", tlssink.py as "conn": connections the sink saw.
+    conns = (c1.get("sess", 0) + c1.get("conn", 0)) - (c0.get("sess", 0) + c0.get("conn", 0))
     result = {
         "system": system, "sessions": sessions, "msgs": msgs, "sampled": lat["count"],
         "sample_failures": lat["failed"], "error": error,
@@ -125,6 +130,10 @@ def trial(system, port, relay_pid, sink, sessions, msgs, size, gap_ms=10.0, drai
         "accepted_per_s": total / (t1 - t0),
         "delivered": delivered,
         "delivered_s": (t2 - t0) if t2 else None,
+        "sink_connections": conns,
+        # Share of one core the sink used: near 1.0 means the sink, not the relay, limits.
+        "sink_cpu_util": ((sink_cpu1 - sink_cpu0) / (t2 - t0)) if t2 else None,
+        "msgs_per_connection": (delivered / conns) if conns else None,
         "delivered_per_s": (total / (t2 - t0)) if t2 else None,
         "latencies_ms": lat["latencies_ms"],
         "p50_ms": percentile(lat["latencies_ms"], 50),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

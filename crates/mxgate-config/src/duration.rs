@@ -26,7 +26,9 @@ pub(crate) fn deserialize_opt<'de, D: Deserializer<'de>>(
     if s.trim().is_empty() {
         return Ok(None);
     }
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 pub(crate) fn deserialize_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

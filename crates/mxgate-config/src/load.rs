@@ -67,35 +67,64 @@ impl Config {
 
     /// Rules that span keys or that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.hostname.trim().is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            return Err(ConfigError::invalid("server.hostname", "must be a host name"));
+        if self.server.hostname.trim().is_empty()
+            || self.server.hostname.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::invalid(
+                "server.hostname",
+                "must be a host name",
+            ));
         }
         if self.listener.listen.is_empty() {
-            return Err(ConfigError::invalid("listener.listen", "needs at least one address"));
+            return Err(ConfigError::invalid(
+                "listener.listen",
+                "needs at least one address",
+            ));
         }
         if self.listener.max_message_size == 0 {
-            return Err(ConfigError::invalid("listener.max_message_size", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "listener.max_message_size",
+                "must be > 0",
+            ));
         }
         if self.listener.max_recipients == 0 {
-            return Err(ConfigError::invalid("listener.max_recipients", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "listener.max_recipients",
+                "must be > 0",
+            ));
         }
         if self.queue.retry_intervals.is_empty() {
-            return Err(ConfigError::invalid("queue.retry_intervals", "needs at least one interval"));
+            return Err(ConfigError::invalid(
+                "queue.retry_intervals",
+                "needs at least one interval",
+            ));
         }
         if self.queue.retry_intervals.iter().any(|d| d.is_zero()) {
-            return Err(ConfigError::invalid("queue.retry_intervals", "intervals must be > 0"));
+            return Err(ConfigError::invalid(
+                "queue.retry_intervals",
+                "intervals must be > 0",
+            ));
         }
         if self.queue.max_age.is_zero() {
             return Err(ConfigError::invalid("queue.max_age", "must be > 0"));
         }
         if !self.queue.bounce_relay.is_empty() && !is_host_port(&self.queue.bounce_relay) {
-            return Err(ConfigError::invalid("queue.bounce_relay", "must be \"host:port\" or empty"));
+            return Err(ConfigError::invalid(
+                "queue.bounce_relay",
+                "must be \"host:port\" or empty",
+            ));
         }
         if self.delivery.max_connections == 0 {
-            return Err(ConfigError::invalid("delivery.max_connections", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "delivery.max_connections",
+                "must be > 0",
+            ));
         }
         if self.delivery.max_connections_per_domain == 0 {
-            return Err(ConfigError::invalid("delivery.max_connections_per_domain", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "delivery.max_connections_per_domain",
+                "must be > 0",
+            ));
         }
         if self.delivery.smtp_port == 0 {
             return Err(ConfigError::invalid("delivery.smtp_port", "must be > 0"));
@@ -115,7 +144,10 @@ impl Config {
         if self.policy.mta_sts_port == 0 {
             return Err(ConfigError::invalid("policy.mta_sts_port", "must be > 0"));
         }
-        if matches!(self.policy.fallback, Level::Auto | Level::MtaSts | Level::Dane | Level::DaneOnly) {
+        if matches!(
+            self.policy.fallback,
+            Level::Auto | Level::MtaSts | Level::Dane | Level::DaneOnly
+        ) {
             return Err(ConfigError::invalid(
                 "policy.fallback",
                 "must be one of none, may, encrypt, verify",
@@ -125,7 +157,10 @@ impl Config {
         if dnssec_off && self.policy.default.needs_dnssec() {
             return Err(ConfigError::invalid(
                 "policy.default",
-                format!("level {} needs DNSSEC, but dns.dnssec = \"off\"", self.policy.default),
+                format!(
+                    "level {} needs DNSSEC, but dns.dnssec = \"off\"",
+                    self.policy.default
+                ),
             ));
         }
         for (domain, entry) in &self.policy.domains {
@@ -139,7 +174,10 @@ impl Config {
             if dnssec_off && entry.level.needs_dnssec() {
                 return Err(ConfigError::invalid(
                     format!("{key}.level"),
-                    format!("level {} needs DNSSEC, but dns.dnssec = \"off\"", entry.level),
+                    format!(
+                        "level {} needs DNSSEC, but dns.dnssec = \"off\"",
+                        entry.level
+                    ),
                 ));
             }
             if !entry.match_names.is_empty() && entry.level != Level::Verify {
@@ -148,8 +186,15 @@ impl Config {
                     "only applies to level \"verify\"",
                 ));
             }
-            if entry.match_names.iter().any(|n| !is_domain_key(n) || n.starts_with('.') && n.len() < 2) {
-                return Err(ConfigError::invalid(format!("{key}.match"), "must be host names"));
+            if entry
+                .match_names
+                .iter()
+                .any(|n| !is_domain_key(n) || n.starts_with('.') && n.len() < 2)
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.match"),
+                    "must be host names",
+                ));
             }
         }
         Ok(())
@@ -201,7 +246,9 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        Config::from_toml_str(text).expect_err("must fail").to_string()
+        Config::from_toml_str(text)
+            .expect_err("must fail")
+            .to_string()
     }
 
     #[test]
@@ -210,12 +257,21 @@ mod tests {
         assert!(err("[nosuchsection]\nx = 1\n").contains("nosuchsection"));
         assert!(err("[queue]\nmax_age = \"soon\"\n").contains("max_age"));
         assert!(err("[policy]\ndefault = \"paranoid\"\n").contains("paranoid"));
-        assert!(err("[policy.domains]\n\"Example.com\" = { level = \"may\" }\n")
-            .contains("policy.domains.\"Example.com\""));
-        assert!(err("[policy.domains]\n\"a.example\" = { level = \"may\", match = [\"x\"] }\n")
-            .contains("match"));
-        assert!(err("[dns]\ndnssec = \"off\"\n[policy]\ndefault = \"dane\"\n").contains("policy.default"));
-        assert!(err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients"));
+        assert!(
+            err("[policy.domains]\n\"Example.com\" = { level = \"may\" }\n")
+                .contains("policy.domains.\"Example.com\"")
+        );
+        assert!(
+            err("[policy.domains]\n\"a.example\" = { level = \"may\", match = [\"x\"] }\n")
+                .contains("match")
+        );
+        assert!(
+            err("[dns]\ndnssec = \"off\"\n[policy]\ndefault = \"dane\"\n")
+                .contains("policy.default")
+        );
+        assert!(
+            err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients")
+        );
         assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
     }
 
@@ -225,8 +281,14 @@ mod tests {
             "[policy.domains]\n\"example.org\" = { level = \"verify\" }\n\".example.org\" = { level = \"encrypt\" }\n",
         )
         .expect("valid");
-        assert_eq!(c.policy.domain_entry("example.org").map(|e| e.1.level), Some(Level::Verify));
-        assert_eq!(c.policy.domain_entry("a.b.Example.org.").map(|e| e.1.level), Some(Level::Encrypt));
+        assert_eq!(
+            c.policy.domain_entry("example.org").map(|e| e.1.level),
+            Some(Level::Verify)
+        );
+        assert_eq!(
+            c.policy.domain_entry("a.b.Example.org.").map(|e| e.1.level),
+            Some(Level::Encrypt)
+        );
         assert_eq!(c.policy.domain_entry("notexample.org"), None);
     }
 }

@@ -127,27 +127,6 @@ impl TlsPolicyFailure {
     }
 }
 
-/// Dot-stuffs `message` for DATA and appends the terminating `.CRLF` (RFC 5321 §4.5.2:
-/// "Before sending a line of mail text, the SMTP client checks the first character of
-/// the line. If it is a period, one additional period is inserted at the beginning of
-/// the line."). A message not ending in CRLF gets one so the terminator stands alone.
-pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 /// What a sequence of replies in one transaction means for each recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptVerdict {
@@ -215,27 +194,6 @@ mod tests {
                 &starttls_step(req, *offered, *retry),
                 want,
                 "{req:?} offered={offered} retry={retry}"
-            );
-        }
-    }
-
-    #[test]
-    fn dot_stuffing() {
-        let rows: &[(&[u8], &[u8])] = &[
-            (b"a\r\n", b"a\r\n.\r\n"),
-            (b".a\r\n", b"..a\r\n.\r\n"),
-            (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
-            (b"a\r\n..b\r\n", b"a\r\n...b\r\n.\r\n"),
-            (b"no newline", b"no newline\r\n.\r\n"),
-            (b"", b".\r\n"),
-            (b"x.y\r\n", b"x.y\r\n.\r\n"),
-        ];
-        for (input, want) in rows {
-            assert_eq!(
-                dot_stuff(input),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(input)
             );
         }
     }

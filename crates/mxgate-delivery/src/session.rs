@@ -22,8 +22,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::conn::{Conn, ConnError};
 use crate::decide::{
-    dot_stuff, local_failure, rcpt_verdict, remote_failure, starttls_step, status, RcptVerdict,
-    StartTlsStep, TlsPolicyFailure,
+    local_failure, rcpt_verdict, remote_failure, starttls_step, status, RcptVerdict, StartTlsStep,
+    TlsPolicyFailure,
 };
 
 /// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
@@ -563,7 +563,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     conn.send(client::DATA).await.map_err(|e| lost(params, e))?;
     let data_reply = conn.reply().await.map_err(|e| lost(params, e))?;
     let outcome = if data_reply.code == 354 {
-        conn.send(&dot_stuff(&job.message))
+        conn.send(&mxgate_smtp::dot_stuff(&job.message))
             .await
             .map_err(|e| lost(params, e))?;
         let timeout = params.command_timeout.max(DATA_TERMINATION_TIMEOUT);

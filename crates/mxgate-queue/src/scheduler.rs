@@ -100,8 +100,9 @@ impl Drop for JobGuard {
                 let r = &mut e.rcpts[i];
                 if r.in_flight && r.status == RecipientStatus::Pending {
                     r.in_flight = false;
-                    r.next_ms =
-                        now + self.queue.retry.delay_after(r.attempts.max(1)).as_millis() as u64;
+                    r.attempts += 1;
+                    r.last_attempt_ms = Some(now);
+                    r.next_ms = now + self.queue.retry.delay_after(r.attempts).as_millis() as u64;
                 }
             }
         }

@@ -417,12 +417,14 @@ async fn a_panicking_transport_defers_instead_of_wedging() {
     });
     let (stop, _run) = start(&q, &t);
     let id = store(&q, envelope("a@sender.test", &["b@dest.test"])).await;
-    // The first attempt panics before reporting; the second one (after the retry
-    // interval) delivers.
-    let (job, _) = jobs.recv().await.unwrap();
-    assert_eq!(
-        job.attempt, 1,
-        "attempts are not counted for a lost outcome"
+    // The first attempt panics before reporting (so the script sends no job); the
+    // second one, after the retry interval, delivers.
+    let started = tokio::time::Instant::now();
+    let (job, at) = jobs.recv().await.unwrap();
+    assert_eq!(job.attempt, 2);
+    assert!(
+        at - started >= Duration::from_secs(59),
+        "retried after the interval"
     );
     q.wait_final(&id).await;
     assert_eq!(*t.calls.lock().unwrap(), 2);

@@ -230,7 +230,10 @@ impl SmtpReceiver {
     /// Starts a receiver on `addr`. mxgate dials every MX on one port
     /// (`delivery.smtp_port`), so tests with several MX hosts put each receiver on its
     /// own loopback address (`127.0.0.2`, `127.0.0.3`, ...) with the same port.
-    pub async fn start_on(addr: SocketAddr, config: ReceiverConfig) -> std::io::Result<SmtpReceiver> {
+    pub async fn start_on(
+        addr: SocketAddr,
+        config: ReceiverConfig,
+    ) -> std::io::Result<SmtpReceiver> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (state, _) = watch::channel(State::default());
