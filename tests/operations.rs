@@ -322,6 +322,18 @@ async fn metrics_and_log_lines_after_deliveries_of_each_kind() {
         ) >= 1.0,
         "{m}"
     );
+    assert!(
+        metric(
+            &m,
+            "mxgate_tls_handshake_failures_total",
+            &[("reason", "certificate_invalid")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "mxgate_dane_lookups_total", &[("result", "ok")]) >= 1.0,
+        "{m}"
+    );
     assert!(m.contains("mxgate_delivery_duration_seconds_bucket"), "{m}");
     assert!(m.contains("# HELP mxgate_tls_policy_failures_total"), "{m}");
     assert!(

@@ -297,15 +297,18 @@ async fn attempt(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            count_handshake_failure(handshake_failure_reason(&e));
             if opportunistic {
                 return Attempt::RetryCleartext(e.to_string());
             }
             return Attempt::Done(Err(handshake_failure(params, &e)));
         }
         Err(_) if opportunistic => {
-            return Attempt::RetryCleartext("TLS handshake timed out".into())
+            count_handshake_failure("timeout");
+            return Attempt::RetryCleartext("TLS handshake timed out".into());
         }
         Err(_) => {
+            count_handshake_failure("timeout");
             let what = format!("TLS handshake with {} timed out", params.mx_host);
             return Attempt::Done(Err(policy_failure(params, "handshake_failed", what)));
         }
@@ -337,6 +340,26 @@ async fn attempt(
 }
 
 /// Maps a handshake error to a policy reason: certificate problems name the certificate.
+/// `mxgate_tls_handshake_failures_total{reason}`, at every level (at `may` the
+/// session then falls back to cleartext).
+fn count_handshake_failure(reason: &'static str) {
+    metrics::counter!("mxgate_tls_handshake_failures_total", "reason" => reason).increment(1);
+}
+
+/// A bounded label for a failed handshake.
+fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => "certificate_invalid",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "protocol_error",
+        None => "io_error",
+    }
+}
+
 fn handshake_failure(params: &SessionParams, e: &std::io::Error) -> SessionError {
     let rustls_error = e
         .get_ref()

@@ -28,6 +28,21 @@ pub enum TlsaFacts {
     Failed(String),
 }
 
+impl TlsaFacts {
+    /// The `result` label of `mxgate_dane_lookups_total`: `ok` (usable TLSA),
+    /// `unusable`, `not-applicable` (not looked up, or securely none), `insecure`,
+    /// `tempfail`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            TlsaFacts::SecureUsable(_) => "ok",
+            TlsaFacts::SecureUnusable => "unusable",
+            TlsaFacts::NotLooked | TlsaFacts::SecureNone => "not-applicable",
+            TlsaFacts::Insecure => "insecure",
+            TlsaFacts::Failed(_) => "tempfail",
+        }
+    }
+}
+
 /// What the address lookup for one MX host found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddrFacts {

@@ -380,6 +380,10 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
     } else {
         TlsaFacts::NotLooked
     };
+    if uses_dane {
+        metrics::counter!("mxgate_dane_lookups_total", "result" => tlsa.metric_label())
+            .increment(1);
+    }
     (
         addrs,
         HostFacts {

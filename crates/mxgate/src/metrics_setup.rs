@@ -70,6 +70,14 @@ fn describe() {
         "mxgate_policy_cache_lookups_total",
         "Policy cache lookups by result (hit|miss)."
     );
+    describe_counter!(
+        "mxgate_dane_lookups_total",
+        "DANE (TLSA) results per MX host looked at: ok (usable TLSA), unusable, not-applicable, insecure, tempfail. Alert on tempfail: DNSSEC failures defer mail."
+    );
+    describe_counter!(
+        "mxgate_tls_handshake_failures_total",
+        "Failed outbound TLS handshakes by reason, at every level (at may they fall back to cleartext). A rise at may points at an attacker or broken servers."
+    );
     describe_histogram!(
         "mxgate_delivery_duration_seconds",
         Unit::Seconds,
