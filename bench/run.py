@@ -70,7 +70,9 @@ def main():
     os.chmod(workdir, 0o755)
     log(f"work directory {workdir}")
     started = time.time()
-    out = {"machine": report.machine(), "mode": "quick" if quick else "full", "reps": reps,
+    machine = report.machine()
+    machine["fsync_ms"] = report.fsync_cost_ms(workdir)
+    out = {"machine": machine, "mode": "quick" if quick else "full", "reps": reps,
            "size": args.size, "msgs_per_trial": msgs_for, "mxgate": mxbin if use_mxgate else None,
            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     running = []
@@ -190,7 +192,8 @@ def render(out, sessions_list):
     m = out["machine"]
     parts = [f"## Results ({out['mode']} run, {out['started']}, {out['elapsed_s']:.0f} s)\n",
              f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, "
-             f"Postfix {m['postfix']}, Python {m['python']}. Messages: {out['size']} bytes payload; "
+             f"Postfix {m['postfix']}, Python {m['python']}; one 4 KiB write+fsync of a new file in the "
+             f"work directory: {m['fsync_ms']:.2f} ms (median of 100). Messages: {out['size']} bytes payload; "
              f"messages per trial {out['msgs_per_trial']}; {out['reps']} repetition(s), interleaved.\n"]
     if out.get("failure"):
         parts.append(f"**The run failed:** {out['failure']}\n")

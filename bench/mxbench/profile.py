@@ -2,7 +2,7 @@
 
 During one extra trial per relay it runs
   perf record -a -e syscalls:sys_enter_fsync,fdatasync   (counted per process name)
-  perf record -F 499 -g -p MXGATE_PID                    (mxgate only: top symbols)
+  perf record -F 1999 -g -p MXGATE_PID                    (mxgate only: top symbols)
 and returns the counts and the top of `perf report`. Needs root and perf; when perf
 is missing or refuses, it returns the reason instead of numbers.
 
@@ -41,7 +41,7 @@ def fsync_and_cpu(name, port, pid, sink, sessions, msgs, size, workdir, cpu=Fals
     cpu_data = os.path.join(workdir, f"perf-cpu-{name}.data")
     fs = _start(["perf", "record", "-a", "-e", "syscalls:sys_enter_fsync", "-e",
                  "syscalls:sys_enter_fdatasync", "-o", fs_data])
-    prof = _start(["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", cpu_data]) if cpu else None
+    prof = _start(["perf", "record", "-F", "1999", "-g", "-p", str(pid), "-o", cpu_data]) if cpu else None
     # perf needs a moment to attach; a tiny trial absorbs that instead of a sleep.
     trials.trial(name, port, pid, sink, 1, 5, size)
     r = trials.trial(name, port, pid, sink, sessions, msgs, size)

@@ -35,6 +35,25 @@ def machine():
             "postfix": postfix, "python": platform.python_version()}
 
 
+def fsync_cost_ms(directory, rounds=100):
+    """Median time of write(4 KiB) + fsync of a new file in `directory`: what one
+    durable spool write costs on this disk, before any relay is involved."""
+    import time
+
+    times = []
+    block = b"x" * 4096
+    for i in range(rounds):
+        path = os.path.join(directory, f"fsync-probe-{i}")
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, block)
+        os.fsync(fd)
+        os.close(fd)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        os.unlink(path)
+    return statistics.median(times)
+
+
 def _median(rows, key):
     vals = [r[key] for r in rows if r.get(key) is not None and not r.get("error")]
     return statistics.median(vals) if vals else None

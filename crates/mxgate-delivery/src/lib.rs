@@ -97,6 +97,9 @@ impl<P: Planner> Delivery<P> {
 
     async fn deliver_job(&self, job: DeliveryJob) -> Vec<RecipientOutcome> {
         let start = Instant::now();
+        if let Some(relay) = job.relay.clone() {
+            return self.deliver_via_relay(&job, &relay, start).await;
+        }
         let plan = match self.policy.plan(&job.domain).await {
             Ok(plan) => plan,
             Err(e) => {
@@ -126,13 +129,67 @@ impl<P: Planner> Delivery<P> {
                 &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
             );
         };
-        self.follow_plan(&job, &plan, start).await
+        self.follow_plan(&job, &plan, self.settings.smtp_port, start)
+            .await
+    }
+
+    /// `queue.bounce_relay`: the queue's own DSNs go to one fixed `host:port` (e.g. the
+    /// local Postfix), with opportunistic STARTTLS and no MX lookup. The destination's
+    /// TLS policy does not apply: the relay, not mxgate, delivers onwards.
+    async fn deliver_via_relay(
+        &self,
+        job: &DeliveryJob,
+        relay: &str,
+        start: Instant,
+    ) -> Vec<RecipientOutcome> {
+        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(relay).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                tracing::warn!(id = %job.id, relay, error = %e, "queue.bounce_relay cannot be resolved");
+                Vec::new()
+            }
+        };
+        let Some(port) = resolved.first().map(SocketAddr::port) else {
+            let failure = local_failure(
+                status::NO_ANSWER,
+                None,
+                format!("queue.bounce_relay {relay}: cannot resolve"),
+            );
+            let outcomes = all(&job.recipients, &Outcome::Deferred(failure));
+            AttemptLog::new(job, "may", "config", start).emit(
+                &outcomes,
+                relay,
+                &TlsFacts::default(),
+                "none",
+            );
+            return outcomes;
+        };
+        let host = relay
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(relay)
+            .to_string();
+        let plan = DeliveryPlan {
+            domain: job.domain.clone(),
+            level: Level::May,
+            source: mxgate_policy::PolicySource::Config,
+            min_tls_version: TlsVersion::Tls12,
+            on_tls_failure: OnTlsFailure::Defer,
+            mx: vec![mxgate_policy::MxPlan {
+                host,
+                preference: 0,
+                addrs: resolved.iter().map(SocketAddr::ip).collect(),
+                requirement: Ok(TlsRequirement::Opportunistic),
+            }],
+        };
+        self.follow_plan(job, &plan, port, start).await
     }
 
     async fn follow_plan(
         &self,
         job: &DeliveryJob,
         plan: &DeliveryPlan,
+        port: u16,
         start: Instant,
     ) -> Vec<RecipientOutcome> {
         let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
@@ -163,7 +220,7 @@ impl<P: Planner> Delivery<P> {
                 let params = SessionParams {
                     helo_name: self.hostname.clone(),
                     mx_host: mx.host.clone(),
-                    addr: SocketAddr::new(*ip, self.settings.smtp_port),
+                    addr: SocketAddr::new(*ip, port),
                     requirement: requirement.clone(),
                     tls_config: tls_config.clone(),
                     policy_label: reason_label(plan.level, &requirement).to_string(),
@@ -422,6 +479,7 @@ mod tests {
             recipients: vec![0],
             message: bytes::Bytes::from_static(b"x\r\n"),
             attempt: 1,
+            relay: None,
         }
     }
 

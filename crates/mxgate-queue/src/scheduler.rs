@@ -26,6 +26,8 @@ use crate::transport::{
 
 /// How long running deliveries may finish after shutdown before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the queue gauges are refreshed when nothing else changes them.
+const GAUGE_REFRESH: Duration = Duration::from_secs(15);
 
 /// A job taken from the index, before its body is read.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ struct Due {
     attempt: u32,
     body_offset: u64,
     size: u64,
+    /// One of our own DSNs (routed to `queue.bounce_relay` when set).
+    dsn: bool,
 }
 
 /// What `finish` needs to know about the message.
@@ -123,6 +127,9 @@ impl Queue {
     ) {
         let max = self.settings.max_concurrent.max(1);
         let mut running = JoinSet::new();
+        // `mxgate_queue_oldest_seconds` grows while nothing happens: refresh it.
+        let mut gauges = tokio::time::interval(GAUGE_REFRESH);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while running.try_join_next().is_some() {}
             let budget = max.saturating_sub(running.len());
@@ -146,6 +153,7 @@ impl Queue {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = gauges.tick() => self.publish_counts(&self.lock()),
                 _ = async {
                     match wake_at {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -224,6 +232,7 @@ impl Queue {
                         attempt,
                         body_offset: e.body_offset,
                         size: e.size,
+                        dsn: e.dsn,
                     });
                 }
             }
@@ -256,6 +265,10 @@ impl Queue {
                     recipients: due.recipients.clone(),
                     message,
                     attempt: due.attempt,
+                    relay: match self.settings.queue.bounce_relay.as_str() {
+                        relay if due.dsn && !relay.is_empty() => Some(relay.to_string()),
+                        _ => None,
+                    },
                 };
                 transport.deliver(job).await
             }
@@ -443,9 +456,8 @@ impl Queue {
         } else {
             BodyType::SevenBit
         };
-        // TODO(bounce_relay): `queue.bounce_relay` should route this DSN to a fixed
-        // relay; `DeliveryJob` cannot express a relay override yet (see report), so DSNs
-        // are delivered like any other message.
+        // Routed to `queue.bounce_relay` when set (see `execute`), else to the
+        // sender's MX like any other message.
         let dsn_envelope = Envelope {
             sender: String::new(),
             body,

@@ -67,6 +67,9 @@ pub struct DeliveryJob {
     pub message: Bytes,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// `host:port` to deliver to instead of the domain's MX hosts (`queue.bounce_relay`
+    /// for the queue's own DSNs); `None` = MX resolution and the domain's TLS policy.
+    pub relay: Option<String>,
 }
 
 /// The outcome of one recipient of a [`DeliveryJob`].

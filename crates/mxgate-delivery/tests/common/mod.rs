@@ -45,6 +45,7 @@ pub fn job_with(recipients: &[&str], message: &[u8], smtputf8: bool) -> Delivery
         recipients: (0..recipients.len()).collect(),
         message: Bytes::copy_from_slice(message),
         attempt: 1,
+        relay: None,
     }
 }
 

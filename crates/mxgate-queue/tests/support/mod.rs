@@ -137,7 +137,7 @@ pub async fn store(q: &Arc<Queue>, env: Envelope) -> QueueId {
     q.store(env, Bytes::from_static(MESSAGE)).await.unwrap()
 }
 
-/// Waits for the final event of `id`.
+/// Waits for the final event of `id` (discarding other messages' events).
 pub async fn final_event(
     rx: &mut tokio::sync::broadcast::Receiver<FinalEvent>,
     id: &QueueId,
