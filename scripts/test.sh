@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
-# installs the system packages the tests drive (Postfix, unbound, ldns tools), then
+# installs the system packages the tests drive (Postfix as the submitting MTA, unbound
+# as the validating resolver of dns.dnssec = "trust-ad"), then
 # checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,8 +9,6 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v unbound >/dev/null || need+=(unbound)
-command -v ldns-signzone >/dev/null || need+=(ldnsutils)
-command -v dig >/dev/null || need+=(bind9-dnsutils)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: needs root to install: ${need[*]}" >&2
