@@ -856,3 +856,84 @@ async fn startup_with_100k_queued_messages() {
     let list = queue_list(&gate);
     assert_eq!(list.len(), 100_001);
 }
+
+/// `queue.delay_warning`: a recipient held back by TLS policy past the threshold gets
+/// one RFC 3464 `Action: delayed` report through the sender's real MX, with the TLS
+/// reason, and no second one however many retries follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_warning_is_sent_once_with_the_tls_reason() {
+    let port = free_port();
+    // No STARTTLS offered, but the domain requires `encrypt`.
+    let dest = receiver(44, port, ReceiverConfig::default()).await;
+    let senders = receiver(45, port, ReceiverConfig::default()).await;
+    let mut records = mx("slow.test", "mx.slow.test", 44);
+    records.extend(mx("senders.test", "mx.senders.test", 45));
+    let world = world(&records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(&world, port);
+    s.domains = "\"slow.test\" = { level = \"encrypt\" }".into();
+    // retry_intervals = ["1s"] and max_age = "1h" from the harness.
+    s.queue = "delay_warning = \"1s\"".into();
+    let gate = Mxgate::start(dir.path(), &s);
+
+    // No NOTIFY: mxgate reads that as NOTIFY=FAILURE,DELAY (RFC 3461 §4.1).
+    let reply = send_raw(
+        gate.listen,
+        "<sender@senders.test> RET=FULL ENVID=delay-env-1",
+        &["<w@slow.test>"],
+        &message("delay1"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    gate.wait_log(|l| l.contains("sender delay notification"), WAIT)
+        .await;
+    let warning = senders.next_message().await;
+    assert_eq!(warning.sender, "");
+    assert_eq!(warning.recipients[0].address, "sender@senders.test");
+    let t = text(&warning);
+    let human = mime_part(&t, "text/plain").expect("human-readable part");
+    assert!(human.contains("<w@slow.test>"), "{human}");
+    assert!(human.contains("delayed"), "{human}");
+    assert!(human.contains("keep trying until"), "{human}");
+    assert!(
+        human.contains("encrypt") && human.to_ascii_lowercase().contains("starttls"),
+        "the human part must say why: {human}"
+    );
+    let status = mime_part(&t, "message/delivery-status").expect("delivery-status part");
+    assert!(
+        status.contains("Original-Envelope-Id: delay-env-1"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Final-Recipient: rfc822; w@slow.test\r\nAction: delayed\r\nStatus: 4.7."),
+        "{status}"
+    );
+    assert!(
+        status.contains("Diagnostic-Code: x-mxgate; encrypt: STARTTLS not offered by mx.slow.test"),
+        "{status}"
+    );
+    assert!(status.contains("Will-Retry-Until: "), "{status}");
+    assert!(
+        mime_part(&t, "text/rfc822-headers").is_some() && !t.contains("Body of delay1."),
+        "a delay warning carries the headers only, whatever RET says"
+    );
+
+    // Three more deferrals, each past the threshold: still one warning.
+    let deferrals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("status=deferred") && l.contains("w@slow.test"))
+            .count()
+    };
+    let seen = deferrals(&gate.log());
+    gate.wait_log(|_| deferrals(&gate.log()) >= seen + 3, WAIT)
+        .await;
+    assert_eq!(
+        gate.log().matches("sender delay notification").count(),
+        1,
+        "a second warning was queued"
+    );
+    assert_eq!(senders.messages().len(), 1, "a second warning arrived");
+    assert!(dest.messages().is_empty(), "never delivered without TLS");
+    let list = queue_list(&gate);
+    assert_eq!(list.len(), 1, "still queued, being retried: {list:?}");
+}

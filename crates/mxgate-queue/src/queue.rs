@@ -112,6 +112,8 @@ pub(crate) struct Entry {
     pub body_offset: u64,
     pub size: u64,
     pub dsn: bool,
+    /// The delay warning (`queue.delay_warning`) has been sent for this message.
+    pub warned: bool,
     pub rcpts: Vec<Rcpt>,
     pub jobs_in_flight: u32,
     /// This entry's key in [`Index::schedule`].
@@ -371,6 +373,7 @@ impl Queue {
                     body_offset,
                     size: message.len() as u64,
                     dsn,
+                    warned: false,
                     rcpts,
                     jobs_in_flight: 0,
                     sched: None,

@@ -68,7 +68,9 @@ pub(crate) fn recover(paths: &SpoolPaths) -> Result<(Index, IdGen), QueueError> 
             };
             rec.meta.envelope.recipients.len()
         ];
+        let mut warned = false;
         for line in rec.states {
+            warned |= line.w;
             let r = &mut rcpts[line.i];
             r.status = line.st;
             r.attempts = line.a;
@@ -83,6 +85,7 @@ pub(crate) fn recover(paths: &SpoolPaths) -> Result<(Index, IdGen), QueueError> 
             body_offset: rec.body_offset,
             size: rec.body_len,
             dsn: rec.meta.dsn,
+            warned,
             rcpts,
             jobs_in_flight: 0,
             sched: None,

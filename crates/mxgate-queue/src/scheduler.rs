@@ -1,6 +1,7 @@
 //! The scheduler: finds due recipients, groups them per (message, domain) into
 //! [`DeliveryJob`]s, runs a bounded number at once, records every outcome durably,
-//! and bounces (with a DSN) what failed for good.
+//! bounces (with a DSN) what failed for good, and sends one delay warning per message
+//! once it has waited `queue.delay_warning`.
 //!
 //! It never sleeps to poll: a stored message, a finished job or an operator command
 //! wakes it, and otherwise it sleeps until the earliest next attempt. It does not know
@@ -16,8 +17,10 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::dsn::{build_dsn, wants_failure_dsn, DsnInput, FailedRecipient};
-use crate::queue::{Index, Queue, QueueError, Rcpt};
+use crate::dsn::{
+    build_dsn, wants_delay_dsn, wants_failure_dsn, DsnAction, DsnInput, FailedRecipient,
+};
+use crate::queue::{Entry, Index, Queue, QueueError, Rcpt};
 use crate::schedule::Decision;
 use crate::spool::{self, BounceReason, RecipientStatus, StateLine};
 use crate::transport::{
@@ -52,7 +55,7 @@ struct Snapshot {
     size: u64,
 }
 
-fn state_line(i: usize, r: &Rcpt) -> StateLine {
+fn state_line(i: usize, r: &Rcpt, warned: bool) -> StateLine {
     StateLine {
         i,
         st: r.status,
@@ -61,7 +64,53 @@ fn state_line(i: usize, r: &Rcpt) -> StateLine {
         t: r.last_attempt_ms.unwrap_or(0),
         e: r.last_error.clone(),
         why: r.why,
+        w: warned,
     }
+}
+
+/// Decides the delay warning of a message after one of its recipients was deferred
+/// (`deferred_now`): due once the message has waited `delay_warning` (like Postfix's
+/// `delay_warning_time`, checked when a deferral is recorded, so it goes out with the
+/// first retry after the threshold), once per message, never for our own DSNs or a
+/// `<>` sender. Returns every recipient still pending after at least one failed attempt
+/// that asked for delay reports ([`wants_delay_dsn`]) — one report for all of them —
+/// and marks the message warned; returns nothing (and marks nothing) otherwise.
+fn take_delay_warning(
+    e: &mut Entry,
+    delay_warning: Option<Duration>,
+    deferred_now: bool,
+    now_ms: u64,
+) -> Vec<FailedRecipient> {
+    let Some(after) = delay_warning else {
+        return Vec::new();
+    };
+    let waited = now_ms.saturating_sub(e.arrival_ms);
+    if !deferred_now
+        || e.warned
+        || e.dsn
+        || e.envelope.sender.is_empty()
+        || waited < after.as_millis() as u64
+    {
+        return Vec::new();
+    }
+    let delayed: Vec<FailedRecipient> = e
+        .rcpts
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r.status == RecipientStatus::Pending && wants_delay_dsn(&e.envelope, *i))
+        .filter_map(|(i, r)| {
+            Some(FailedRecipient {
+                index: i,
+                failure: r.last_error.clone()?,
+                reason: BounceReason::Expired, // not used in a delayed report
+                last_attempt_ms: r.last_attempt_ms,
+            })
+        })
+        .collect();
+    if !delayed.is_empty() {
+        e.warned = true;
+    }
+    delayed
 }
 
 /// Marks one job of `id` as finished; returns the entry if the message is still queued.
@@ -317,11 +366,16 @@ impl Queue {
         }
         let mut lines = Vec::new();
         let mut failed = Vec::new();
-        let (snapshot, final_now) = {
+        let mut deferred_now = false;
+        // One jitter per job: recipients deferred together stay due together, so they
+        // are retried over one connection (and expire into one DSN).
+        let jitter = rand::rng().random_range(0.9..=1.1);
+        let (snapshot, final_now, delayed) = {
             let mut index = self.lock();
             let Some(e) = end_job(&mut index, &due.id) else {
                 return;
             };
+            let warned = e.warned;
             for &i in &due.recipients {
                 let arrival_ms = e.arrival_ms;
                 let address = e
@@ -345,7 +399,6 @@ impl Queue {
                 });
                 r.attempts += 1;
                 r.last_attempt_ms = Some(now);
-                let jitter = rand::rng().random_range(0.9..=1.1);
                 match self
                     .retry
                     .decide(&outcome, r.attempts, arrival_ms, now, jitter)
@@ -369,9 +422,19 @@ impl Queue {
                     Decision::Defer { next_ms, failure } => {
                         r.next_ms = next_ms;
                         r.last_error = Some(failure);
+                        deferred_now = true;
                     }
                 }
-                lines.push(state_line(i, r));
+                lines.push(state_line(i, r, warned));
+            }
+            let delayed =
+                take_delay_warning(e, self.settings.queue.delay_warning, deferred_now, now);
+            if !delayed.is_empty() {
+                // Recorded with this job's outcomes, after the warning is queued
+                // (`finish`): a crash in between repeats the warning, never loses it.
+                for line in &mut lines {
+                    line.w = true;
+                }
             }
             let snapshot = Snapshot {
                 envelope: Arc::clone(&e.envelope),
@@ -383,24 +446,33 @@ impl Queue {
             let final_now = e.all_final();
             index.reschedule(&due.id);
             self.publish_counts(&index);
-            (snapshot, final_now)
+            (snapshot, final_now, delayed)
         };
-        self.finish(&due.id, snapshot, lines, failed, final_now)
+        self.finish(&due.id, snapshot, lines, failed, delayed, final_now)
             .await;
     }
 
-    /// DSN first, then the state records, then removal: a crash between them repeats a
-    /// report or an attempt, it never loses one.
+    /// DSNs first (failures, then the delay warning), then the state records, then
+    /// removal: a crash between them repeats a report or an attempt, it never loses one.
     async fn finish(
         &self,
         id: &QueueId,
         snapshot: Snapshot,
         lines: Vec<StateLine>,
         failed: Vec<FailedRecipient>,
+        delayed: Vec<FailedRecipient>,
         final_now: bool,
     ) {
         if !failed.is_empty() {
-            self.send_dsn(id, &snapshot, &failed).await;
+            self.send_dsn(id, &snapshot, &failed, DsnAction::Failed)
+                .await;
+        }
+        if !delayed.is_empty() {
+            let until = snapshot.arrival_ms + self.retry.max_age.as_millis() as u64;
+            let action = DsnAction::Delayed {
+                will_retry_until_ms: until,
+            };
+            self.send_dsn(id, &snapshot, &delayed, action).await;
         }
         self.persist(id, lines).await;
         if final_now {
@@ -412,16 +484,28 @@ impl Queue {
     }
 
     /// Generates and stores one DSN for the recipients of `id` that failed in this pass
-    /// and asked for failure reports.
-    async fn send_dsn(&self, id: &QueueId, snapshot: &Snapshot, failed: &[FailedRecipient]) {
+    /// (or, with [`DsnAction::Delayed`], are delayed) and asked for such reports.
+    async fn send_dsn(
+        &self,
+        id: &QueueId,
+        snapshot: &Snapshot,
+        failed: &[FailedRecipient],
+        action: DsnAction,
+    ) {
         let env = &snapshot.envelope;
         if snapshot.dsn || env.sender.is_empty() {
-            tracing::warn!(id = %id, recipients = failed.len(), "undeliverable bounce message dropped");
+            if action == DsnAction::Failed {
+                tracing::warn!(id = %id, recipients = failed.len(), "undeliverable bounce message dropped");
+            }
             return;
         }
+        let wanted = match action {
+            DsnAction::Failed => wants_failure_dsn,
+            DsnAction::Delayed { .. } => wants_delay_dsn,
+        };
         let reported: Vec<FailedRecipient> = failed
             .iter()
-            .filter(|f| wants_failure_dsn(env, f.index))
+            .filter(|f| wanted(env, f.index))
             .cloned()
             .collect();
         if reported.is_empty() {
@@ -442,6 +526,7 @@ impl Queue {
             self.settings.hostname
         );
         let message = build_dsn(&DsnInput {
+            action,
             reporting_mta: &self.settings.hostname,
             queue_id: id,
             envelope: env,
@@ -471,9 +556,14 @@ impl Queue {
             }],
         };
         match self.store_message(dsn_envelope, message.into(), true).await {
-            Ok(dsn_id) => {
-                tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender non-delivery notification")
-            }
+            Ok(dsn_id) => match action {
+                DsnAction::Failed => {
+                    tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender non-delivery notification")
+                }
+                DsnAction::Delayed { .. } => {
+                    tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender delay notification")
+                }
+            },
             Err(e) => tracing::error!(id = %id, error = %e, "cannot queue DSN"),
         }
     }
@@ -489,6 +579,7 @@ impl Queue {
                 .msgs
                 .get_mut(id)
                 .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+            let warned = e.warned;
             for (i, r) in e.rcpts.iter_mut().enumerate() {
                 if r.status != RecipientStatus::Pending {
                     continue;
@@ -506,7 +597,7 @@ impl Queue {
                 r.status = RecipientStatus::Bounced;
                 r.why = Some(BounceReason::Operator);
                 r.last_error = Some(failure.clone());
-                lines.push(state_line(i, r));
+                lines.push(state_line(i, r, warned));
                 failed.push(FailedRecipient {
                     index: i,
                     failure,
@@ -526,7 +617,8 @@ impl Queue {
         };
         let n = failed.len();
         tracing::info!(id = %id, recipients = n, "bounced by operator");
-        self.finish(id, snapshot, lines, failed, true).await;
+        self.finish(id, snapshot, lines, failed, Vec::new(), true)
+            .await;
         Ok(n)
     }
 }

@@ -87,6 +87,12 @@ pub(crate) struct StateLine {
     pub e: Option<DeliveryFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<BounceReason>,
+    /// The message's delay warning (`queue.delay_warning`) has been sent. A fact about
+    /// the message, written on the records of the job that triggered the warning and on
+    /// every later one; the message counts as warned if any record says so. Absent in
+    /// older spools (and omitted when false), so old and new files read either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub w: bool,
 }
 
 /// Why a spool file cannot be used.
@@ -388,6 +394,22 @@ mod tests {
         assert!(parse_state_tail(b"nonsense\n", 1).is_err());
         assert!(parse_state_tail(br#"{"i":3,"st":"pending","a":1}"#.iter().chain(b"\n").copied().collect::<Vec<_>>().as_slice(), 1).is_err());
         assert_eq!(parse_state_tail(b"", 1).unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn warned_flag_is_optional_and_round_trips() {
+        // A line written before delay warnings existed.
+        let (old, _) =
+            parse_state_tail(b"{\"i\":0,\"st\":\"pending\",\"a\":2,\"n\":5}\n", 1).unwrap();
+        assert!(!old[0].w);
+        let mut line = old[0].clone();
+        let plain = serde_json::to_string(&line).unwrap();
+        assert!(!plain.contains("\"w\""), "false is not written: {plain}");
+        line.w = true;
+        let json = serde_json::to_string(&line).unwrap();
+        assert!(json.contains("\"w\":true"), "{json}");
+        let (back, _) = parse_state_tail(format!("{json}\n").as_bytes(), 1).unwrap();
+        assert_eq!(back[0], line);
     }
 
     #[test]
