@@ -3,13 +3,67 @@
 //! sent ahead of the handshake, and [`Conn::into_stream`] drops it, so nothing received
 //! in cleartext can leak into the TLS session (RFC 3207 §4.2).
 //!
+//! [`SmtpStream`] is the one stream type a transaction runs over (cleartext or after
+//! STARTTLS), so a finished session can be kept for reuse whatever it negotiated.
+//!
 //! This module makes no decisions; see `decide` and `session`.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mxgate_smtp::reply::{parse_reply, Reply, ReplyError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A connection to an MX: cleartext TCP, or TLS after STARTTLS.
+pub enum SmtpStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for SmtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SmtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Why the conversation with the server broke down.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +129,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .map_err(|_| ConnError::Timeout(timeout))?
     }
 
+    /// The command timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether the server sent bytes we have not consumed yet.
     pub fn has_buffered_input(&self) -> bool {
         !self.buf.is_empty()
@@ -83,6 +142,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Gives up the connection for a TLS upgrade, discarding the read buffer.
     pub fn into_stream(self) -> S {
         self.stream
+    }
+
+    /// The same conversation over a wrapped stream, keeping unread input (for a
+    /// cleartext session, nothing is discarded; use [`Conn::into_stream`] for TLS).
+    pub fn map_stream<T>(self, wrap: impl FnOnce(S) -> T) -> Conn<T> {
+        Conn {
+            stream: wrap(self.stream),
+            buf: self.buf,
+            timeout: self.timeout,
+        }
     }
 
     /// `QUIT`, best effort: errors are irrelevant once the outcome is known.

@@ -6,27 +6,38 @@
 //! permanent plan error fails every recipient (null MX `5.1.10`, no such domain
 //! `5.1.2`), a temporary one defers them (`4.4.3`). Then dial each MX of the plan in
 //! order, each of its addresses in order, on `delivery.smtp_port`, within
-//! `max_connections` and `max_connections_per_domain`, and run one SMTP session
-//! ([`session::deliver_to_address`]) until every recipient has an outcome. Recipients
+//! `max_connections` and `max_connections_per_domain`, and run one SMTP session per
+//! address (new, or reused from the [`SessionCache`]) until every recipient has an outcome. Recipients
 //! left without one are deferred with the reasons gathered on the way (TLS policy
 //! failures are `4.7.4`/`4.7.5`, or `5.7.x` with `on_tls_failure = "bounce"`).
 //!
-//! Each attempt logs one `key=value` line (tracing, info) and counts the metrics of
-//! contract §7.
+//! Sessions are reused ([`cache`]): after a clean transaction the session is parked,
+//! without its permits, for at most [`cache::IDLE_TIMEOUT`]; the next job dialling the
+//! same address under the same TLS requirement, minimum version and MX name sends
+//! `RSET` and runs its transaction there. A dead cached session is dropped and the job
+//! dials afresh. At most `max_connections` sessions are idle in total, and at most
+//! `max_connections_per_domain` per address.
+//!
+//! Each attempt logs one `key=value` line (tracing, info; `conn=new|reused|none` last)
+//! and counts the metrics of contract §7 (`mxgate_tls_connections_total` once per new
+//! TLS connection).
 //!
 //! Not here: choosing the TLS level or verifying certificates (`mxgate-policy` builds
 //! the verifier), retry scheduling and DSNs (`mxgate-queue`), SMTP parsing
 //! (`mxgate-smtp`).
 
+pub mod cache;
 pub mod conn;
 pub mod decide;
+pub mod reuse;
 pub mod session;
+mod transaction;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
 use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
@@ -34,10 +45,13 @@ use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Tran
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
+pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
+pub use reuse::IdleSession;
 pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
 
 use decide::{local_failure, status};
+use transaction::Finished;
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -71,18 +85,103 @@ pub struct Delivery<P: Planner = PolicyEngine> {
     hostname: String,
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    cache: SessionCache<IdleSession>,
+}
+
+/// How a job's session was obtained, for the `conn=` log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnKind {
+    New,
+    Reused,
+}
+
+impl ConnKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnKind::New => "new",
+            ConnKind::Reused => "reused",
+        }
+    }
 }
 
 impl<P: Planner> Delivery<P> {
     /// `hostname` is our EHLO name (`server.hostname`).
     pub fn new(settings: DeliveryConfig, policy: Arc<P>, hostname: String) -> Self {
+        Delivery::with_idle_timeout(settings, policy, hostname, cache::IDLE_TIMEOUT)
+    }
+
+    /// [`Delivery::new`] with another idle-session lifetime (tests; `ZERO` disables
+    /// reuse).
+    #[doc(hidden)]
+    pub fn with_idle_timeout(
+        settings: DeliveryConfig,
+        policy: Arc<P>,
+        hostname: String,
+        idle_timeout: Duration,
+    ) -> Self {
+        let max_idle = if idle_timeout.is_zero() {
+            0
+        } else {
+            settings.max_connections.max(1)
+        };
         Delivery {
             global: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            cache: SessionCache::new(
+                max_idle,
+                settings.max_connections_per_domain.max(1),
+                idle_timeout,
+            ),
             settings,
             policy,
             hostname,
             per_domain: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Idle sessions kept for reuse right now.
+    pub fn idle_sessions(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Closes every idle session (`QUIT`), e.g. at shutdown.
+    pub async fn close_idle_sessions(&self) {
+        self.cache.close_idle().await;
+    }
+
+    /// One job's session at `params.addr`: a cached one under `key` if one still
+    /// answers `RSET`, else a new connection. A clean ending parks the session again.
+    async fn session(
+        &self,
+        key: SessionKey,
+        params: &SessionParams,
+        job: &DeliveryJob,
+        recipients: &[usize],
+    ) -> (Result<SessionReport, SessionError>, ConnKind) {
+        // Each failed probe costs at most a round trip (or the probe timeout); a
+        // server that lost one session has usually lost them all, so stop early.
+        let mut tries = 0;
+        let mut found: Option<Finished> = None;
+        while tries < MAX_REUSE_TRIES {
+            let Some(idle) = self.cache.take(&key) else {
+                break;
+            };
+            tries += 1;
+            if let Some(finished) = reuse::deliver_reused(idle, params, job, recipients).await {
+                found = Some(finished);
+                break;
+            }
+        }
+        let (finished, kind) = match found {
+            Some(finished) => (finished, ConnKind::Reused),
+            None => (
+                session::deliver_fresh(params, job, recipients).await,
+                ConnKind::New,
+            ),
+        };
+        if let Some(idle) = finished.idle {
+            self.cache.put(key, idle);
+        }
+        (finished.result, kind)
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -111,7 +210,7 @@ impl<P: Planner> Delivery<P> {
                 };
                 let outcomes = all(&job.recipients, &outcome);
                 let log = AttemptLog::new(&job, "-", "-", start);
-                log.emit(&outcomes, "none", &TlsFacts::default(), "none");
+                log.emit(&outcomes, "none", &TlsFacts::default(), "none", "none");
                 return outcomes;
             }
         };
@@ -160,6 +259,7 @@ impl<P: Planner> Delivery<P> {
                 &outcomes,
                 relay,
                 &TlsFacts::default(),
+                "none",
                 "none",
             );
             return outcomes;
@@ -217,27 +317,41 @@ impl<P: Planner> Delivery<P> {
                 ),
             };
             for ip in &mx.addrs {
+                let addr = SocketAddr::new(*ip, port);
+                let key = SessionKey {
+                    addr,
+                    mx_host: mx.host.clone(),
+                    requirement: requirement.clone(),
+                    min_tls_version: plan.min_tls_version,
+                };
                 let params = SessionParams {
                     helo_name: self.hostname.clone(),
                     mx_host: mx.host.clone(),
-                    addr: SocketAddr::new(*ip, port),
+                    addr,
                     requirement: requirement.clone(),
                     tls_config: tls_config.clone(),
                     policy_label: reason_label(plan.level, &requirement).to_string(),
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
-                match deliver_to_address(&params, job, &pending).await {
+                let (result, kind) = self.session(key, &params, job, &pending).await;
+                match result {
                     Ok(report) => {
                         let auth = report.tls.auth;
-                        if let Some(version) = report.tls.version {
+                        if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
                                 "version" => version,
                                 "cipher" => report.tls.cipher.clone().unwrap_or_default(),
                                 "auth" => auth)
                             .increment(1);
                         }
-                        log.emit(&report.outcomes, &report.relay, &report.tls, auth);
+                        log.emit(
+                            &report.outcomes,
+                            &report.relay,
+                            &report.tls,
+                            auth,
+                            kind.as_str(),
+                        );
                         pending.retain(|i| !report.outcomes.iter().any(|o| o.index == *i));
                         done.extend(report.outcomes);
                         if pending.is_empty() {
@@ -259,7 +373,7 @@ impl<P: Planner> Delivery<P> {
         if !pending.is_empty() {
             let outcome = leftover_outcome(plan, &tls_reasons, other_failure);
             let left = all(&pending, &outcome);
-            log.emit(&left, "none", &TlsFacts::default(), "none");
+            log.emit(&left, "none", &TlsFacts::default(), "none", "none");
             done.extend(left);
         }
         done
@@ -271,6 +385,9 @@ impl<P: Planner> Transport for Delivery<P> {
         self.deliver_job(job)
     }
 }
+
+/// Cached sessions tried (and found dead) before a job dials afresh.
+const MAX_REUSE_TRIES: usize = 2;
 
 /// The outcome of recipients no session decided: TLS reasons first (they are what the
 /// operator must see), else the last connection failure, else "no MX".
@@ -366,7 +483,14 @@ impl<'a> AttemptLog<'a> {
         }
     }
 
-    fn emit(&self, outcomes: &[RecipientOutcome], relay: &str, tls: &TlsFacts, auth: &str) {
+    fn emit(
+        &self,
+        outcomes: &[RecipientOutcome],
+        relay: &str,
+        tls: &TlsFacts,
+        auth: &str,
+        conn: &str,
+    ) {
         let tls_label = tls.version.unwrap_or("none");
         let delay = self.start.elapsed().as_secs_f64();
         metrics::histogram!("mxgate_delivery_duration_seconds").record(delay);
@@ -401,7 +525,7 @@ impl<'a> AttemptLog<'a> {
                 Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
             };
             tracing::info!(
-                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} status={} reply=\"{}\" delay={:.2}",
+                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} status={} reply=\"{}\" delay={:.2} conn={}",
                 self.job.id,
                 to.join(","),
                 relay,
@@ -413,6 +537,7 @@ impl<'a> AttemptLog<'a> {
                 status,
                 reply.replace('"', "'"),
                 delay,
+                conn,
             );
         }
     }

@@ -3,7 +3,8 @@
 //! recipients of a job.
 //!
 //! The decisions live in `decide` (pure, table-tested); this module only sequences I/O.
-//! It does not pick MX hosts, addresses or levels, log, or count metrics (the caller in
+//! [`deliver_fresh`] hands a cleanly finished session back for reuse; the public
+//! [`deliver_to_address`] closes it with `QUIT`. It does not pick MX hosts, addresses or levels, log, or count metrics (the caller in
 //! `lib.rs` does, from the returned facts).
 
 use std::net::SocketAddr;
@@ -11,23 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxgate_policy::TlsRequirement;
-use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome};
-use mxgate_smtp::client::{self, ClientCommandError};
-use mxgate_smtp::{Capabilities, Recipient, Reply};
+use mxgate_queue::{DeliveryFailure, DeliveryJob, RecipientOutcome};
+use mxgate_smtp::client;
+use mxgate_smtp::Capabilities;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::conn::{Conn, ConnError};
+use crate::conn::{Conn, ConnError, SmtpStream};
 use crate::decide::{
-    local_failure, rcpt_verdict, remote_failure, starttls_step, status, RcptVerdict, StartTlsStep,
-    TlsPolicyFailure,
+    local_failure, remote_failure, starttls_step, status, StartTlsStep, TlsPolicyFailure,
 };
-
-/// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
-const DATA_TERMINATION_TIMEOUT: Duration = Duration::from_secs(600);
+use crate::transaction::{transaction, Finished};
 
 /// Everything one session needs to know.
 #[derive(Clone)]
@@ -114,26 +112,44 @@ pub enum SessionError {
 /// Internal: a `may` handshake failure that calls for a cleartext retry.
 enum Attempt {
     Done(Result<SessionReport, SessionError>),
+    Finished(Box<Finished>),
     RetryCleartext(String),
 }
 
 /// Delivers `recipients` (indices into `job.envelope.recipients`) over one session to
-/// `params.addr`. At `may`, a failed TLS handshake is retried once in cleartext on a new
-/// connection (contract §2).
+/// `params.addr`, then `QUIT`. At `may`, a failed TLS handshake is retried once in
+/// cleartext on a new connection (contract §2).
 pub async fn deliver_to_address(
     params: &SessionParams,
     job: &DeliveryJob,
     recipients: &[usize],
 ) -> Result<SessionReport, SessionError> {
+    let finished = deliver_fresh(params, job, recipients).await;
+    if let Some(idle) = finished.idle {
+        crate::cache::Idle::close(idle).await;
+    }
+    finished.result
+}
+
+/// Like [`deliver_to_address`] on a new connection, but a cleanly finished session is
+/// handed back (in [`Finished::idle`]) instead of being closed.
+pub(crate) async fn deliver_fresh(
+    params: &SessionParams,
+    job: &DeliveryJob,
+    recipients: &[usize],
+) -> Finished {
+    let done = |result| Finished { result, idle: None };
     match attempt(params, job, recipients, false).await {
-        Attempt::Done(result) => result,
+        Attempt::Done(result) => done(result),
+        Attempt::Finished(finished) => *finished,
         Attempt::RetryCleartext(detail) => {
             tracing::info!(id = %job.id, relay = %params.relay(), "TLS handshake failed ({detail}); retrying in cleartext");
             match attempt(params, job, recipients, true).await {
-                Attempt::Done(result) => result,
+                Attempt::Done(result) => done(result),
+                Attempt::Finished(finished) => *finished,
                 // Unreachable: a cleartext retry never tries STARTTLS.
                 Attempt::RetryCleartext(detail) => {
-                    Err(unreachable(params, status::BAD_CONNECTION, detail))
+                    done(Err(unreachable(params, status::BAD_CONNECTION, detail)))
                 }
             }
         }
@@ -155,7 +171,7 @@ fn unreachable(
     }
 }
 
-fn lost(params: &SessionParams, e: ConnError) -> SessionError {
+pub(crate) fn lost(params: &SessionParams, e: ConnError) -> SessionError {
     unreachable(
         params,
         status::BAD_CONNECTION,
@@ -163,7 +179,11 @@ fn lost(params: &SessionParams, e: ConnError) -> SessionError {
     )
 }
 
-fn policy_failure(params: &SessionParams, reason: &'static str, what: String) -> SessionError {
+pub(crate) fn policy_failure(
+    params: &SessionParams,
+    reason: &'static str,
+    what: String,
+) -> SessionError {
     SessionError::TlsPolicy {
         relay: params.relay(),
         failure: TlsPolicyFailure {
@@ -221,9 +241,10 @@ async fn attempt(
     let step = starttls_step(&params.requirement, caps.starttls, retry_cleartext);
     let opportunistic = match step {
         StartTlsStep::Skip => {
-            return Attempt::Done(
+            let conn = conn.map_stream(SmtpStream::Plain);
+            return Attempt::Finished(Box::new(
                 transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
-            )
+            ));
         }
         StartTlsStep::NotOffered => {
             conn.quit().await;
@@ -246,9 +267,10 @@ async fn attempt(
     // failure (never a bounce, even for a 5xx: contract §2).
     if answer.code != 220 {
         if opportunistic {
-            return Attempt::Done(
+            let conn = conn.map_stream(SmtpStream::Plain);
+            return Attempt::Finished(Box::new(
                 transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
-            );
+            ));
         }
         conn.quit().await;
         let what = format!("STARTTLS refused by {}: {answer}", params.mx_host);
@@ -329,14 +351,16 @@ async fn attempt(
         )
         .as_str(),
     };
-    let mut conn = Conn::new(tls, params.command_timeout);
+    let mut conn = Conn::new(SmtpStream::Tls(Box::new(tls)), params.command_timeout);
     // RFC 3207 §4.2: the client SHOULD send an EHLO command as the first command after
     // a successful TLS negotiation.
     let caps = match ehlo(&mut conn, params).await {
         Ok(c) => c,
         Err(e) => return Attempt::Done(Err(e)),
     };
-    Attempt::Done(transaction(conn, params, job, recipients, &caps, facts).await)
+    Attempt::Finished(Box::new(
+        transaction(conn, params, job, recipients, &caps, facts).await,
+    ))
 }
 
 /// Maps a handshake error to a policy reason: certificate problems name the certificate.
@@ -432,183 +456,4 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
             format!("HELO rejected: {reply}"),
         ))
     }
-}
-
-/// What a MAIL/DATA/final reply means for every accepted recipient.
-fn verdict_for_all(reply: &Reply, mx_host: &str) -> Outcome {
-    match rcpt_verdict(reply, mx_host) {
-        RcptVerdict::Failed(f) => Outcome::Failed(f),
-        RcptVerdict::Deferred(f) => Outcome::Deferred(f),
-        // A 2xx where a 354 was expected: protocol confusion, transient.
-        RcptVerdict::Accepted => Outcome::Deferred(local_failure(
-            "4.5.0",
-            Some(mx_host),
-            format!("unexpected reply {reply} from {mx_host}"),
-        )),
-    }
-}
-
-/// MAIL, RCPT, DATA, body, QUIT (RFC 5321 §3.3), pipelined when offered (RFC 2920).
-async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: Conn<S>,
-    params: &SessionParams,
-    job: &DeliveryJob,
-    recipients: &[usize],
-    caps: &Capabilities,
-    tls: TlsFacts,
-) -> Result<SessionReport, SessionError> {
-    let relay = params.relay();
-    let mx = params.mx_host.as_str();
-    // Defence in depth (contract §2): no envelope command ever goes out in cleartext
-    // when the requirement needs TLS, whatever path led here.
-    if tls.version.is_none() && !params.requirement.allows_cleartext() {
-        conn.quit().await;
-        let what = format!("refusing to send the envelope to {mx} in cleartext");
-        return Err(policy_failure(params, "handshake_failed", what));
-    }
-    let report = |outcomes| SessionReport {
-        relay: relay.clone(),
-        tls: tls.clone(),
-        outcomes,
-    };
-    let mut outcomes: Vec<RecipientOutcome> = Vec::with_capacity(recipients.len());
-    // Recipients we can name on the wire, with their RCPT command.
-    let mut sendable: Vec<(usize, Vec<u8>)> = Vec::new();
-    for &index in recipients {
-        let Some(rcpt) = job.envelope.recipients.get(index) else {
-            outcomes.push(RecipientOutcome {
-                index,
-                outcome: Outcome::Failed(local_failure(
-                    status::BAD_ADDRESS,
-                    None,
-                    "no such recipient in the envelope",
-                )),
-            });
-            continue;
-        };
-        match client::rcpt_to(rcpt, caps) {
-            Ok(cmd) => sendable.push((index, cmd)),
-            Err(e) => outcomes.push(RecipientOutcome {
-                index,
-                outcome: Outcome::Failed(local_failure(
-                    status::BAD_ADDRESS,
-                    Some(mx),
-                    e.to_string(),
-                )),
-            }),
-        }
-    }
-    let rcpt_refs: Vec<&Recipient> = sendable
-        .iter()
-        .filter_map(|(i, _)| job.envelope.recipients.get(*i))
-        .collect();
-    let mail = match client::mail_from(
-        &job.envelope,
-        &rcpt_refs,
-        caps,
-        Some(job.message.len() as u64),
-    ) {
-        Ok(cmd) => cmd,
-        Err(e) => {
-            let code = match e {
-                ClientCommandError::SmtpUtf8Required(_) => status::SMTPUTF8_REQUIRED,
-                ClientCommandError::TooBig { .. } => status::TOO_BIG,
-                ClientCommandError::InvalidAddress(_) => status::BAD_SENDER,
-            };
-            let failure = local_failure(code, Some(mx), format!("{mx}: {e}"));
-            outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
-                index: *index,
-                outcome: Outcome::Failed(failure.clone()),
-            }));
-            conn.quit().await;
-            return Ok(report(outcomes));
-        }
-    };
-    if sendable.is_empty() {
-        conn.quit().await;
-        return Ok(report(outcomes));
-    }
-
-    // MAIL and RCPT replies, pipelined or in lock-step.
-    let mut rcpt_replies: Vec<Reply> = Vec::with_capacity(sendable.len());
-    let mail_reply;
-    if caps.pipelining {
-        // RFC 2920 §3.1: "the client SMTP may send ... MAIL FROM, RCPT TO ... without
-        // waiting for a response", and must then read every reply, in order.
-        let mut batch = mail.clone();
-        for (_, cmd) in &sendable {
-            batch.extend_from_slice(cmd);
-        }
-        conn.send(&batch).await.map_err(|e| lost(params, e))?;
-        mail_reply = conn.reply().await.map_err(|e| lost(params, e))?;
-        for _ in &sendable {
-            rcpt_replies.push(conn.reply().await.map_err(|e| lost(params, e))?);
-        }
-    } else {
-        conn.send(&mail).await.map_err(|e| lost(params, e))?;
-        mail_reply = conn.reply().await.map_err(|e| lost(params, e))?;
-        if mail_reply.is_positive() {
-            for (_, cmd) in &sendable {
-                conn.send(cmd).await.map_err(|e| lost(params, e))?;
-                rcpt_replies.push(conn.reply().await.map_err(|e| lost(params, e))?);
-            }
-        }
-    }
-    if !mail_reply.is_positive() {
-        let outcome = verdict_for_all(&mail_reply, mx);
-        outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
-            index: *index,
-            outcome: outcome.clone(),
-        }));
-        conn.quit().await;
-        return Ok(report(outcomes));
-    }
-    let mut accepted: Vec<usize> = Vec::new();
-    for ((index, _), reply) in sendable.iter().zip(&rcpt_replies) {
-        match rcpt_verdict(reply, mx) {
-            RcptVerdict::Accepted => accepted.push(*index),
-            RcptVerdict::Deferred(f) => outcomes.push(RecipientOutcome {
-                index: *index,
-                outcome: Outcome::Deferred(f),
-            }),
-            RcptVerdict::Failed(f) => outcomes.push(RecipientOutcome {
-                index: *index,
-                outcome: Outcome::Failed(f),
-            }),
-        }
-    }
-    // RFC 5321 §3.3: "If there are no valid recipients ... the client SHOULD NOT send
-    // DATA"; end the session instead.
-    if accepted.is_empty() {
-        conn.quit().await;
-        return Ok(report(outcomes));
-    }
-    conn.send(client::DATA).await.map_err(|e| lost(params, e))?;
-    let data_reply = conn.reply().await.map_err(|e| lost(params, e))?;
-    let outcome = if data_reply.code == 354 {
-        conn.send(&mxgate_smtp::dot_stuff(&job.message))
-            .await
-            .map_err(|e| lost(params, e))?;
-        let timeout = params.command_timeout.max(DATA_TERMINATION_TIMEOUT);
-        let final_reply = conn
-            .reply_within(timeout)
-            .await
-            .map_err(|e| lost(params, e))?;
-        if final_reply.is_positive() {
-            Outcome::Delivered {
-                relay: relay.clone(),
-                reply: final_reply.to_string(),
-            }
-        } else {
-            verdict_for_all(&final_reply, mx)
-        }
-    } else {
-        verdict_for_all(&data_reply, mx)
-    };
-    outcomes.extend(accepted.iter().map(|index| RecipientOutcome {
-        index: *index,
-        outcome: outcome.clone(),
-    }));
-    conn.quit().await;
-    Ok(report(outcomes))
 }

@@ -104,6 +104,9 @@ pub struct ReceiverConfig {
     pub rcpt_replies: HashMap<String, ReplyScript>,
     /// Reply after the final `.`.
     pub data_reply: Option<ReplyScript>,
+    /// Close the connection (no reply, no `421`) right after answering the final `.`
+    /// of this many messages in one session, as a server dropping an idle client does.
+    pub max_messages_per_session: Option<usize>,
 }
 
 impl Default for ReceiverConfig {
@@ -123,6 +126,7 @@ impl Default for ReceiverConfig {
             mail_reply: None,
             rcpt_replies: HashMap::new(),
             data_reply: None,
+            max_messages_per_session: None,
         }
     }
 }
@@ -648,6 +652,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 txn = Transaction::default();
                 conn.reply(&reply).await?;
+                let sent = record
+                    .commands
+                    .iter()
+                    .filter(|c| c.eq_ignore_ascii_case("DATA"))
+                    .count();
+                if config
+                    .max_messages_per_session
+                    .is_some_and(|max| sent >= max)
+                {
+                    return Ok(SessionEnd::Closed);
+                }
             }
             "RSET" => {
                 txn = Transaction::default();
