@@ -68,7 +68,7 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut tasks = tokio::task::JoinSet::new();
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
-    tasks.spawn(queue.clone().run(delivery, shutdown.clone()));
+    tasks.spawn(queue.clone().run(delivery.clone(), shutdown.clone()));
     tasks.spawn(crate::control::serve(
         control,
         queue.clone(),
@@ -111,6 +111,8 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         tasks.abort_all();
     }
     watchdog.abort();
+    // Idle cached SMTP sessions get a polite QUIT.
+    let _ = tokio::time::timeout(Duration::from_secs(5), delivery.close_idle_sessions()).await;
     let _ = std::fs::remove_file(&config.control.socket);
     tracing::info!("mxgate stopped");
     Ok(())
