@@ -24,3 +24,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# The benchmark harness's own parsing and arithmetic (bench/, docs/benchmarks.md).
+python3 -m unittest bench/test_mxbench.py

@@ -247,9 +247,9 @@ async fn metrics_and_log_lines_after_deliveries_of_each_kind() {
         ),
         ("may", "config", "none", "none")
     );
-    // Contract §7: `auth=none` in cleartext. KNOWN BUG (mxgate-delivery): a cleartext
-    // session logs `auth=` (empty, `TlsFacts::default()`); accept both until fixed.
+    // Contract §7: `auth=none` in cleartext.
     assert_eq!(clear["auth"], "none", "{clear:?}");
+    assert_eq!(clear["trust"], "none", "{clear:?}");
     assert!(clear["reply"].starts_with("250"), "{clear:?}");
     assert!(clear.contains_key("delay") && !clear["id"].is_empty());
 
@@ -263,6 +263,7 @@ async fn metrics_and_log_lines_after_deliveries_of_each_kind() {
         ("verify", "TLSv1.3", "pkix")
     );
     assert!(verified["cipher"].starts_with("TLS13_"), "{verified:?}");
+    assert_eq!(verified["trust"], "Verified", "{verified:?}");
 
     let dane = attempt_line(&gate, "c@dane.ops.test", "sent").await;
     assert_eq!(

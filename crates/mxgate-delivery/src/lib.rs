@@ -525,7 +525,7 @@ impl<'a> AttemptLog<'a> {
                 Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
             };
             tracing::info!(
-                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} status={} reply=\"{}\" delay={:.2} conn={}",
+                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} reply=\"{}\" delay={:.2} conn={}",
                 self.job.id,
                 to.join(","),
                 relay,
@@ -534,12 +534,26 @@ impl<'a> AttemptLog<'a> {
                 tls_label,
                 tls.cipher.as_deref().unwrap_or("none"),
                 auth,
+                postfix_trust_word(tls.version.is_some(), auth),
                 status,
                 reply.replace('"', "'"),
                 delay,
                 conn,
             );
         }
+    }
+}
+
+/// The word Postfix logs for the same session ("Verified TLS connection established
+/// to ..."), so grep habits carry over: `Verified` when the server was authenticated
+/// (PKIX chain and name, or DANE), `Untrusted` for TLS without authentication, `none`
+/// in cleartext. (Postfix's `Trusted` — a valid chain with the wrong name — never
+/// happens here: mxgate either requires the name or verifies nothing.)
+fn postfix_trust_word(tls: bool, auth: &str) -> &'static str {
+    match (tls, auth) {
+        (false, _) => "none",
+        (true, "none") => "Untrusted",
+        (true, _) => "Verified",
     }
 }
 
