@@ -48,8 +48,29 @@ impl Config {
                     .map_err(|e| file_error(e.to_string()))?
             }
         };
+        let config = config.normalised()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Domain names are case-insensitive and may be written with a trailing dot
+    /// (RFC 1035 §2.3.3): `[policy.domains]` keys and `match` names are stored
+    /// lower-case without it. Two keys that become the same are an error.
+    fn normalised(mut self) -> Result<Config, ConfigError> {
+        let norm = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+        let mut domains = std::collections::BTreeMap::new();
+        for (key, mut entry) in std::mem::take(&mut self.policy.domains) {
+            entry.match_names = entry.match_names.iter().map(|n| norm(n)).collect();
+            let lower = norm(&key);
+            if domains.insert(lower.clone(), entry).is_some() {
+                return Err(ConfigError::invalid(
+                    format!("policy.domains.\"{key}\""),
+                    format!("{lower:?} is listed twice"),
+                ));
+            }
+        }
+        self.policy.domains = domains;
+        Ok(self)
     }
 
     /// Parses a TOML document (used by tests and `check-config`).
@@ -61,6 +82,7 @@ impl Config {
         let config = raw
             .try_deserialize::<Config>()
             .map_err(|e| ConfigError::invalid("config", e.to_string()))?;
+        let config = config.normalised()?;
         config.validate()?;
         Ok(config)
     }
@@ -168,7 +190,7 @@ impl Config {
             if !is_domain_key(domain) {
                 return Err(ConfigError::invalid(
                     key,
-                    "must be a lower-case domain name, optionally with a leading dot",
+                    "must be a domain name, optionally with a leading dot",
                 ));
             }
             if dnssec_off && entry.level.needs_dnssec() {
@@ -258,8 +280,8 @@ mod tests {
         assert!(err("[queue]\nmax_age = \"soon\"\n").contains("max_age"));
         assert!(err("[policy]\ndefault = \"paranoid\"\n").contains("paranoid"));
         assert!(
-            err("[policy.domains]\n\"Example.com\" = { level = \"may\" }\n")
-                .contains("policy.domains.\"Example.com\"")
+            err("[policy.domains]\n\"Example.com\" = { level = \"may\" }\n\"example.com.\" = { level = \"none\" }\n")
+                .contains("listed twice")
         );
         assert!(
             err("[policy.domains]\n\"a.example\" = { level = \"may\", match = [\"x\"] }\n")
@@ -273,6 +295,21 @@ mod tests {
             err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients")
         );
         assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
+    }
+
+    #[test]
+    fn domain_keys_are_case_insensitive() {
+        let c =
+            Config::from_toml_str("[policy.domains]\n\"Example.COM.\" = { level = \"none\" }\n")
+                .expect("valid");
+        assert_eq!(
+            c.policy.domain_entry("example.com").map(|e| e.1.level),
+            Some(Level::None)
+        );
+        assert!(
+            err("[policy.domains]\n\"bad_domain!\" = { level = \"none\" }\n")
+                .contains("policy.domains")
+        );
     }
 
     #[test]
