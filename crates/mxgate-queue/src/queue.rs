@@ -406,12 +406,21 @@ impl Queue {
     }
 
     /// Removes a message from disk and index and tells subscribers.
+    ///
+    /// After delivery (`deleted == false`) the unlink is not fsynced: if a crash loses
+    /// it, recovery finds the file again and either drops it (every recipient final on
+    /// disk) or delivers the still-pending recipients once more (at-least-once, the
+    /// duplicate window Postfix has). An operator `delete` is made durable, so that a
+    /// deleted message never comes back.
     pub(crate) async fn remove(&self, id: &QueueId, deleted: bool) {
         let path = self.paths.message(&id.0);
         let dir = self.paths.msg.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::remove_file(&path)?;
-            spool::sync_dir(&dir)
+            if deleted {
+                spool::sync_dir(&dir)?;
+            }
+            Ok::<(), io::Error>(())
         })
         .await;
         match result {

@@ -113,6 +113,16 @@ fn take_delay_warning(
     delayed
 }
 
+/// Whether a job's state lines must be appended and fsynced before the scheduler moves
+/// on. Not when the job leaves every recipient final and nothing bounced or was warned
+/// about: then the message file is simply unlinked (see the `spool` overview for the
+/// duplicate window this accepts). A deferral or partial outcome must survive a crash
+/// (else the attempt count and schedule are lost); a bounce must, so that a crash after
+/// its DSN was queued does not send the DSN again.
+fn needs_state_record(final_now: bool, bounced: bool, warned: bool) -> bool {
+    !final_now || bounced || warned
+}
+
 /// Marks one job of `id` as finished; returns the entry if the message is still queued.
 fn end_job<'a>(index: &'a mut Index, id: &QueueId) -> Option<&'a mut crate::queue::Entry> {
     let Index { msgs, active, .. } = index;
@@ -454,6 +464,13 @@ impl Queue {
 
     /// DSNs first (failures, then the delay warning), then the state records, then
     /// removal: a crash between them repeats a report or an attempt, it never loses one.
+    ///
+    /// The common path — this job leaves every recipient final and no recipient
+    /// bounced — writes no state record at all: the file is only unlinked, and the
+    /// unlink is not fsynced (see the `spool` overview: a crash that loses it delivers
+    /// the message again, the duplicate window Postfix has too). Deferrals, partial
+    /// outcomes and bounces are still recorded and fsynced before anything else
+    /// happens, so a crash never loses an outcome or repeats a bounce.
     async fn finish(
         &self,
         id: &QueueId,
@@ -474,7 +491,9 @@ impl Queue {
             };
             self.send_dsn(id, &snapshot, &delayed, action).await;
         }
-        self.persist(id, lines).await;
+        if needs_state_record(final_now, !failed.is_empty(), !delayed.is_empty()) {
+            self.persist(id, lines).await;
+        }
         if final_now {
             self.remove(id, false).await;
         }
@@ -620,5 +639,30 @@ impl Queue {
         self.finish(id, snapshot, lines, failed, Vec::new(), true)
             .await;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_state_record;
+
+    #[test]
+    fn only_a_clean_final_job_skips_the_state_record() {
+        // (all recipients final after this job, something bounced, delay warning sent)
+        let table = [
+            ((true, false, false), false), // common path: delivered, just unlink
+            ((true, true, false), true),   // bounced: recorded so the DSN is not repeated
+            ((true, false, true), true),
+            ((false, false, false), true), // deferral or partial outcome
+            ((false, true, false), true),
+            ((false, false, true), true),
+        ];
+        for ((final_now, bounced, warned), want) in table {
+            assert_eq!(
+                needs_state_record(final_now, bounced, warned),
+                want,
+                "{final_now} {bounced} {warned}"
+            );
+        }
     }
 }

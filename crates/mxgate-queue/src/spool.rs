@@ -11,7 +11,15 @@
 //!
 //! A new file is written under `tmp/`, fsynced, renamed into `msg/`, and `msg/` is
 //! fsynced (by the caller, batched). Recipient state is an append-only log at the end of
-//! the same file, so recording an outcome never creates a directory entry. Recovery reads
+//! the same file, so recording an outcome never creates a directory entry.
+//!
+//! What is fsynced, per message: the file and (group-committed) `msg/` on store, always;
+//! a state line for every deferral, bounce and partial outcome (a job that leaves other
+//! recipients pending). A job that leaves every recipient final without a bounce writes
+//! no state line: the file is unlinked and the unlink is *not* fsynced. A crash that
+//! loses that unlink brings the file back with its recipients still pending, and they
+//! are delivered again: the at-least-once duplicate window Postfix has as well, never a
+//! loss. Operator deletes fsync `msg/` after the unlink, so they stay deleted. Recovery reads
 //! the header, the metadata and the tail after the body, never the body; a torn last
 //! state line (crash during an append) is cut off; anything else malformed is moved to
 //! `quarantine/` and reported.
@@ -296,9 +304,16 @@ pub(crate) fn append_states(path: &Path, lines: &[StateLine]) -> io::Result<()> 
 pub(crate) fn read_body(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
-    let len = usize::try_from(len).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; len];
-    f.read_exact(&mut buf)?;
+    let want = usize::try_from(len).map_err(io::Error::other)?;
+    // No zero-filling: read straight into spare capacity.
+    let mut buf = Vec::with_capacity(want);
+    f.take(len).read_to_end(&mut buf)?;
+    if buf.len() != want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "message file shorter than its header says",
+        ));
+    }
     Ok(Bytes::from(buf))
 }
 

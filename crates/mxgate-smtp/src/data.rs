@@ -140,20 +140,37 @@ impl DataReader {
         let data = &buf[..];
         let mut consumed = 0;
         while consumed < data.len() && self.state != State::Done {
-            if self.state == State::Mid {
-                // Fast path: copy the run up to the next byte that needs a decision.
-                let rest = &data[consumed..];
-                let run = rest
-                    .iter()
-                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
-                    .unwrap_or(rest.len());
-                if run > 0 {
-                    self.emit_run(&rest[..run]);
-                    consumed += run;
+            let b = data[consumed];
+            match (self.state, b) {
+                (State::Mid, _) => {
+                    // Fast path: copy the run up to the next byte that needs a decision.
+                    let rest = &data[consumed..];
+                    let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
+                    if run > 0 {
+                        self.emit_run(&rest[..run]);
+                        consumed += run;
+                        continue;
+                    }
+                }
+                // A line start or a leading dot followed by anything else is handled
+                // exactly as inside a line: let the fast path take it.
+                (State::LineStart, _) if b != b'.' => {
+                    self.state = State::Mid;
                     continue;
                 }
+                (State::Dot, _) if b != b'\r' => {
+                    self.state = State::Mid;
+                    continue;
+                }
+                (State::Cr, b'\n') => {
+                    consumed += 1;
+                    self.emit_run(b"\r\n");
+                    self.end_line();
+                    self.state = State::LineStart;
+                    continue;
+                }
+                _ => {}
             }
-            let b = data[consumed];
             consumed += 1;
             match self.state {
                 State::LineStart => match b {
@@ -234,14 +251,18 @@ impl DataReader {
 /// receiver that (wrongly) treats LF as a line end cannot see a terminator either.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
+    let mut start = 0;
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    // Every `.` that follows an LF (CRLF or bare) starts a line: copy up to and
+    // including the LF, insert the extra dot, and continue from the original dot.
+    for lf in memchr::memmem::find_iter(message, b"\n.") {
+        out.extend_from_slice(&message[start..=lf]);
+        out.push(b'.');
+        start = lf + 1;
+    }
+    out.extend_from_slice(&message[start..]);
     if !message.is_empty() && !message.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
