@@ -240,6 +240,17 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             let mut per_host = Vec::with_capacity(hosts.len());
             for (h, d) in hosts.iter().zip(dane) {
                 per_host.push(match d {
+                    // Contract §2: `dane-only`: "no usable secure TLSA record means
+                    // defer" — the unauthenticated TLS that RFC 7672 §2.2 allows when
+                    // every record is unusable is for opportunistic DANE only.
+                    DaneOutcome::Applies(TlsRequirement::Encrypt)
+                        if input.level == Level::DaneOnly =>
+                    {
+                        Err(format!(
+                            "dane-only: no usable TLSA records for {} (all are unusable)",
+                            h.host
+                        ))
+                    }
                     DaneOutcome::Applies(req) => Ok(req),
                     DaneOutcome::Defer(why) => Err(why),
                     DaneOutcome::NoDane => match input.level {

@@ -157,7 +157,14 @@ fn decision_table() {
         (Dane, S::AddrFailed, none, Dane, P::Dane, R::Skip("dane")),
         // dane-only
         (DaneOnly, S::SecureUsable, none, Dane, P::Dane, R::Dane),
-        (DaneOnly, S::SecureUnusable, none, Dane, P::Dane, R::Enc),
+        (
+            DaneOnly,
+            S::SecureUnusable,
+            none,
+            Dane,
+            P::Dane,
+            R::Skip("dane-only"),
+        ),
         (
             DaneOnly,
             S::SecureNoTlsa,

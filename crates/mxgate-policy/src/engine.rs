@@ -68,6 +68,7 @@ impl PolicyEngine {
             roots.clone(),
             config.policy.mta_sts_port,
             config.policy.mta_sts_timeout,
+            config.policy.min_tls_version,
         )?;
         Self::with_sts_source(config, dns, roots, Arc::new(source))
     }

@@ -21,6 +21,19 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::dane::{Auth, DaneVerifier};
 use crate::plan::TlsRequirement;
 
+/// The protocol versions allowed at `min` (contract §2: `min_tls_version` applies to
+/// every TLS connection). RFC 8996 §2/§3: TLS 1.0 and 1.1 "MUST NOT be used"; rustls
+/// never offers them.
+pub fn protocol_versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS12_AND_UP: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => &TLS12_AND_UP,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
+}
+
 /// The ring provider with rustls' default (AEAD, forward-secret) suites.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -193,13 +206,8 @@ pub fn build_client_config(
             DaneVerifier::new(tlsa.clone(), names.clone(), algs)
         }
     };
-    // RFC 8996 §2/§3: TLS 1.0 and 1.1 "MUST NOT be used"; rustls never offers them.
-    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
-    };
     Ok(ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)?
+        .with_protocol_versions(protocol_versions(min))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())

@@ -111,9 +111,10 @@ impl NetworkSource {
         roots: Arc<RootCertStore>,
         port: u16,
         timeout: Duration,
+        min_tls_version: mxgate_config::TlsVersion,
     ) -> Result<NetworkSource, FetchError> {
         let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(crate::tls::protocol_versions(min_tls_version))
             .map_err(|e| FetchError::Network(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();

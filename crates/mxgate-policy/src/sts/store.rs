@@ -237,13 +237,17 @@ impl PolicyStore {
                 let backoff = negative
                     .map(|(_, b)| (b * 2).min(NEG_MAX))
                     .unwrap_or(NEG_MIN);
-                self.mem.insert(
-                    domain.to_string(),
-                    Entry::Negative {
-                        until: now.saturating_add(backoff),
-                        backoff,
-                    },
-                );
+                let until = now.saturating_add(backoff);
+                // Never replace a policy another lookup stored meanwhile (RFC 8461 §5.1:
+                // a missing TXT record must not hide an unexpired policy).
+                self.mem
+                    .entry(domain.to_string())
+                    .and_modify(|e| {
+                        if let Entry::Negative { .. } = e {
+                            *e = Entry::Negative { until, backoff };
+                        }
+                    })
+                    .or_insert(Entry::Negative { until, backoff });
                 StsLookup {
                     state: StsState::Absent,
                     cached: None,
