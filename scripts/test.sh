@@ -23,6 +23,10 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 # The benchmark harness's own parsing and arithmetic (bench/, docs/benchmarks.md).
 python3 -m unittest bench/test_mxbench.py
+# One closing line for the whole Rust suite (cargo's last line is the doc-tests').
+awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo: %d passed, %d failed\n", p, f }' "$log"
