@@ -62,6 +62,10 @@ pub trait Planner: Send + Sync + 'static {
         requirement: &TlsRequirement,
         min_tls_version: TlsVersion,
     ) -> Arc<ClientConfig>;
+    /// The global `policy.min_tls_version`, for the bounce relay.
+    fn min_tls_version(&self) -> TlsVersion {
+        TlsVersion::Tls12
+    }
 }
 
 impl Planner for PolicyEngine {
@@ -75,6 +79,10 @@ impl Planner for PolicyEngine {
         min_tls_version: TlsVersion,
     ) -> Arc<ClientConfig> {
         PolicyEngine::client_config(self, requirement, min_tls_version)
+    }
+
+    fn min_tls_version(&self) -> TlsVersion {
+        PolicyEngine::min_tls_version(self)
     }
 }
 
@@ -273,7 +281,7 @@ impl<P: Planner> Delivery<P> {
             domain: job.domain.clone(),
             level: Level::May,
             source: mxgate_policy::PolicySource::Config,
-            min_tls_version: TlsVersion::Tls12,
+            min_tls_version: self.policy.min_tls_version(),
             on_tls_failure: OnTlsFailure::Defer,
             mx: vec![mxgate_policy::MxPlan {
                 host,

@@ -210,6 +210,12 @@ impl PolicyEngine {
         config
     }
 
+    /// The global `policy.min_tls_version` (for connections outside any destination's
+    /// policy, such as the bounce relay).
+    pub fn min_tls_version(&self) -> TlsVersion {
+        self.config.policy.min_tls_version
+    }
+
     /// Which authentication a completed handshake under `requirement` performed (log
     /// field `auth=`); `peer_certificates` as rustls reports them, leaf first.
     pub fn authenticated_by(

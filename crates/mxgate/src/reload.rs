@@ -52,4 +52,8 @@ impl Planner for ReloadablePolicy {
     ) -> Arc<rustls::ClientConfig> {
         self.current().client_config(requirement, min_tls_version)
     }
+
+    fn min_tls_version(&self) -> TlsVersion {
+        self.current().min_tls_version()
+    }
 }
