@@ -11,10 +11,8 @@ use mxgate_config::{Config, Level, TlsVersion};
 use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxHost, MxLookup};
 use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
 use tokio::task::JoinSet;
 
-use crate::dane::Auth;
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
 use crate::explain::{Explanation, MxReport, StsReport};
 use crate::plan::{DeliveryPlan, MxPlan, PlanError, TlsRequirement, TlsaRecord};
@@ -214,16 +212,6 @@ impl PolicyEngine {
     /// policy, such as the bounce relay).
     pub fn min_tls_version(&self) -> TlsVersion {
         self.config.policy.min_tls_version
-    }
-
-    /// Which authentication a completed handshake under `requirement` performed (log
-    /// field `auth=`); `peer_certificates` as rustls reports them, leaf first.
-    pub fn authenticated_by(
-        &self,
-        requirement: &TlsRequirement,
-        peer_certificates: &[CertificateDer<'_>],
-    ) -> Auth {
-        tls::authenticated_by(requirement, peer_certificates)
     }
 
     /// `[policy.domains]` entry or the global defaults.

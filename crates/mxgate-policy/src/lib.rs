@@ -4,7 +4,7 @@
 //! Delivery asks [`PolicyEngine::plan`] once per domain and attempt, dials the MX hosts
 //! of the [`DeliveryPlan`] in order, builds each TLS session from
 //! [`PolicyEngine::client_config`], and after the handshake asks
-//! [`PolicyEngine::authenticated_by`] what the session proved (log field `auth=`).
+//! [`tls::authenticated_by`] (pure) what the session proved (log field `auth=`).
 //!
 //! Layout: [`decide`] is the pure decision core (one function, one RFC-cited arm per
 //! case); [`dane`] matches TLSA records and verifies chains; [`tls`] builds rustls

@@ -115,7 +115,7 @@ async fn pkix_checks_chain_and_any_of_the_names() {
     .await;
     let (_, peer) = ok.unwrap();
     assert_eq!(
-        e.authenticated_by(&req(&["mx1.partner.example"]), &peer),
+        mxgate_policy::tls::authenticated_by(&req(&["mx1.partner.example"]), &peer),
         Auth::Pkix
     );
     assert!(handshake(
@@ -160,7 +160,10 @@ async fn dane_ee_on_expired_wrong_name_cert_succeeds_and_mismatch_fails() {
     )
     .await
     .unwrap();
-    assert_eq!(e.authenticated_by(&good, &peer), Auth::DaneEe);
+    assert_eq!(
+        mxgate_policy::tls::authenticated_by(&good, &peer),
+        Auth::DaneEe
+    );
     let bad = TlsRequirement::Dane {
         tlsa: vec![TlsaRecord {
             usage: 3,
@@ -200,7 +203,10 @@ async fn dane_ta_forged_chain_fails_in_a_handshake() {
     )
     .await
     .unwrap();
-    assert_eq!(e.authenticated_by(&req, &peer), Auth::DaneTa);
+    assert_eq!(
+        mxgate_policy::tls::authenticated_by(&req, &peer),
+        Auth::DaneTa
+    );
     let forged = TestCert::self_signed(&[MX]).with_chain_cert(root.cert_der());
     assert!(handshake(
         forged.server_config(),
