@@ -216,7 +216,9 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    pub fn insert(&mut self, id: QueueId, entry: Entry) {
+    pub fn insert(&mut self, id: QueueId, mut entry: Entry) {
+        // Not in `schedule` yet, whatever the entry says (it may come from `remove`).
+        entry.sched = None;
         for &s in &entry.segs {
             self.segs.entry(s).or_default().msgs += 1;
         }

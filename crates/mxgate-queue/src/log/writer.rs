@@ -63,6 +63,7 @@ pub(crate) struct Written {
 
 /// How a commit's result reaches the waiting caller.
 enum Reply {
+    #[cfg_attr(feature = "test-util", allow(dead_code))]
     Async(oneshot::Sender<io::Result<Written>>),
     /// Waited for on the blocking pool (feature `test-util` only, see [`LogWriter::append`]).
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
