@@ -137,15 +137,25 @@ impl Drop for LogWriter {
 }
 
 impl LogWriter {
-    /// Creates segment `first_seq` in `dir` and starts the thread.
+    /// Creates segment `first_seq` in `dir` and starts the thread. A full disk does not
+    /// stop the start: the segment is then created by the first commit that finds room
+    /// (until then commits fail with `ENOSPC`, and new messages get `452`).
     pub fn start(dir: PathBuf, first_seq: u64, tuning: Tuning) -> io::Result<LogWriter> {
-        let seg = Segment::create(&dir, first_seq, tuning)?;
+        let seg = match Segment::create(&dir, first_seq, tuning) {
+            Ok(seg) => Some(seg),
+            Err(e) if is_full(&e) => {
+                tracing::error!(error = %e, "spool file system full at start; writing resumes when space returns");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let (tx, rx) = mpsc::channel();
         let active = Arc::new(AtomicU64::new(first_seq));
         let fsyncs = Arc::new(AtomicU64::new(0));
         let mut thread = Thread {
             dir,
             tuning,
+            next_seq: if seg.is_some() { first_seq + 1 } else { first_seq },
             seg,
             active: Arc::clone(&active),
             fsyncs: Arc::clone(&fsyncs),
@@ -272,7 +282,10 @@ impl Segment {
 struct Thread {
     dir: PathBuf,
     tuning: Tuning,
-    seg: Segment,
+    /// `None` while a full disk kept the segment from being created.
+    seg: Option<Segment>,
+    /// The sequence number of the segment to create when `seg` is `None`.
+    next_seq: u64,
     active: Arc<AtomicU64>,
     fsyncs: Arc<AtomicU64>,
 }
@@ -304,12 +317,14 @@ impl Thread {
             }
         }
         // Every sender is gone: make lazy records durable before the thread ends.
-        let _ = self.seg.file.sync_data();
+        if let Some(seg) = &self.seg {
+            let _ = seg.file.sync_data();
+        }
     }
 
     fn remove(&self, seqs: &[u64]) {
         for &seq in seqs {
-            if seq == self.seg.seq {
+            if self.seg.as_ref().is_some_and(|s| s.seq == seq) || seq >= self.next_seq {
                 continue;
             }
             match std::fs::remove_file(self.dir.join(segment_name(seq))) {
@@ -345,47 +360,60 @@ impl Thread {
             .iter()
             .map(|a| (a.head.len() + a.body.len()) as u64)
             .sum();
-        if self.seg.pos + total > self.tuning.segment_bytes
-            && self.seg.pos > SEGMENT_MAGIC.len() as u64
-        {
+        if self.seg.is_none() {
+            match Segment::create(&self.dir, self.next_seq, self.tuning) {
+                Ok(seg) => {
+                    self.active.store(seg.seq, Ordering::Release);
+                    self.next_seq = seg.seq + 1;
+                    self.seg = Some(seg);
+                }
+                Err(e) => return fail(appends, &e),
+            }
+        }
+        let Some(seg) = self.seg.as_ref() else {
+            return fail(appends, &io::Error::from_raw_os_error(libc::ENOSPC));
+        };
+        if seg.pos + total > self.tuning.segment_bytes && seg.pos > SEGMENT_MAGIC.len() as u64 {
             if let Err(e) = self.rotate() {
                 return fail(appends, &e);
             }
         }
-        if let Err(e) = self.seg.preallocate(total, self.tuning) {
+        let Some(seg) = self.seg.as_mut() else {
+            return fail(appends, &io::Error::from_raw_os_error(libc::ENOSPC));
+        };
+        if let Err(e) = seg.preallocate(total, self.tuning) {
             return fail(appends, &e);
         }
         buf.clear();
-        let start = self.seg.pos;
+        let start = seg.pos;
         let mut offsets = Vec::with_capacity(appends.len());
         for a in &appends {
             offsets.push(start + buf.len() as u64);
             buf.extend_from_slice(&a.head);
             buf.extend_from_slice(&a.body);
         }
-        if let Err(e) = self.seg.file.write_all_at(buf, start) {
+        if let Err(e) = seg.file.write_all_at(buf, start) {
             // Zeros back over whatever part landed, so no half batch looks valid.
             let zeros = vec![0u8; buf.len()];
-            let _ = self.seg.file.write_all_at(&zeros, start);
+            let _ = seg.file.write_all_at(&zeros, start);
             return fail(appends, &e);
         }
         let durable = appends.iter().any(|a| a.reply.is_some());
         let synced = if durable {
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.seg.file.sync_data()
+            seg.file.sync_data()
         } else {
             Ok(())
         };
+        seg.pos = start + buf.len() as u64;
+        let seq = seg.seq;
         if let Err(e) = synced {
             // What the kernel kept is unknown: move on to a fresh segment, and tell
             // every waiter that its record is not on stable storage.
-            tracing::error!(segment = self.seg.seq, error = %e, "spool commit failed");
-            self.seg.pos = start + buf.len() as u64;
+            tracing::error!(segment = seq, error = %e, "spool commit failed");
             let _ = self.rotate();
             return fail(appends, &e);
         }
-        self.seg.pos = start + buf.len() as u64;
-        let seq = self.seg.seq;
         for (a, offset) in appends.into_iter().zip(offsets) {
             if let Some(r) = a.reply {
                 r.send(Ok(Written { seg: seq, offset }));
@@ -394,7 +422,11 @@ impl Thread {
     }
 
     fn room_for_messages(&self) -> bool {
-        match rustix::fs::fstatvfs(&self.seg.file) {
+        let stat = match &self.seg {
+            Some(seg) => rustix::fs::fstatvfs(&seg.file),
+            None => rustix::fs::statvfs(&self.dir),
+        };
+        match stat {
             Ok(st) => {
                 let free = st.f_bavail.saturating_mul(st.f_frsize);
                 free >= self.tuning.reserve_bytes
@@ -406,12 +438,23 @@ impl Thread {
     /// Closes the current segment (everything in it is already synced or lazy) and
     /// starts the next one.
     fn rotate(&mut self) -> io::Result<()> {
-        let _ = self.seg.file.sync_data();
-        let next = Segment::create(&self.dir, self.seg.seq + 1, self.tuning)?;
-        self.seg = next;
-        self.active.store(self.seg.seq, Ordering::Release);
+        let seq = match &self.seg {
+            Some(seg) => {
+                let _ = seg.file.sync_data();
+                seg.seq + 1
+            }
+            None => self.next_seq,
+        };
+        let next = Segment::create(&self.dir, seq, self.tuning)?;
+        self.seg = Some(next);
+        self.next_seq = seq + 1;
+        self.active.store(seq, Ordering::Release);
         Ok(())
     }
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 fn fail(appends: Vec<Append>, e: &io::Error) {
