@@ -41,7 +41,10 @@ use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
 use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
-use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Transport};
+use mxgate_queue::{
+    DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
+};
+use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
@@ -227,13 +230,23 @@ impl<P: Planner> Delivery<P> {
         let Ok(_domain_permit) = domain_sem.acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         let Ok(_global_permit) = self.global.clone().acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         self.follow_plan(&job, &plan, self.settings.smtp_port, start)
@@ -258,6 +271,7 @@ impl<P: Planner> Delivery<P> {
         };
         let Some(port) = resolved.first().map(SocketAddr::port) else {
             let failure = local_failure(
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 None,
                 format!("queue.bounce_relay {relay}: cannot resolve"),
@@ -311,7 +325,7 @@ impl<P: Planner> Delivery<P> {
                 Err(reason) => {
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
-                        reason: "policy_excluded",
+                        kind: FailureKind::Other,
                         message: reason.clone(),
                     });
                     continue;
@@ -367,7 +381,7 @@ impl<P: Planner> Delivery<P> {
                         }
                     }
                     Err(SessionError::TlsPolicy { relay, failure }) => {
-                        count_tls_policy_failure(plan.level, failure.reason);
+                        count_tls_policy_failure(plan.level, failure.reason());
                         tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
                         tls_reasons.push(failure);
                     }
@@ -407,21 +421,25 @@ fn leftover_outcome(
     if !tls.is_empty() {
         let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
         let message = message.join("; ");
-        let subject_detail = tls.first().map(|f| f.subject_detail()).unwrap_or("7.5");
+        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
+        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
         // Only when every failure was a TLS policy failure may `bounce` apply: an
         // unreachable MX says nothing about policy.
         if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            return Outcome::Failed(local_failure(&format!("5.{subject_detail}"), None, message));
+            let code = EnhancedStatus::permanent(subject, detail);
+            return Outcome::Failed(local_failure(kind, code, None, message));
         }
         let message = match &other {
             Some(o) => format!("{message}; {}", o.diagnostic),
             None => message,
         };
-        return Outcome::Deferred(local_failure(&format!("4.{subject_detail}"), None, message));
+        let code = EnhancedStatus::transient(subject, detail);
+        return Outcome::Deferred(local_failure(kind, code, None, message));
     }
     match other {
         Some(f) => Outcome::Deferred(f),
         None => Outcome::Deferred(local_failure(
+            FailureKind::NoMxHost,
             status::DNS_TEMPORARY,
             None,
             format!("no MX host of {} could be dialled", plan.domain),
@@ -440,13 +458,13 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 }
 
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let code = match e {
+    let (kind, code) = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx(_) => status::NULL_MX,
-        PlanError::NoSuchDomain { .. } => status::NO_SUCH_DOMAIN,
-        PlanError::Temporary(_) => status::DNS_TEMPORARY,
+        PlanError::NullMx(_) => (FailureKind::NullMx, status::NULL_MX),
+        PlanError::NoSuchDomain { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::Temporary(_) => (FailureKind::DnsTemporary, status::DNS_TEMPORARY),
     };
-    local_failure(code, None, e.to_string())
+    local_failure(kind, code, None, e.to_string())
 }
 
 fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
