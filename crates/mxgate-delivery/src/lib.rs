@@ -40,7 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
+use mxgate_policy::{
+    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
+};
 use mxgate_queue::{
     DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
 };
@@ -325,8 +327,8 @@ impl<P: Planner> Delivery<P> {
                 Err(reason) => {
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
-                        kind: FailureKind::Other,
-                        message: reason.clone(),
+                        kind: skip_kind(reason),
+                        message: reason.to_string(),
                     });
                     continue;
                 }
@@ -460,11 +462,38 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
     let (kind, code) = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx(_) => (FailureKind::NullMx, status::NULL_MX),
-        PlanError::NoSuchDomain { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
-        PlanError::Temporary(_) => (FailureKind::DnsTemporary, status::DNS_TEMPORARY),
+        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
+        PlanError::NxDomain { .. }
+        | PlanError::NoMailHost { .. }
+        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
     };
     local_failure(kind, code, None, e.to_string())
+}
+
+/// The failure kind of a DNS lookup that gave no usable answer.
+fn lookup_kind(failure: &LookupFailure) -> FailureKind {
+    match failure {
+        LookupFailure::Bogus => FailureKind::DnssecInvalid,
+        LookupFailure::Indeterminate
+        | LookupFailure::Temporary(_)
+        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
+    }
+}
+
+/// The failure kind of an MX host the plan does not dial.
+fn skip_kind(reason: &SkipReason) -> FailureKind {
+    match reason {
+        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
+        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
+        SkipReason::TlsaLookup { failure, .. } => match failure {
+            LookupFailure::Bogus => FailureKind::DnssecInvalid,
+            _ => FailureKind::TlsaInvalid,
+        },
+        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
+        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
+        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
+    }
 }
 
 fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
