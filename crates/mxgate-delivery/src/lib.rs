@@ -312,7 +312,7 @@ impl<P: Planner> Delivery<P> {
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
                         reason: "policy_excluded",
-                        message: reason.clone(),
+                        message: reason.to_string(),
                     });
                     continue;
                 }
@@ -442,9 +442,11 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
     let code = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx(_) => status::NULL_MX,
-        PlanError::NoSuchDomain { .. } => status::NO_SUCH_DOMAIN,
-        PlanError::Temporary(_) => status::DNS_TEMPORARY,
+        PlanError::NullMx { .. } => status::NULL_MX,
+        PlanError::NxDomain { .. }
+        | PlanError::NoMailHost { .. }
+        | PlanError::InvalidName { .. } => status::NO_SUCH_DOMAIN,
+        PlanError::MxLookup { .. } => status::DNS_TEMPORARY,
     };
     local_failure(code, None, e.to_string())
 }

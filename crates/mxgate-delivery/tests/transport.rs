@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure};
 use mxgate_delivery::Delivery;
-use mxgate_policy::{PlanError, TlsRequirement};
+use mxgate_policy::{LookupFailure, PlanError, SkipReason, TlsRequirement};
 use mxgate_queue::{Outcome, Transport};
 use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
 
@@ -72,7 +72,9 @@ async fn excluded_mx_is_skipped_and_next_mx_used() {
             (
                 "mx1.dest.test",
                 vec![ip("127.0.0.1")],
-                Err("mta-sts enforce: mx1.dest.test not in policy".into()),
+                Err(SkipReason::NotInMtaStsPolicy {
+                    host: "mx1.dest.test".into(),
+                }),
             ),
             (
                 "mx2.dest.test",
@@ -111,7 +113,10 @@ async fn tls_policy_failure_on_every_mx_defers_with_reasons_or_bounces() {
                 (
                     "mx2.dest.test",
                     vec![ip("127.0.0.1")],
-                    Err("dane: TLSA lookup failed".into()),
+                    Err(SkipReason::TlsaLookup {
+                        host: "mx2.dest.test".into(),
+                        failure: LookupFailure::Temporary("SERVFAIL".into()),
+                    }),
                 ),
             ],
         );
@@ -131,7 +136,8 @@ async fn tls_policy_failure_on_every_mx_defers_with_reasons_or_bounces() {
         assert_eq!(f.status, if want_failed { "5.7.4" } else { "4.7.4" });
         assert_eq!(
             f.diagnostic,
-            "encrypt: STARTTLS not offered by mx1.dest.test; dane: TLSA lookup failed"
+            "encrypt: STARTTLS not offered by mx1.dest.test; \
+             dane: TLSA records of mx2.dest.test: lookup failed: SERVFAIL"
         );
         assert!(!f.remote);
     }
@@ -173,16 +179,28 @@ async fn unreachable_everywhere_defers() {
 #[tokio::test]
 async fn plan_errors_map_to_bounce_or_defer() {
     let rows = [
-        (PlanError::NullMx("dest.test".into()), "5.1.10", true),
         (
-            PlanError::NoSuchDomain {
+            PlanError::NullMx {
                 domain: "dest.test".into(),
-                detail: "NXDOMAIN".into(),
+            },
+            "5.1.10",
+            true,
+        ),
+        (
+            PlanError::NxDomain {
+                domain: "dest.test".into(),
             },
             "5.1.2",
             true,
         ),
-        (PlanError::Temporary("SERVFAIL".into()), "4.4.3", false),
+        (
+            PlanError::MxLookup {
+                domain: "dest.test".into(),
+                failure: LookupFailure::Temporary("SERVFAIL".into()),
+            },
+            "4.4.3",
+            false,
+        ),
     ];
     for (error, status, permanent) in rows {
         let d = delivery(

@@ -29,6 +29,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -137,9 +138,15 @@ impl SpoolPaths {
         }
     }
 
+    /// Creates the spool directories, private (0700) whatever the umask; directories
+    /// that already exist (an older install, a packaged `/var/lib/mxgate/queue`) are
+    /// made private too.
     pub fn create(&self) -> io::Result<()> {
+        if let Some(root) = self.msg.parent() {
+            private_dir(root)?;
+        }
         for d in [&self.msg, &self.tmp, &self.quarantine] {
-            fs::create_dir_all(d)?;
+            private_dir(d)?;
         }
         Ok(())
     }
@@ -147,6 +154,31 @@ impl SpoolPaths {
     pub fn message(&self, id: &str) -> PathBuf {
         self.msg.join(id)
     }
+}
+
+/// Mode of every spool directory: only the daemon's user may list or enter it.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of every spool file: queued mail is readable only by the daemon's user.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`] and sets that mode on it
+/// even if it existed: `mkdir`'s mode is filtered by the umask, `chmod` is not.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Opens a new spool file for writing with [`FILE_MODE`] (the umask can only remove
+/// bits from 0600, never add them).
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
 }
 
 /// The header and metadata bytes that precede the body.
@@ -276,7 +308,7 @@ pub(crate) fn recover_file(path: &Path) -> Result<Recovered, FormatError> {
 pub(crate) fn write_new(paths: &SpoolPaths, id: &str, head: &[u8], body: &[u8]) -> io::Result<()> {
     let tmp = paths.tmp.join(format!("{id}.tmp"));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(head)?;
         f.write_all(body)?;
         f.sync_all()?;

@@ -205,3 +205,47 @@ async fn store_throughput() {
     let rate = concurrent_stores(3000).await;
     println!("stores/s with fsync (3000 concurrent, group-committed directory fsync): {rate:.0}");
 }
+
+/// Re-runs this test in a child process whose shell set `umask 022` (the common
+/// default, under which plain `create` gives 0644 files and 0755 directories), then
+/// checks every spool directory and file there.
+#[tokio::test]
+async fn spool_is_private_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("MXGATE_UMASK_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(exe)
+            .args(["spool_is_private_under_umask_022", "--exact"])
+            .env("MXGATE_UMASK_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(status.lines().any(|l| l == "Umask:\t0022"), "{status}");
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("queue");
+    let q = Queue::open(settings(&spool, &[60], 86400)).await.unwrap();
+    store(&q, envelope("a@sender.test", &["x@one.test"])).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut dirs = vec![spool.clone()];
+    let mut files = 0;
+    while let Some(d) = dirs.pop() {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 1, "the stored message is a file in the spool");
+}

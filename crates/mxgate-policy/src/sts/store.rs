@@ -271,13 +271,24 @@ fn found(c: CachedPolicy) -> StsLookup {
     }
 }
 
-/// temp file, fsync, rename, fsync the directory.
+/// temp file, fsync, rename, fsync the directory. The directory is 0700 and the files
+/// 0600 whatever the umask: which domains we send to is private.
 fn write_atomic(dir: &Path, path: &Path, p: &CachedPolicy) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let json = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&json)?;
         f.sync_all()?;
     }
@@ -434,5 +445,41 @@ mod tests {
         let store = PolicyStore::new(dir.path().into(), src);
         assert_eq!(store.lookup("example.com", 5).await.state, StsState::Absent);
         assert!(store.path_for("../etc/passwd").is_none());
+    }
+
+    /// Re-runs this test in a child process whose shell set `umask 022` (the common
+    /// default, under which plain `create` gives 0644/0755), then checks the modes there.
+    #[tokio::test]
+    async fn cache_files_are_private_under_umask_022() {
+        use std::os::unix::fs::PermissionsExt;
+        if std::env::var_os("MXGATE_UMASK_CHILD").is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+                .arg(exe)
+                .args([
+                    "sts::store::tests::cache_files_are_private_under_umask_022",
+                    "--exact",
+                ])
+                .env("MXGATE_UMASK_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(status.lines().any(|l| l == "Umask:\t0022"), "{status}");
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("policy");
+        let store = PolicyStore::new(
+            dir.clone(),
+            fake(TxtOutcome::Id("1".into()), Ok(policy(86400))),
+        );
+        assert!(enforce(&store.lookup("example.com", 1000).await));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("example.com.json")), 0o600);
     }
 }
