@@ -155,11 +155,11 @@ fn sanitize(why: &str) -> String {
     out
 }
 
-/// The configuration that applies to the queried domain (its `[policy.domains]` entry
-/// or `policy.default`): only what the plan does not carry.
+/// The configuration that applies to the queried domain (its `[policy.domains]`
+/// entry): only what the plan does not carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Configured<'a> {
-    pub level: Level,
+    /// The entry's `match` list (names accepted at `verify`).
     pub match_names: &'a [String],
 }
 
@@ -181,9 +181,9 @@ pub fn answer_domain(plan: &Result<DeliveryPlan, PlanError>, configured: &Config
         Err(e) => return Reply::Temp(e.to_string()),
     };
     let tls = plan.min_tls_version;
-    // A configured `dane-only` is passed on as such: Postfix repeats the TLSA lookups
-    // and defers exactly where relay mode would ("no usable TLSA record: defer").
-    if configured.level == Level::DaneOnly {
+    // `dane-only` is passed on as such: Postfix repeats the TLSA lookups and defers
+    // exactly where relay mode would ("no usable secure TLSA record means defer").
+    if plan.level == Level::DaneOnly {
         return Reply::Found(PostfixPolicy::new(PostfixLevel::DaneOnly, tls));
     }
     // Relay mode defers when no MX host may be dialled; so does Postfix after TEMP.
@@ -229,7 +229,8 @@ pub fn answer_domain(plan: &Result<DeliveryPlan, PlanError>, configured: &Config
             Level::May => found(PostfixLevel::May),
             Level::Encrypt => found(PostfixLevel::Encrypt),
             Level::Verify => verify(configured.match_names, tls),
-            Level::Dane | Level::DaneOnly => found(PostfixLevel::Dane),
+            Level::Dane => found(PostfixLevel::Dane),
+            Level::DaneOnly => found(PostfixLevel::DaneOnly),
             Level::MtaSts | Level::Auto => Reply::NotFound,
         },
     }

@@ -2,9 +2,9 @@
 
 use super::*;
 use mxgate_config::OnTlsFailure;
-use mxgate_policy::{MxPlan, TlsaRecord};
+use mxgate_policy::{LookupFailure, MxPlan, SkipReason, TlsaRecord};
 
-fn mx(host: &str, requirement: Result<TlsRequirement, String>) -> MxPlan {
+fn mx(host: &str, requirement: Result<TlsRequirement, SkipReason>) -> MxPlan {
     MxPlan {
         host: host.to_string(),
         preference: 10,
@@ -42,15 +42,19 @@ fn pkix(host: &str) -> TlsRequirement {
     }
 }
 
-fn configured(level: Level) -> Configured<'static> {
-    Configured {
-        level,
-        match_names: &[],
+fn tlsa_failed(host: &str) -> SkipReason {
+    SkipReason::TlsaLookup {
+        host: host.into(),
+        failure: LookupFailure::Temporary("SERVFAIL".into()),
     }
 }
 
-fn payload(plan: &Result<DeliveryPlan, PlanError>, level: Level) -> String {
-    answer_domain(plan, &configured(level)).payload()
+fn not_in_policy(host: &str) -> SkipReason {
+    SkipReason::NotInMtaStsPolicy { host: host.into() }
+}
+
+fn payload(plan: &Result<DeliveryPlan, PlanError>) -> String {
+    answer_domain(plan, &Configured { match_names: &[] }).payload()
 }
 
 #[test]
@@ -64,12 +68,7 @@ fn dane_is_answered_as_dane_never_secure() {
             mx("mx2.example.com", Ok(pkix("mx2.example.com"))),
         ],
     );
-    assert_eq!(payload(&p, Level::Auto), "OK dane protocols=>=TLSv1.2");
-    assert_eq!(payload(&p, Level::Dane), "OK dane protocols=>=TLSv1.2");
-    assert_eq!(
-        payload(&p, Level::DaneOnly),
-        "OK dane-only protocols=>=TLSv1.2"
-    );
+    assert_eq!(payload(&p), "OK dane protocols=>=TLSv1.2");
 }
 
 #[test]
@@ -81,7 +80,7 @@ fn dane_with_only_unusable_tlsa_is_still_dane() {
         PolicySource::Dane,
         vec![mx("mx1.example.com", Ok(TlsRequirement::Encrypt))],
     );
-    assert_eq!(payload(&p, Level::Auto), "OK dane protocols=>=TLSv1.2");
+    assert_eq!(payload(&p), "OK dane protocols=>=TLSv1.2");
 }
 
 #[test]
@@ -92,14 +91,11 @@ fn dnssec_failure_on_one_mx_keeps_postfix_on_dane() {
         Level::Dane,
         PolicySource::Dane,
         vec![
-            mx(
-                "mx1.example.com",
-                Err("dane: TLSA lookup failed: SERVFAIL".into()),
-            ),
+            mx("mx1.example.com", Err(tlsa_failed("mx1.example.com"))),
             mx("mx2.example.com", Ok(TlsRequirement::Opportunistic)),
         ],
     );
-    assert_eq!(payload(&p, Level::Auto), "OK dane protocols=>=TLSv1.2");
+    assert_eq!(payload(&p), "OK dane protocols=>=TLSv1.2");
 }
 
 #[test]
@@ -108,51 +104,55 @@ fn no_dialable_mx_is_temp() {
         Level::Dane,
         PolicySource::Dane,
         vec![
-            mx(
-                "mx1.example.com",
-                Err("dane: TLSA lookup failed: SERVFAIL".into()),
-            ),
-            mx("mx2.example.com", Err("dane: bogus".into())),
+            mx("mx1.example.com", Err(tlsa_failed("mx1.example.com"))),
+            mx("mx2.example.com", Err(tlsa_failed("mx2.example.com"))),
         ],
     );
     assert_eq!(
-        payload(&p, Level::Auto),
-        "TEMP dane: TLSA lookup failed: SERVFAIL"
+        payload(&p),
+        "TEMP dane: TLSA records of mx1.example.com: lookup failed: SERVFAIL"
     );
     let p = plan(
         Level::MtaSts,
         PolicySource::MtaSts,
         vec![mx(
             "evil.example.net",
-            Err("mta-sts enforce: evil.example.net not in policy".into()),
+            Err(not_in_policy("evil.example.net")),
         )],
     );
     assert_eq!(
-        payload(&p, Level::Auto),
+        payload(&p),
         "TEMP mta-sts enforce: evil.example.net not in policy"
     );
 }
 
 #[test]
-fn dane_only_without_tlsa_is_dane_only() {
-    let p = plan(
-        Level::Dane,
+fn dane_only_is_dane_only_with_or_without_tlsa() {
+    let without = plan(
+        Level::DaneOnly,
         PolicySource::Config,
         vec![
             mx(
                 "mx1.example.com",
-                Err("dane-only: no secure TLSA records".into()),
+                Err(SkipReason::DaneOnlyNoTlsa {
+                    host: "mx1.example.com".into(),
+                }),
             ),
             mx(
                 "mx2.example.com",
-                Err("dane-only: no secure TLSA records".into()),
+                Err(SkipReason::DaneOnlyUnusableTlsa {
+                    host: "mx2.example.com".into(),
+                }),
             ),
         ],
     );
-    assert_eq!(
-        payload(&p, Level::DaneOnly),
-        "OK dane-only protocols=>=TLSv1.2"
+    assert_eq!(payload(&without), "OK dane-only protocols=>=TLSv1.2");
+    let with = plan(
+        Level::DaneOnly,
+        PolicySource::Dane,
+        vec![mx("mx1.example.com", Ok(dane_req()))],
     );
+    assert_eq!(payload(&with), "OK dane-only protocols=>=TLSv1.2");
 }
 
 #[test]
@@ -162,18 +162,14 @@ fn mta_sts_enforce_lists_the_matching_mx_hosts() {
         PolicySource::MtaSts,
         vec![
             mx("mx1.example.com", Ok(pkix("mx1.example.com"))),
-            mx(
-                "evil.example.net",
-                Err("mta-sts enforce: evil.example.net not in policy".into()),
-            ),
+            mx("evil.example.net", Err(not_in_policy("evil.example.net"))),
             mx("mx2.example.com", Ok(pkix("mx2.example.com"))),
         ],
     );
     assert_eq!(
-        payload(&p, Level::Auto),
+        payload(&p),
         "OK secure match=mx1.example.com:mx2.example.com servername=hostname protocols=>=TLSv1.2"
     );
-    assert_eq!(payload(&p, Level::MtaSts), payload(&p, Level::Auto));
 }
 
 #[test]
@@ -183,7 +179,7 @@ fn mta_sts_testing_and_fallback_are_notfound() {
         PolicySource::MtaSts,
         vec![mx("mx1.example.com", Ok(TlsRequirement::Opportunistic))],
     );
-    assert_eq!(payload(&testing, Level::Auto), "NOTFOUND ");
+    assert_eq!(payload(&testing), "NOTFOUND ");
     for fallback in [Level::May, Level::Encrypt, Level::None, Level::Verify] {
         let req = match fallback {
             Level::None => TlsRequirement::Cleartext,
@@ -197,11 +193,7 @@ fn mta_sts_testing_and_fallback_are_notfound() {
             vec![mx("mx1.example.com", Ok(req))],
         );
         for configured in [Level::Auto, Level::MtaSts, Level::Dane] {
-            assert_eq!(
-                payload(&p, configured),
-                "NOTFOUND ",
-                "{fallback} {configured}"
-            );
+            assert_eq!(payload(&p), "NOTFOUND ", "{fallback} {configured}");
         }
     }
 }
@@ -231,7 +223,7 @@ fn configured_levels_are_answered_as_configured() {
             PolicySource::Config,
             vec![mx("mx1.example.com", Ok(req))],
         );
-        assert_eq!(payload(&p, level), want);
+        assert_eq!(payload(&p), want);
     }
 }
 
@@ -255,7 +247,6 @@ fn verify_with_a_match_list_and_tls13() {
         p.min_tls_version = TlsVersion::Tls13;
     }
     let c = Configured {
-        level: Level::Verify,
         match_names: &names,
     };
     assert_eq!(
@@ -263,29 +254,29 @@ fn verify_with_a_match_list_and_tls13() {
         "OK verify match=mx1.partner.example:.partner.example protocols=>=TLSv1.3"
     );
     let bad = vec!["a b".to_string()];
-    let c = Configured {
-        level: Level::Verify,
-        match_names: &bad,
-    };
+    let c = Configured { match_names: &bad };
     assert!(matches!(answer_domain(&p, &c), Reply::Temp(_)));
 }
 
 #[test]
 fn plan_errors() {
-    let temp: Result<DeliveryPlan, PlanError> = Err(PlanError::Temporary(
-        "dnssec: MX lookup for example.com: bogus".into(),
-    ));
-    assert_eq!(
-        payload(&temp, Level::Auto),
-        "TEMP dnssec: MX lookup for example.com: bogus"
-    );
-    let null: Result<DeliveryPlan, PlanError> = Err(PlanError::NullMx("example.com".into()));
-    assert_eq!(payload(&null, Level::DaneOnly), "NOTFOUND ");
-    let nx: Result<DeliveryPlan, PlanError> = Err(PlanError::NoSuchDomain {
+    let temp: Result<DeliveryPlan, PlanError> = Err(PlanError::MxLookup {
         domain: "example.com".into(),
-        detail: "NXDOMAIN".into(),
+        failure: LookupFailure::Bogus,
     });
-    assert_eq!(payload(&nx, Level::Encrypt), "NOTFOUND ");
+    assert_eq!(
+        payload(&temp),
+        "TEMP MX records of example.com: DNSSEC validation failed (bogus)"
+    );
+    let domain = || "example.com".to_string();
+    for permanent in [
+        PlanError::NullMx { domain: domain() },
+        PlanError::NxDomain { domain: domain() },
+        PlanError::NoMailHost { domain: domain() },
+        PlanError::InvalidName { domain: domain() },
+    ] {
+        assert_eq!(payload(&Err(permanent)), "NOTFOUND ");
+    }
 }
 
 #[test]
@@ -306,7 +297,7 @@ fn overlong_answers_become_temp() {
         })
         .collect();
     let p = plan(Level::MtaSts, PolicySource::MtaSts, hosts);
-    let out = payload(&p, Level::Auto);
+    let out = payload(&p);
     assert_eq!(out, "TEMP policy too long for a socketmap reply");
 }
 
@@ -321,7 +312,7 @@ fn unsafe_mx_names_never_reach_a_match_list() {
         ],
     );
     assert_eq!(
-        payload(&p, Level::Auto),
+        payload(&p),
         "OK secure match=mx2.example.com servername=hostname protocols=>=TLSv1.2"
     );
 }

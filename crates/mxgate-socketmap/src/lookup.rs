@@ -53,26 +53,23 @@ pub async fn answer_request<E: PolicyEngineView>(
         Key::Other => Reply::NotFound,
         Key::Parent(parent) => answer_parent(policy.domains.get(&parent), policy.min_tls_version),
         Key::Domain(domain) => {
-            let (level, match_names): (_, Vec<String>) = match policy.domain_entry(&domain) {
-                Some((_, e)) => (
-                    e.level,
+            let match_names: Vec<String> = policy
+                .domain_entry(&domain)
+                .map(|(_, e)| {
                     e.match_names
                         .iter()
                         .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
-                        .collect(),
-                ),
-                None => (policy.default, Vec::new()),
-            };
-            let plan = match tokio::time::timeout(deadline, engine.plan(&domain)).await {
-                Ok(plan) => plan,
-                Err(_) => Err(PlanError::Temporary(format!(
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Ok(plan) = tokio::time::timeout(deadline, engine.plan(&domain)).await else {
+                return Reply::Temp(format!(
                     "policy lookup for {domain} took longer than {deadline:?}"
-                ))),
+                ));
             };
             answer_domain(
                 &plan,
                 &Configured {
-                    level,
                     match_names: &match_names,
                 },
             )
