@@ -807,3 +807,8 @@ pub fn failure_of(e: &SessionError) -> DeliveryFailure {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "machine_tests.rs"]
+mod tests;
