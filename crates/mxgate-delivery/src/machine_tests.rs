@@ -26,7 +26,6 @@ use Srv::*;
 
 const EHLO_TLS: &str = "250-mx.test|250-PIPELINING|250 STARTTLS";
 const EHLO_PLAIN: &str = "250-mx.test|250 PIPELINING";
-const EHLO_LOCKSTEP: &str = "250 mx.test";
 
 fn reply(text: &str) -> Reply {
     let wire: String = text.split('|').map(|l| format!("{l}\r\n")).collect();
