@@ -1,5 +1,6 @@
 //! Loading and validating the configuration file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::{Config, DnssecMode, Level};
@@ -161,6 +162,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "dns.trust_anchor",
                 format!("{}: no such file", self.dns.trust_anchor.display()),
+            ));
+        }
+        if !self.socketmap.listen.is_empty() && self.socketmap.listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "socketmap.listen",
+                "must be \"ip:port\" or empty",
+            ));
+        }
+        if self.socketmap.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "socketmap.idle_timeout",
+                "must be > 0",
             ));
         }
         if self.policy.mta_sts_port == 0 {
@@ -329,6 +343,8 @@ mod tests {
         assert!(err("[policy]\nshadow = \"may\"\n").contains("policy.shadow"));
         assert!(err("[dns]\ndnssec = \"off\"\n[policy.domains]\n\"a.example\" = { level = \"may\", shadow = \"dane-only\" }\n")
             .contains("shadow"));
+        assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
+        assert!(err("[socketmap]\nport = 1\n").contains("port"));
     }
 
     #[test]
@@ -356,6 +372,17 @@ mod tests {
         assert_eq!(c.policy.shadow_for("b.example"), Some(Level::Verify));
         assert_eq!(c.dns.probe(), Some((".", "NS")));
         assert!(err("[dns]\nnameservers = [\"resolver\"]\n").contains("nameservers"));
+    }
+
+    #[test]
+    fn socketmap_is_off_by_default() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.socketmap.listen_addr(), None);
+        let c = Config::from_toml_str("[socketmap]\nlisten = \"127.0.0.1:8461\"\n").expect("valid");
+        assert_eq!(
+            c.socketmap.listen_addr(),
+            Some(([127, 0, 0, 1], 8461).into())
+        );
     }
 
     #[test]

@@ -231,6 +231,12 @@ impl PolicyEngine {
         config
     }
 
+    /// The configuration this engine was built from (the socketmap server reads the
+    /// `[policy.domains]` entry of a query from the same engine that plans it).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The global `policy.min_tls_version` (for connections outside any destination's
     /// policy, such as the bounce relay).
     pub fn min_tls_version(&self) -> TlsVersion {
