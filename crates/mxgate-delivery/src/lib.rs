@@ -40,8 +40,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
-use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Transport};
+use mxgate_policy::{
+    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
+};
+use mxgate_queue::{
+    DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
+};
+use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
@@ -227,13 +232,23 @@ impl<P: Planner> Delivery<P> {
         let Ok(_domain_permit) = domain_sem.acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         let Ok(_global_permit) = self.global.clone().acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         self.follow_plan(&job, &plan, self.settings.smtp_port, start)
@@ -258,6 +273,7 @@ impl<P: Planner> Delivery<P> {
         };
         let Some(port) = resolved.first().map(SocketAddr::port) else {
             let failure = local_failure(
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 None,
                 format!("queue.bounce_relay {relay}: cannot resolve"),
@@ -311,7 +327,7 @@ impl<P: Planner> Delivery<P> {
                 Err(reason) => {
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
-                        reason: "policy_excluded",
+                        kind: skip_kind(reason),
                         message: reason.to_string(),
                     });
                     continue;
@@ -367,7 +383,7 @@ impl<P: Planner> Delivery<P> {
                         }
                     }
                     Err(SessionError::TlsPolicy { relay, failure }) => {
-                        count_tls_policy_failure(plan.level, failure.reason);
+                        count_tls_policy_failure(plan.level, failure.reason());
                         tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
                         tls_reasons.push(failure);
                     }
@@ -407,21 +423,25 @@ fn leftover_outcome(
     if !tls.is_empty() {
         let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
         let message = message.join("; ");
-        let subject_detail = tls.first().map(|f| f.subject_detail()).unwrap_or("7.5");
+        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
+        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
         // Only when every failure was a TLS policy failure may `bounce` apply: an
         // unreachable MX says nothing about policy.
         if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            return Outcome::Failed(local_failure(&format!("5.{subject_detail}"), None, message));
+            let code = EnhancedStatus::permanent(subject, detail);
+            return Outcome::Failed(local_failure(kind, code, None, message));
         }
         let message = match &other {
             Some(o) => format!("{message}; {}", o.diagnostic),
             None => message,
         };
-        return Outcome::Deferred(local_failure(&format!("4.{subject_detail}"), None, message));
+        let code = EnhancedStatus::transient(subject, detail);
+        return Outcome::Deferred(local_failure(kind, code, None, message));
     }
     match other {
         Some(f) => Outcome::Deferred(f),
         None => Outcome::Deferred(local_failure(
+            FailureKind::NoMxHost,
             status::DNS_TEMPORARY,
             None,
             format!("no MX host of {} could be dialled", plan.domain),
@@ -440,15 +460,40 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 }
 
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let code = match e {
+    let (kind, code) = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx { .. } => status::NULL_MX,
+        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
         PlanError::NxDomain { .. }
         | PlanError::NoMailHost { .. }
-        | PlanError::InvalidName { .. } => status::NO_SUCH_DOMAIN,
-        PlanError::MxLookup { .. } => status::DNS_TEMPORARY,
+        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
     };
-    local_failure(code, None, e.to_string())
+    local_failure(kind, code, None, e.to_string())
+}
+
+/// The failure kind of a DNS lookup that gave no usable answer.
+fn lookup_kind(failure: &LookupFailure) -> FailureKind {
+    match failure {
+        LookupFailure::Bogus => FailureKind::DnssecInvalid,
+        LookupFailure::Indeterminate
+        | LookupFailure::Temporary(_)
+        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
+    }
+}
+
+/// The failure kind of an MX host the plan does not dial.
+fn skip_kind(reason: &SkipReason) -> FailureKind {
+    match reason {
+        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
+        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
+        SkipReason::TlsaLookup { failure, .. } => match failure {
+            LookupFailure::Bogus => FailureKind::DnssecInvalid,
+            _ => FailureKind::TlsaInvalid,
+        },
+        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
+        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
+        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
+    }
 }
 
 fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxgate_policy::TlsRequirement;
-use mxgate_queue::{DeliveryFailure, DeliveryJob, RecipientOutcome};
+use mxgate_queue::{DeliveryFailure, DeliveryJob, FailureKind, RecipientOutcome};
 use mxgate_smtp::client;
 use mxgate_smtp::Capabilities;
+use mxgate_smtp::{EnhancedStatus, StatusClass};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -148,9 +149,12 @@ pub(crate) async fn deliver_fresh(
                 Attempt::Done(result) => done(result),
                 Attempt::Finished(finished) => *finished,
                 // Unreachable: a cleartext retry never tries STARTTLS.
-                Attempt::RetryCleartext(detail) => {
-                    done(Err(unreachable(params, status::BAD_CONNECTION, detail)))
-                }
+                Attempt::RetryCleartext(detail) => done(Err(unreachable(
+                    params,
+                    FailureKind::HandshakeFailed,
+                    status::BAD_CONNECTION,
+                    detail,
+                ))),
             }
         }
     }
@@ -158,12 +162,14 @@ pub(crate) async fn deliver_fresh(
 
 fn unreachable(
     params: &SessionParams,
-    status: &str,
+    kind: FailureKind,
+    status: EnhancedStatus,
     detail: impl std::fmt::Display,
 ) -> SessionError {
     SessionError::Unreachable {
         relay: params.relay(),
         failure: local_failure(
+            kind,
             status,
             Some(&params.mx_host),
             format!("{}: {detail}", params.relay()),
@@ -172,8 +178,14 @@ fn unreachable(
 }
 
 pub(crate) fn lost(params: &SessionParams, e: ConnError) -> SessionError {
+    let kind = match e {
+        ConnError::Timeout(_) => FailureKind::Timeout,
+        ConnError::Malformed(_) => FailureKind::ProtocolError,
+        ConnError::Io(_) | ConnError::Closed => FailureKind::ConnectionLost,
+    };
     unreachable(
         params,
+        kind,
         status::BAD_CONNECTION,
         format!("lost connection: {e}"),
     )
@@ -181,13 +193,13 @@ pub(crate) fn lost(params: &SessionParams, e: ConnError) -> SessionError {
 
 pub(crate) fn policy_failure(
     params: &SessionParams,
-    reason: &'static str,
+    kind: FailureKind,
     what: String,
 ) -> SessionError {
     SessionError::TlsPolicy {
         relay: params.relay(),
         failure: TlsPolicyFailure {
-            reason,
+            kind,
             message: format!("{}: {what}", params.policy_label),
         },
     }
@@ -206,6 +218,7 @@ async fn attempt(
         Ok(Err(e)) => {
             return Attempt::Done(Err(unreachable(
                 params,
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 format!("connect failed: {e}"),
             )))
@@ -213,6 +226,7 @@ async fn attempt(
         Err(_) => {
             return Attempt::Done(Err(unreachable(
                 params,
+                FailureKind::ConnectTimeout,
                 status::NO_ANSWER,
                 "connect timed out",
             )))
@@ -228,7 +242,8 @@ async fn attempt(
     if !greeting.is_positive() {
         conn.quit().await;
         let mut failure = remote_failure(&greeting, &params.mx_host);
-        failure.status = format!("4{}", failure.status.get(1..).unwrap_or(".0.0"));
+        failure.kind = FailureKind::GreetingRejected;
+        failure.status = failure.status.with_class(StatusClass::Transient);
         return Attempt::Done(Err(SessionError::Unreachable {
             relay: params.relay(),
             failure,
@@ -249,7 +264,11 @@ async fn attempt(
         StartTlsStep::NotOffered => {
             conn.quit().await;
             let what = format!("STARTTLS not offered by {}", params.mx_host);
-            return Attempt::Done(Err(policy_failure(params, "starttls_not_offered", what)));
+            return Attempt::Done(Err(policy_failure(
+                params,
+                FailureKind::StarttlsNotOffered,
+                what,
+            )));
         }
         StartTlsStep::TryOpportunistic => true,
         StartTlsStep::Require => false,
@@ -274,7 +293,11 @@ async fn attempt(
         }
         conn.quit().await;
         let what = format!("STARTTLS refused by {}: {answer}", params.mx_host);
-        return Attempt::Done(Err(policy_failure(params, "starttls_refused", what)));
+        return Attempt::Done(Err(policy_failure(
+            params,
+            FailureKind::StarttlsRefused,
+            what,
+        )));
     }
     // RFC 3207 §4.2: "The client MUST discard any knowledge obtained from the server,
     // such as the list of SMTP service extensions, which was not obtained from the TLS
@@ -288,7 +311,11 @@ async fn attempt(
             "{} sent data after 220 Ready to start TLS (response injection)",
             params.mx_host
         );
-        return Attempt::Done(Err(policy_failure(params, "response_injection", what)));
+        return Attempt::Done(Err(policy_failure(
+            params,
+            FailureKind::ResponseInjection,
+            what,
+        )));
     }
     let stream = conn.into_stream();
     let Some(config) = params.tls_config.clone() else {
@@ -296,7 +323,7 @@ async fn attempt(
             true => Attempt::RetryCleartext("no TLS configuration".into()),
             false => Attempt::Done(Err(policy_failure(
                 params,
-                "handshake_failed",
+                FailureKind::HandshakeFailed,
                 "no TLS configuration".into(),
             ))),
         };
@@ -308,7 +335,7 @@ async fn attempt(
         }
         Err(_) => {
             let what = format!("{} is not a valid TLS server name", params.sni());
-            return Attempt::Done(Err(policy_failure(params, "bad_name", what)));
+            return Attempt::Done(Err(policy_failure(params, FailureKind::BadAddress, what)));
         }
     };
     let handshake = tokio::time::timeout(
@@ -332,7 +359,11 @@ async fn attempt(
         Err(_) => {
             count_handshake_failure("timeout");
             let what = format!("TLS handshake with {} timed out", params.mx_host);
-            return Attempt::Done(Err(policy_failure(params, "handshake_failed", what)));
+            return Attempt::Done(Err(policy_failure(
+                params,
+                FailureKind::HandshakeFailed,
+                what,
+            )));
         }
     };
     let (_, session) = tls.get_ref();
@@ -390,34 +421,80 @@ fn handshake_failure(params: &SessionParams, e: &std::io::Error) -> SessionError
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
         Some(rustls::Error::InvalidCertificate(cert_error)) => {
-            let detail = match cert_error {
-                rustls::CertificateError::UnknownIssuer => "unknown issuer".to_string(),
-                rustls::CertificateError::Expired
-                | rustls::CertificateError::ExpiredContext { .. } => "expired".to_string(),
-                rustls::CertificateError::NotValidYet
-                | rustls::CertificateError::NotValidYetContext { .. } => {
-                    "not yet valid".to_string()
-                }
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. } => {
-                    "name mismatch".to_string()
-                }
-                rustls::CertificateError::BadSignature => "bad signature".to_string(),
-                other => format!("{other:?}"),
-            };
+            let (kind, detail) = certificate_problem(cert_error);
             let what = format!("certificate for {} not valid: {detail}", params.mx_host);
-            policy_failure(params, "certificate_invalid", what)
+            policy_failure(params, kind, what)
         }
         Some(other) => policy_failure(
             params,
-            "handshake_failed",
+            FailureKind::HandshakeFailed,
             format!("TLS handshake with {} failed: {other}", params.mx_host),
         ),
         None => policy_failure(
             params,
-            "handshake_failed",
+            FailureKind::HandshakeFailed,
             format!("TLS handshake with {} failed: {e}", params.mx_host),
         ),
+    }
+}
+
+/// What is wrong with a certificate, in words an operator understands (never a Debug
+/// dump of the rustls or webpki error).
+pub fn certificate_problem(e: &rustls::CertificateError) -> (FailureKind, String) {
+    use rustls::CertificateError as C;
+    let text = |s: &str| s.to_string();
+    match e {
+        C::UnknownIssuer => (FailureKind::CertificateNotTrusted, text("unknown issuer")),
+        C::Expired | C::ExpiredContext { .. } => (FailureKind::CertificateExpired, text("expired")),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            (FailureKind::CertificateExpired, text("not yet valid"))
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            (FailureKind::CertificateHostMismatch, text("name mismatch"))
+        }
+        C::BadSignature => (FailureKind::CertificateInvalid, text("bad signature")),
+        C::BadEncoding => (
+            FailureKind::CertificateInvalid,
+            text("malformed certificate"),
+        ),
+        C::Revoked => (FailureKind::CertificateInvalid, text("revoked")),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+            FailureKind::CertificateInvalid,
+            text("not issued for TLS server authentication"),
+        ),
+        C::ApplicationVerificationFailure => (
+            FailureKind::DaneMismatch,
+            text("no TLSA record matches the certificate chain"),
+        ),
+        C::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => (
+                FailureKind::CertificateNotTrusted,
+                text("self-signed certificate (a CA certificate used as the server certificate)"),
+            ),
+            Some(webpki::Error::EndEntityUsedAsCa) => (
+                FailureKind::CertificateNotTrusted,
+                text("a server certificate used as a CA certificate in the chain"),
+            ),
+            Some(
+                webpki::Error::PathLenConstraintViolated | webpki::Error::MaximumPathDepthExceeded,
+            ) => (
+                FailureKind::CertificateNotTrusted,
+                text("the certificate chain is too long"),
+            ),
+            Some(webpki::Error::NameConstraintViolation) => (
+                FailureKind::CertificateNotTrusted,
+                text("the chain violates its CA's name constraints"),
+            ),
+            Some(other) => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+            None => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+        },
+        _ => (FailureKind::CertificateInvalid, text("not valid")),
     }
 }
 
@@ -438,6 +515,7 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
         conn.quit().await;
         return Err(unreachable(
             params,
+            FailureKind::HeloRejected,
             status::BAD_CONNECTION,
             format!("EHLO rejected: {reply}"),
         ));
@@ -452,6 +530,7 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
         conn.quit().await;
         Err(unreachable(
             params,
+            FailureKind::HeloRejected,
             status::BAD_CONNECTION,
             format!("HELO rejected: {reply}"),
         ))

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use mxgate_queue::{DeliveryJob, Outcome, RecipientOutcome};
+use mxgate_queue::{DeliveryJob, FailureKind, Outcome, RecipientOutcome};
 use mxgate_smtp::client::{self, ClientCommandError};
 use mxgate_smtp::{Capabilities, Recipient, Reply};
 
@@ -49,7 +49,8 @@ fn verdict_for_all(reply: &Reply, mx_host: &str) -> Outcome {
         RcptVerdict::Deferred(f) => Outcome::Deferred(f),
         // A 2xx where a 354 was expected: protocol confusion, transient.
         RcptVerdict::Accepted => Outcome::Deferred(local_failure(
-            "4.5.0",
+            FailureKind::ProtocolError,
+            status::PROTOCOL,
             Some(mx_host),
             format!("unexpected reply {reply} from {mx_host}"),
         )),
@@ -111,7 +112,7 @@ async fn run(
     if tls.version.is_none() && !params.requirement.allows_cleartext() {
         let what = format!("refusing to send the envelope to {mx} in cleartext");
         return Err((
-            policy_failure(params, "handshake_failed", what),
+            policy_failure(params, FailureKind::HandshakeFailed, what),
             Ending::Quit,
         ));
     }
@@ -128,6 +129,7 @@ async fn run(
             outcomes.push(RecipientOutcome {
                 index,
                 outcome: Outcome::Failed(local_failure(
+                    FailureKind::BadAddress,
                     status::BAD_ADDRESS,
                     None,
                     "no such recipient in the envelope",
@@ -140,6 +142,7 @@ async fn run(
             Err(e) => outcomes.push(RecipientOutcome {
                 index,
                 outcome: Outcome::Failed(local_failure(
+                    FailureKind::BadAddress,
                     status::BAD_ADDRESS,
                     Some(mx),
                     e.to_string(),
@@ -159,12 +162,16 @@ async fn run(
     ) {
         Ok(cmd) => cmd,
         Err(e) => {
-            let code = match e {
-                ClientCommandError::SmtpUtf8Required(_) => status::SMTPUTF8_REQUIRED,
-                ClientCommandError::TooBig { .. } => status::TOO_BIG,
-                ClientCommandError::InvalidAddress(_) => status::BAD_SENDER,
+            let (kind, code) = match e {
+                ClientCommandError::SmtpUtf8Required(_) => {
+                    (FailureKind::Smtputf8NotSupported, status::SMTPUTF8_REQUIRED)
+                }
+                ClientCommandError::TooBig { .. } => (FailureKind::MessageTooBig, status::TOO_BIG),
+                ClientCommandError::InvalidAddress(_) => {
+                    (FailureKind::BadAddress, status::BAD_SENDER)
+                }
             };
-            let failure = local_failure(code, Some(mx), format!("{mx}: {e}"));
+            let failure = local_failure(kind, code, Some(mx), format!("{mx}: {e}"));
             outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
                 index: *index,
                 outcome: Outcome::Failed(failure.clone()),
