@@ -29,6 +29,7 @@
 pub mod cache;
 pub mod conn;
 pub mod decide;
+pub mod report;
 pub mod reuse;
 pub mod session;
 mod transaction;
@@ -52,8 +53,9 @@ use tokio::sync::Semaphore;
 
 pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
+pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
+pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
 
 use decide::{local_failure, status};
 use transaction::Finished;
@@ -99,6 +101,7 @@ pub struct Delivery<P: Planner = PolicyEngine> {
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     cache: SessionCache<IdleSession>,
+    sink: Option<Arc<dyn SessionSink>>,
 }
 
 /// How a job's session was obtained, for the `conn=` log field.
@@ -148,7 +151,15 @@ impl<P: Planner> Delivery<P> {
             policy,
             hostname,
             per_domain: Mutex::new(HashMap::new()),
+            sink: None,
         }
+    }
+
+    /// Hands a [`SessionReport`] to `sink` after every session (TLS-RPT, shadow
+    /// checks).
+    pub fn with_session_sink(mut self, sink: Arc<dyn SessionSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Idle sessions kept for reuse right now.
@@ -169,7 +180,11 @@ impl<P: Planner> Delivery<P> {
         params: &SessionParams,
         job: &DeliveryJob,
         recipients: &[usize],
-    ) -> (Result<SessionReport, SessionError>, ConnKind) {
+    ) -> (
+        Result<Transacted, SessionError>,
+        ConnKind,
+        Option<std::net::IpAddr>,
+    ) {
         // Each failed probe costs at most a round trip (or the probe timeout); a
         // server that lost one session has usually lost them all, so stop early.
         let mut tries = 0;
@@ -194,7 +209,7 @@ impl<P: Planner> Delivery<P> {
         if let Some(idle) = finished.idle {
             self.cache.put(key, idle);
         }
-        (finished.result, kind)
+        (finished.result, kind, finished.local_ip)
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -251,7 +266,7 @@ impl<P: Planner> Delivery<P> {
                 )),
             );
         };
-        self.follow_plan(&job, &plan, self.settings.smtp_port, start)
+        self.follow_plan(&job, &plan, self.settings.smtp_port, start, true)
             .await
     }
 
@@ -306,7 +321,8 @@ impl<P: Planner> Delivery<P> {
                 requirement: Ok(TlsRequirement::Opportunistic),
             }],
         };
-        self.follow_plan(job, &plan, port, start).await
+        // The relay is not the destination's MX: nothing to report about its TLS.
+        self.follow_plan(job, &plan, port, start, false).await
     }
 
     async fn follow_plan(
@@ -315,16 +331,23 @@ impl<P: Planner> Delivery<P> {
         plan: &DeliveryPlan,
         port: u16,
         start: Instant,
+        report_sessions: bool,
     ) -> Vec<RecipientOutcome> {
         let log = AttemptLog::new(job, Some(plan.level), plan.source.as_str(), start);
         let mut pending: Vec<usize> = job.recipients.clone();
         let mut done: Vec<RecipientOutcome> = Vec::new();
         let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
         let mut other_failure: Option<DeliveryFailure> = None;
+        let reporter = Reporter {
+            sink: self.sink.as_deref().filter(|_| report_sessions),
+            plan,
+            is_tls_report: self.sink.is_some() && report::is_tls_report(&job.message),
+        };
         'mx: for mx in &plan.mx {
             let requirement = match &mx.requirement {
                 Ok(r) => r.clone(),
                 Err(reason) => {
+                    reporter.skipped(&mx.host, skip_kind(reason), reason);
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
                         kind: skip_kind(reason),
@@ -358,7 +381,8 @@ impl<P: Planner> Delivery<P> {
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
-                let (result, kind) = self.session(key, &params, job, &pending).await;
+                let (result, kind, local_ip) = self.session(key, &params, job, &pending).await;
+                reporter.session(&params, local_ip, &result);
                 match result {
                     Ok(report) => {
                         let auth = report.tls.auth;
@@ -407,6 +431,73 @@ impl<P: Planner> Delivery<P> {
 impl<P: Planner> Transport for Delivery<P> {
     fn deliver(&self, job: DeliveryJob) -> impl Future<Output = Vec<RecipientOutcome>> + Send {
         self.deliver_job(job)
+    }
+}
+
+/// Builds and hands out the [`SessionReport`]s of one attempt.
+struct Reporter<'a> {
+    sink: Option<&'a dyn SessionSink>,
+    plan: &'a DeliveryPlan,
+    is_tls_report: bool,
+}
+
+impl Reporter<'_> {
+    fn base(&self, mx_host: &str) -> SessionReport {
+        SessionReport {
+            domain: self.plan.domain.clone(),
+            level: self.plan.level,
+            source: self.plan.source,
+            mx_host: mx_host.to_string(),
+            mx_addr: None,
+            local_addr: None,
+            requirement: None,
+            tls: None,
+            result: Ok(()),
+            is_tls_report: self.is_tls_report,
+        }
+    }
+
+    /// An MX host the plan does not dial.
+    fn skipped(&self, mx_host: &str, kind: FailureKind, reason: &SkipReason) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(mx_host);
+        report.result = Err(SessionFailure {
+            kind,
+            reason: decide::bounded(&reason.to_string()),
+        });
+        sink.session(&report);
+    }
+
+    /// One session at `params.addr`.
+    fn session(
+        &self,
+        params: &SessionParams,
+        local_ip: Option<std::net::IpAddr>,
+        result: &Result<Transacted, SessionError>,
+    ) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(&params.mx_host);
+        report.mx_addr = Some(params.addr.ip());
+        report.local_addr = local_ip;
+        report.requirement = Some(params.requirement.clone());
+        match result {
+            Ok(t) => {
+                report.tls = t.tls.version.is_some().then(|| t.tls.clone());
+            }
+            Err(SessionError::TlsPolicy { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: decide::bounded(&failure.message),
+                });
+            }
+            Err(SessionError::Unreachable { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: failure.diagnostic.clone(),
+                });
+            }
+        }
+        sink.session(&report);
     }
 }
 

@@ -7,7 +7,7 @@
 //! [`deliver_to_address`] closes it with `QUIT`. It does not pick MX hosts, addresses or levels, log, or count metrics (the caller in
 //! `lib.rs` does, from the returned facts).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl Default for TlsFacts {
 
 /// A session that reached a transaction: an outcome for every recipient.
 #[derive(Debug, Clone)]
-pub struct SessionReport {
+pub struct Transacted {
     pub relay: String,
     pub tls: TlsFacts,
     pub outcomes: Vec<RecipientOutcome>,
@@ -112,7 +112,7 @@ pub enum SessionError {
 
 /// Internal: a `may` handshake failure that calls for a cleartext retry.
 enum Attempt {
-    Done(Result<SessionReport, SessionError>),
+    Done(Result<Transacted, SessionError>),
     Finished(Box<Finished>),
     RetryCleartext(String),
 }
@@ -124,7 +124,7 @@ pub async fn deliver_to_address(
     params: &SessionParams,
     job: &DeliveryJob,
     recipients: &[usize],
-) -> Result<SessionReport, SessionError> {
+) -> Result<Transacted, SessionError> {
     let finished = deliver_fresh(params, job, recipients).await;
     if let Some(idle) = finished.idle {
         crate::cache::Idle::close(idle).await;
@@ -139,13 +139,18 @@ pub(crate) async fn deliver_fresh(
     job: &DeliveryJob,
     recipients: &[usize],
 ) -> Finished {
-    let done = |result| Finished { result, idle: None };
-    match attempt(params, job, recipients, false).await {
+    let mut local_ip = None;
+    let done = |result| Finished {
+        result,
+        idle: None,
+        local_ip: None,
+    };
+    let mut finished = match attempt(params, job, recipients, false, &mut local_ip).await {
         Attempt::Done(result) => done(result),
         Attempt::Finished(finished) => *finished,
         Attempt::RetryCleartext(detail) => {
             tracing::info!(id = %job.id, relay = %params.relay(), "TLS handshake failed ({detail}); retrying in cleartext");
-            match attempt(params, job, recipients, true).await {
+            match attempt(params, job, recipients, true, &mut local_ip).await {
                 Attempt::Done(result) => done(result),
                 Attempt::Finished(finished) => *finished,
                 // Unreachable: a cleartext retry never tries STARTTLS.
@@ -157,7 +162,9 @@ pub(crate) async fn deliver_fresh(
                 ))),
             }
         }
-    }
+    };
+    finished.local_ip = local_ip;
+    finished
 }
 
 fn unreachable(
@@ -210,11 +217,15 @@ async fn attempt(
     job: &DeliveryJob,
     recipients: &[usize],
     retry_cleartext: bool,
+    local_ip: &mut Option<IpAddr>,
 ) -> Attempt {
     let connect =
         tokio::time::timeout(params.connect_timeout, TcpStream::connect(params.addr)).await;
     let stream = match connect {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            *local_ip = s.local_addr().ok().map(|a| a.ip());
+            s
+        }
         Ok(Err(e)) => {
             return Attempt::Done(Err(unreachable(
                 params,

@@ -19,20 +19,26 @@ use mxgate_smtp::{Capabilities, Recipient, Reply};
 use crate::conn::{Conn, SmtpStream};
 use crate::decide::{local_failure, rcpt_verdict, status, RcptVerdict};
 use crate::reuse::IdleSession;
-use crate::session::{lost, policy_failure, SessionError, SessionParams, SessionReport, TlsFacts};
+use crate::session::{lost, policy_failure, SessionError, SessionParams, TlsFacts, Transacted};
 
 /// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
 const DATA_TERMINATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a transaction leaves: its result and, when clean, the session for reuse.
 pub(crate) struct Finished {
-    pub result: Result<SessionReport, SessionError>,
+    pub result: Result<Transacted, SessionError>,
     pub idle: Option<IdleSession>,
+    /// Our address on the connection, when one was made.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Finished {
-    fn closed(result: Result<SessionReport, SessionError>) -> Self {
-        Finished { result, idle: None }
+    fn closed(result: Result<Transacted, SessionError>) -> Self {
+        Finished {
+            result,
+            idle: None,
+            local_ip: None,
+        }
     }
 }
 
@@ -69,8 +75,10 @@ pub(crate) async fn transaction(
 ) -> Finished {
     match run(&mut conn, params, job, recipients, caps, tls.clone()).await {
         Ok((report, Ending::Reusable)) => Finished {
+            local_ip: None,
             result: Ok(report),
             idle: Some(IdleSession {
+                local_ip: conn.get_ref().local_ip(),
                 conn,
                 caps: caps.clone(),
                 tls,
@@ -103,7 +111,7 @@ async fn run(
     recipients: &[usize],
     caps: &Capabilities,
     tls: TlsFacts,
-) -> Result<(SessionReport, Ending), (SessionError, Ending)> {
+) -> Result<(Transacted, Ending), (SessionError, Ending)> {
     let lost = |e| (lost(params, e), Ending::Reusable);
     let relay = params.relay();
     let mx = params.mx_host.as_str();
@@ -116,7 +124,7 @@ async fn run(
             Ending::Quit,
         ));
     }
-    let report = |outcomes| SessionReport {
+    let report = |outcomes| Transacted {
         relay: relay.clone(),
         tls: tls.clone(),
         outcomes,
