@@ -14,10 +14,11 @@ use rustls::RootCertStore;
 use tokio::task::JoinSet;
 
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
-use crate::explain::{Explanation, MxReport, StsReport};
-use crate::plan::{DeliveryPlan, MxPlan, PlanError, TlsRequirement, TlsaRecord};
+use crate::explain::{Configured, Explanation, StatusNames, StsReport};
+use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
+use crate::reason::{LookupFailure, PlanError};
 use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
-use crate::sts::store::{now_unix, PolicyStore, StsLookup};
+use crate::sts::store::{now_unix, CacheWrite, PolicyStore, StsLookup};
 use crate::tls;
 
 /// The engine could not start.
@@ -48,6 +49,18 @@ pub struct PolicyEngine {
 
 /// Addresses, DANE facts and every TLSA record (for reports) of one MX host.
 type HostLookup = (Vec<IpAddr>, HostFacts, Vec<TlsaRecord>);
+
+/// No plan, and the DNSSEC state of the MX lookup that said so (for reports).
+struct GatherFailure {
+    error: PlanError,
+    mx_status: DnssecStatus,
+}
+
+impl GatherFailure {
+    fn new(error: PlanError, mx_status: DnssecStatus) -> Self {
+        GatherFailure { error, mx_status }
+    }
+}
 
 /// Everything the lookups found, kept for [`PolicyEngine::explain`].
 struct Facts {
@@ -110,16 +123,20 @@ impl PolicyEngine {
 
     /// The plan for one destination domain.
     pub async fn plan(&self, domain: &str) -> Result<DeliveryPlan, PlanError> {
-        self.plan_with_facts(domain).await.map(|(plan, _, _)| plan)
+        self.plan_with_facts(domain, CacheWrite::Store)
+            .await
+            .map(|(plan, _, _)| plan)
+            .map_err(|f| f.error)
     }
 
     async fn plan_with_facts(
         &self,
         domain: &str,
-    ) -> Result<(DeliveryPlan, Facts, Level), PlanError> {
+        write: CacheWrite,
+    ) -> Result<(DeliveryPlan, Facts, Level), GatherFailure> {
         let domain = normalise(domain);
         let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
-        let facts = self.gather(&domain, level).await?;
+        let facts = self.gather(&domain, level, write).await?;
         let host_facts: Vec<HostFacts> = facts.hosts.iter().map(|h| h.2.clone()).collect();
         let decision = decide(&DecisionInput {
             level,
@@ -134,8 +151,8 @@ impl PolicyEngine {
             .iter()
             .zip(decision.per_host)
             .map(|((mx, addrs, hf, _), req)| {
-                let requirement = match (&hf.addrs, req) {
-                    (AddrFacts::Failed(why), Ok(_)) => Err(why.clone()),
+                let requirement = match (hf.addrs.skip_reason(&mx.host), req) {
+                    (Some(why), Ok(_)) => Err(why),
                     (_, r) => r,
                 };
                 MxPlan {
@@ -157,31 +174,37 @@ impl PolicyEngine {
         Ok((plan, facts, level))
     }
 
-    /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`).
-    pub async fn explain(&self, domain: &str) -> Result<Explanation, PlanError> {
+    /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`),
+    /// for every state: a destination whose DNS fails is explained too, with level
+    /// `unknown`. With [`CacheWrite::ReadOnly`] a fetched MTA-STS policy is reported
+    /// but not stored.
+    pub async fn explain(&self, domain: &str, write: CacheWrite) -> Explanation {
         let domain = normalise(domain);
-        let (plan, facts, level) = self.plan_with_facts(&domain).await?;
+        let (level, _, min_tls_version, _) = self.settings(&domain);
+        let configured = Configured {
+            level,
+            shadow: self.config.policy.shadow_for(&domain),
+            min_tls_version,
+        };
+        let names = StatusNames {
+            dnssec_off: self.dns.dnssec_mode() == mxgate_config::DnssecMode::Off,
+        };
         let now = now_unix();
-        Ok(Explanation {
-            domain: domain.clone(),
-            configured_level: level.as_str().to_string(),
-            level: plan.level.as_str().to_string(),
-            source: plan.source.as_str().to_string(),
-            min_tls_version: plan.min_tls_version.as_str().to_string(),
-            mx: facts
-                .hosts
-                .iter()
-                .zip(&plan.mx)
-                .map(|((mx, addrs, hf, tlsa), p)| {
-                    MxReport::new(mx, addrs, hf, tlsa, facts.mx_status, p)
-                })
-                .collect(),
-            mta_sts: self
-                .sts
-                .cached(&domain)
-                .or(facts.sts.cached)
-                .map(|c| StsReport::new(&c, now)),
-        })
+        let stored = self.sts.cached(&domain);
+        match self.plan_with_facts(&domain, write).await {
+            Ok((plan, facts, _)) => {
+                let sts = stored.or(facts.sts.cached).map(|c| StsReport::new(&c, now));
+                Explanation::decided(configured, &plan, &facts.hosts, facts.mx_status, names, sts)
+            }
+            Err(f) => Explanation::undecided(
+                &domain,
+                configured,
+                &f.error,
+                f.mx_status,
+                names,
+                stored.map(|c| StsReport::new(&c, now)),
+            ),
+        }
     }
 
     /// The rustls configuration for one TLS session under `requirement` (cached).
@@ -208,6 +231,12 @@ impl PolicyEngine {
         config
     }
 
+    /// The configuration this engine was built from (the socketmap server reads the
+    /// `[policy.domains]` entry of a query from the same engine that plans it).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The global `policy.min_tls_version` (for connections outside any destination's
     /// policy, such as the bounce relay).
     pub fn min_tls_version(&self) -> TlsVersion {
@@ -231,16 +260,35 @@ impl PolicyEngine {
         }
     }
 
-    async fn gather(&self, domain: &str, level: Level) -> Result<Facts, PlanError> {
+    async fn gather(
+        &self,
+        domain: &str,
+        level: Level,
+        write: CacheWrite,
+    ) -> Result<Facts, GatherFailure> {
         let uses_dane = matches!(level, Level::Dane | Level::DaneOnly | Level::Auto);
+        // While the resolver self-test fails, DNSSEC failures are the resolver's.
+        let validates = self.dns.resolver_validates();
         let (hosts, mx_status) = match self.dns.mx(domain).await {
-            Err(e) => return Err(dns_error(domain, "MX", e)),
-            Ok(MxLookup::NullMx { .. }) => return Err(PlanError::NullMx(domain.to_string())),
-            Ok(MxLookup::NxDomain { .. }) => {
-                return Err(PlanError::NoSuchDomain {
-                    domain: domain.to_string(),
-                    detail: "NXDOMAIN".into(),
-                })
+            Err(e) => {
+                let status = e.status();
+                return Err(GatherFailure::new(dns_error(domain, e, validates), status));
+            }
+            Ok(MxLookup::NullMx { status }) => {
+                return Err(GatherFailure::new(
+                    PlanError::NullMx {
+                        domain: domain.to_string(),
+                    },
+                    status,
+                ))
+            }
+            Ok(MxLookup::NxDomain { status }) => {
+                return Err(GatherFailure::new(
+                    PlanError::NxDomain {
+                        domain: domain.to_string(),
+                    },
+                    status,
+                ))
             }
             // RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated
             // as if it was associated with an implicit MX RR, with a preference of 0,
@@ -257,9 +305,13 @@ impl PolicyEngine {
         // RFC 7672 §2.2.1: an MX lookup that is neither secure nor insecure cannot be
         // trusted either way; defer where DANE could apply.
         if uses_dane && mx_status == DnssecStatus::Indeterminate {
-            return Err(PlanError::Temporary(format!(
-                "dane: DNSSEC status of the MX records of {domain} is indeterminate"
-            )));
+            return Err(GatherFailure::new(
+                PlanError::MxLookup {
+                    domain: domain.to_string(),
+                    failure: LookupFailure::Indeterminate.blame_resolver(validates),
+                },
+                mx_status,
+            ));
         }
         let implicit = hosts.len() == 1 && hosts[0].host == domain && hosts[0].preference == 0;
         let port = self.config.delivery.smtp_port;
@@ -267,7 +319,9 @@ impl PolicyEngine {
         for (i, mx) in hosts.iter().enumerate() {
             let dns = self.dns.clone();
             let host = mx.host.clone();
-            set.spawn(async move { (i, host_facts(&dns, &host, port, uses_dane).await) });
+            set.spawn(
+                async move { (i, host_facts(&dns, &host, port, uses_dane, validates).await) },
+            );
         }
         let mut results: Vec<Option<HostLookup>> = vec![None; hosts.len()];
         while let Some(joined) = set.join_next().await {
@@ -284,7 +338,7 @@ impl PolicyEngine {
                     Vec::new(),
                     HostFacts {
                         host: mx.host.clone(),
-                        addrs: AddrFacts::Failed(format!("lookup of {} aborted", mx.host)),
+                        addrs: AddrFacts::Failed(LookupFailure::Temporary("lookup aborted".into())),
                         tlsa: TlsaFacts::NotLooked,
                     },
                     Vec::new(),
@@ -293,19 +347,18 @@ impl PolicyEngine {
             out.push((mx, r.0, r.1, r.2));
         }
         // The implicit MX of a domain without addresses: the domain does not take mail.
-        if implicit && out.iter().all(|h| h.1.is_empty()) {
-            if let AddrFacts::Failed(why) = &out[0].2.addrs {
-                if why.starts_with("no address") {
-                    return Err(PlanError::NoSuchDomain {
-                        domain: domain.to_string(),
-                        detail: "no MX and no address records".into(),
-                    });
-                }
-            }
+        if implicit && out.iter().all(|h| h.1.is_empty()) && out[0].2.addrs == AddrFacts::NoAddress
+        {
+            return Err(GatherFailure::new(
+                PlanError::NoMailHost {
+                    domain: domain.to_string(),
+                },
+                mx_status,
+            ));
         }
         let host_facts: Vec<HostFacts> = out.iter().map(|h| h.2.clone()).collect();
         let sts = if needs_sts(level, &host_facts) {
-            self.sts.lookup(domain, now_unix()).await
+            self.sts.lookup_with(domain, now_unix(), write).await
         } else {
             StsLookup {
                 state: StsState::NotConsulted,
@@ -321,20 +374,22 @@ impl PolicyEngine {
 }
 
 /// Address and TLSA facts of one MX host. Returns also every TLSA record (for reports).
-async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> HostLookup {
+async fn host_facts(
+    dns: &DnsClient,
+    host: &str,
+    port: u16,
+    uses_dane: bool,
+    validates: bool,
+) -> HostLookup {
+    let from_status = |s| LookupFailure::from_status(s).blame_resolver(validates);
+    let from_error = |e: &DnsError| LookupFailure::from_dns_error(e).blame_resolver(validates);
     let (addrs, addr_facts) = match dns.addresses(host).await {
         Ok(Answer::Found { records, status }) => match status {
             DnssecStatus::Secure | DnssecStatus::Insecure => (records, AddrFacts::Found(status)),
-            other => (
-                Vec::new(),
-                AddrFacts::Failed(format!("address records of {host} are {other}")),
-            ),
+            other => (Vec::new(), AddrFacts::Failed(from_status(other))),
         },
-        Ok(_) => (
-            Vec::new(),
-            AddrFacts::Failed(format!("no address records for {host}")),
-        ),
-        Err(e) => (Vec::new(), AddrFacts::Failed(e.to_string())),
+        Ok(_) => (Vec::new(), AddrFacts::NoAddress),
+        Err(e) => (Vec::new(), AddrFacts::Failed(from_error(&e))),
     };
     let mut all = Vec::new();
     // RFC 7672 §2.2.2: TLSA records are looked up only when the address records are
@@ -362,15 +417,15 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
                         }
                     }
                     DnssecStatus::Insecure => TlsaFacts::Insecure,
-                    other => TlsaFacts::Failed(format!("TLSA records of {host} are {other}")),
+                    other => TlsaFacts::Failed(from_status(other)),
                 }
             }
             Ok(Answer::NoData { status } | Answer::NxDomain { status }) => match status {
                 DnssecStatus::Secure => TlsaFacts::SecureNone,
                 DnssecStatus::Insecure => TlsaFacts::Insecure,
-                other => TlsaFacts::Failed(format!("TLSA denial for {host} is {other}")),
+                other => TlsaFacts::Failed(from_status(other)),
             },
-            Err(e) => TlsaFacts::Failed(format!("TLSA lookup for {host} failed: {e}")),
+            Err(e) => TlsaFacts::Failed(from_error(&e)),
         }
     } else {
         TlsaFacts::NotLooked
@@ -390,16 +445,15 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
     )
 }
 
-fn dns_error(domain: &str, what: &str, e: DnsError) -> PlanError {
+fn dns_error(domain: &str, e: DnsError, validates: bool) -> PlanError {
     match e {
-        DnsError::InvalidName { .. } => PlanError::NoSuchDomain {
+        DnsError::InvalidName { .. } => PlanError::InvalidName {
             domain: domain.to_string(),
-            detail: e.to_string(),
         },
-        DnsError::Bogus { .. } => {
-            PlanError::Temporary(format!("dnssec: {what} lookup for {domain}: {e}"))
-        }
-        DnsError::Temporary { .. } | DnsError::Setup(_) => PlanError::Temporary(e.to_string()),
+        e => PlanError::MxLookup {
+            domain: domain.to_string(),
+            failure: LookupFailure::from_dns_error(&e).blame_resolver(validates),
+        },
     }
 }
 
@@ -421,7 +475,7 @@ mod tests {
         #[allow(dead_code)]
         fn check(e: &PolicyEngine) {
             send(&e.plan("example.com"));
-            send(&e.explain("example.com"));
+            send(&e.explain("example.com", CacheWrite::ReadOnly));
         }
     }
 }

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use mxgate_config::{Level, OnTlsFailure, TlsVersion};
 
+use crate::reason::SkipReason;
+
 /// Where the level applied to a destination came from (log field `source=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicySource {
@@ -74,41 +76,20 @@ pub struct MxPlan {
     pub preference: u16,
     /// Every address of the host, in dialling order.
     pub addrs: Vec<IpAddr>,
-    /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why
-    /// (`mta-sts enforce: mx2.example.com not in policy`, `dane: TLSA lookup for ...
-    /// failed: SERVFAIL`), which becomes the deferral reason if no MX is left.
-    pub requirement: Result<TlsRequirement, String>,
+    /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why, and
+    /// becomes the deferral reason if no MX is left.
+    pub requirement: Result<TlsRequirement, SkipReason>,
 }
 
 /// The policy for one destination domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryPlan {
     pub domain: String,
-    /// The level applied (`none|may|encrypt|verify|mta-sts|dane`; never `auto`).
+    /// The level applied (`none|may|encrypt|verify|mta-sts|dane|dane-only`; never
+    /// `auto`). `dane-only` stays `dane-only` for people; metrics label it `dane`.
     pub level: Level,
     pub source: PolicySource,
     pub min_tls_version: TlsVersion,
     pub on_tls_failure: OnTlsFailure,
     pub mx: Vec<MxPlan>,
-}
-
-/// No plan could be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// RFC 7505 null MX: the domain accepts no mail.
-    #[error("domain {0} does not accept mail (null MX)")]
-    NullMx(String),
-    /// NXDOMAIN, or no MX and no address records.
-    #[error("domain {domain} not found: {detail}")]
-    NoSuchDomain { domain: String, detail: String },
-    /// DNS temporary failure, DNSSEC bogus/indeterminate where it matters, MTA-STS
-    /// policy unavailable, ...
-    #[error("{0}")]
-    Temporary(String),
-}
-
-impl PlanError {
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, PlanError::NullMx(_) | PlanError::NoSuchDomain { .. })
-    }
 }

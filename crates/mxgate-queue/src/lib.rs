@@ -31,6 +31,6 @@ pub use queue::{
 pub use log::writer::Tuning;
 pub use spool::{BounceReason, RecipientStatus};
 pub use transport::{
-    DeliveryFailure, DeliveryJob, MessageStore, Outcome, QueueId, RecipientOutcome, StoreError,
-    Transport,
+    DeliveryFailure, DeliveryJob, FailureKind, MessageStore, Outcome, QueueId, RecipientOutcome,
+    StoreError, Transport, MAX_DIAGNOSTIC,
 };
