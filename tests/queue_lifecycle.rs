@@ -654,10 +654,7 @@ async fn a_corrupted_spool_file_is_quarantined_and_the_rest_delivered() {
     let dest = receiver(27, port, ReceiverConfig::default()).await;
     tokio::task::block_in_place(|| gate.spawn());
     let line = gate
-        .wait_log(
-            |l| l.contains("damaged spool record quarantined"),
-            WAIT,
-        )
+        .wait_log(|l| l.contains("damaged spool record quarantined"), WAIT)
         .await;
     assert!(
         line.contains(&*files[0].file_name().expect("name").to_string_lossy()),
@@ -666,11 +663,19 @@ async fn a_corrupted_spool_file_is_quarantined_and_the_rest_delivered() {
     queue_is_empty(&gate).await;
     let mut delivered: Vec<String> = dest.messages().iter().map(message_id).collect();
     delivered.sort();
-    assert_eq!(delivered, ["c1", "c3"], "only the damaged message is missing");
+    assert_eq!(
+        delivered,
+        ["c1", "c3"],
+        "only the damaged message is missing"
+    );
     let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("queue").join("quarantine"))
         .expect("quarantine dir")
         .collect();
-    assert_eq!(quarantine.len(), 2, "the damaged record and the garbage file");
+    assert_eq!(
+        quarantine.len(),
+        2,
+        "the damaged record and the garbage file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

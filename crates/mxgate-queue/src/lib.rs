@@ -25,10 +25,10 @@ mod scheduler;
 mod spool;
 pub mod transport;
 
+pub use log::writer::Tuning;
 pub use queue::{
     FinalEvent, MessageSummary, Queue, QueueCounts, QueueError, QueueSettings, RecipientSummary,
 };
-pub use log::writer::Tuning;
 pub use spool::{BounceReason, RecipientStatus};
 pub use transport::{
     DeliveryFailure, DeliveryJob, FailureKind, MessageStore, Outcome, QueueId, RecipientOutcome,

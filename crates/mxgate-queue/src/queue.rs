@@ -489,11 +489,19 @@ impl Queue {
 
     /// The body of a message: from memory if still there, else read back from its
     /// segment and checked against its checksum.
-    pub(crate) async fn body(&self, loc: BodyLoc, size: u64, mem: Option<Bytes>) -> io::Result<Bytes> {
+    pub(crate) async fn body(
+        &self,
+        loc: BodyLoc,
+        size: u64,
+        mem: Option<Bytes>,
+    ) -> io::Result<Bytes> {
         if let Some(b) = mem {
             return Ok(b);
         }
-        let path = self.paths.log.join(crate::log::writer::segment_name(loc.seg));
+        let path = self
+            .paths
+            .log
+            .join(crate::log::writer::segment_name(loc.seg));
         tokio::task::spawn_blocking(move || read_body(&path, loc, size))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)))
@@ -609,7 +617,9 @@ impl Queue {
             .log
             .append(Self::state_record(id, lines), Bytes::new(), false)
             .await
-            .inspect_err(|e| tracing::error!(id = %id, error = %e, "cannot record recipient state"))?;
+            .inspect_err(
+                |e| tracing::error!(id = %id, error = %e, "cannot record recipient state"),
+            )?;
         self.lock().add_seg(id, written.seg);
         Ok(())
     }
@@ -797,8 +807,12 @@ mod tests {
             .store(env.clone(), Bytes::from_static(b"x\r\n"))
             .await
             .unwrap();
-        std::fs::create_dir(dir.path().join("log").join(crate::log::writer::segment_name(2)))
-            .unwrap();
+        std::fs::create_dir(
+            dir.path()
+                .join("log")
+                .join(crate::log::writer::segment_name(2)),
+        )
+        .unwrap();
         let err = q
             .store(env, Bytes::from_static(b"x\r\n"))
             .await

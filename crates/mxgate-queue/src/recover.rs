@@ -40,7 +40,11 @@ fn new_rcpt(arrival_ms: u64) -> Rcpt {
 }
 
 /// The index entry of a message record (states included).
-pub(crate) fn entry_from_rec(rec: &MessageRec, loc: BodyLoc, size: u64) -> Result<Entry, RecordError> {
+pub(crate) fn entry_from_rec(
+    rec: &MessageRec,
+    loc: BodyLoc,
+    size: u64,
+) -> Result<Entry, RecordError> {
     let envelope = record::envelope_from_rec(rec.env.clone())?;
     let mut e = Entry {
         rcpts: vec![new_rcpt(rec.at); envelope.recipients.len()],
@@ -288,6 +292,7 @@ fn v1_record(m: &V1Message) -> Result<MessageRec, RecordError> {
             n: l.n,
             t: l.t,
             e: l.e.as_ref().map(|f| record::FailureRec {
+                kind: f.kind.clone(),
                 status: f.status.clone(),
                 mta: f.remote_mta.clone(),
                 diag: f.diagnostic.clone(),
@@ -337,7 +342,8 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
         let body = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
             .await
             .map_err(|e| QueueError::Io(std::io::Error::other(e)))??;
-        let meta = serde_json::to_vec(&rec).map_err(|e| QueueError::Io(std::io::Error::other(e)))?;
+        let meta =
+            serde_json::to_vec(&rec).map_err(|e| QueueError::Io(std::io::Error::other(e)))?;
         let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
         record::encode_head(&mut head, Kind::Message, &meta, &body);
         let head_len = head.len() as u64;

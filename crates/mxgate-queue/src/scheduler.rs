@@ -223,8 +223,7 @@ impl Queue {
                 let q = Arc::clone(&self);
                 running.spawn(async move { q.retry_dsn(&id).await });
             }
-            if self.wants_compaction(&self.lock())
-                && !self.compacting.swap(true, Ordering::AcqRel)
+            if self.wants_compaction(&self.lock()) && !self.compacting.swap(true, Ordering::AcqRel)
             {
                 let q = Arc::clone(&self);
                 running.spawn(async move {
@@ -567,7 +566,10 @@ impl Queue {
         final_now: bool,
     ) {
         if !failed.is_empty() {
-            if let Err(e) = self.send_dsn(id, &snapshot, &failed, DsnAction::Failed).await {
+            if let Err(e) = self
+                .send_dsn(id, &snapshot, &failed, DsnAction::Failed)
+                .await
+            {
                 tracing::error!(id = %id, error = %e, "cannot queue DSN; the bounce is recorded once it is queued");
                 self.defer_dsn(
                     id,
@@ -748,7 +750,9 @@ impl Queue {
             let taken = {
                 let mut index = self.lock();
                 match index.msgs.get_mut(&id) {
-                    Some(e) if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving => {
+                    Some(e)
+                        if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving =>
+                    {
                         e.moving = true;
                         e.busy += 1;
                         let st = e
@@ -815,7 +819,11 @@ impl Queue {
         self.trim_segments(&mut index);
         drop(index);
         if moved > 0 {
-            tracing::info!(segment = oldest, messages = moved, "spool segment compacted");
+            tracing::info!(
+                segment = oldest,
+                messages = moved,
+                "spool segment compacted"
+            );
         }
         self.wake.notify_one();
     }

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-
 /// First token of every spool file; the digit is the format version.
 pub(crate) const MAGIC: &str = "MXGATE-Q1";
 /// Upper bound on the metadata size: an envelope with 1000 long recipients fits easily.
@@ -73,6 +72,9 @@ pub(crate) struct V1Notify {
 /// A delivery failure as version 1 wrote it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct V1Failure {
+    /// The failure kind's tag, in files written once kinds existed.
+    #[serde(default)]
+    pub kind: Option<String>,
     pub status: String,
     pub remote_mta: Option<String>,
     pub diagnostic: String,

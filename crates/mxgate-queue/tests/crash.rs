@@ -48,7 +48,10 @@ impl Transport for Destination {
         let up = rand::rng().random::<f64>() >= self.down;
         if up {
             let text = String::from_utf8_lossy(&job.message);
-            if let Some(tag) = text.strip_prefix("X-Tag: ").and_then(|t| t.split("\r\n").next()) {
+            if let Some(tag) = text
+                .strip_prefix("X-Tag: ")
+                .and_then(|t| t.split("\r\n").next())
+            {
                 append(&self.log, &format!("{tag}-{}\n", job.domain));
             }
         }
@@ -156,7 +159,10 @@ fn lines(path: &Path) -> Vec<String> {
 fn child(dir: &Path, round: u32, down: f64, ingest: bool) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture"])
-        .env(CHILD, format!("{}:{round}:{down}:{}", dir.display(), u8::from(ingest)))
+        .env(
+            CHILD,
+            format!("{}:{round}:{down}:{}", dir.display(), u8::from(ingest)),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -197,7 +203,10 @@ fn kill_9_at_random_points_loses_no_acknowledged_message() {
         *times.entry(d.as_str()).or_default() += 1;
     }
     assert!(acked.len() > 100, "the loop stored mail: {}", acked.len());
-    let lost: Vec<_> = acked.iter().filter(|a| !times.contains_key(a.as_str())).collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|a| !times.contains_key(a.as_str()))
+        .collect();
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     // Duplicates: a delivery whose outcome (or lazy completion) had not reached the
     // disk when the process was killed is made again — SMTP's at-least-once window.
@@ -208,8 +217,12 @@ fn kill_9_at_random_points_loses_no_acknowledged_message() {
         delivered.len(),
         duplicates
     );
-    assert!(duplicates <= 12 * 64, "duplicates only around each kill: {duplicates}");
-    let segs = std::fs::read_dir(dir.path().join("queue").join("log")).unwrap().count();
+    assert!(
+        duplicates <= 12 * 64,
+        "duplicates only around each kill: {duplicates}"
+    );
+    let segs = std::fs::read_dir(dir.path().join("queue").join("log"))
+        .unwrap()
+        .count();
     assert!(segs <= 2, "an empty queue keeps no old segments: {segs}");
 }
-

@@ -80,12 +80,21 @@ async fn dsn_on_a_full_disk_is_retried_and_the_bounce_recorded_only_after_it() {
     let gone2 = store(&q, envelope("b@sender.test", &["gone2@dest.test"])).await;
     let mut later = Vec::new();
     for n in 0..20 {
-        later.push(store(&q, envelope("c@sender.test", &[&format!("later{n}@dest.test")])).await);
+        later.push(
+            store(
+                &q,
+                envelope("c@sender.test", &[&format!("later{n}@dest.test")]),
+            )
+            .await,
+        );
     }
     let filler = spool.join("filler");
     fill(&filler);
     let refused = q
-        .store(envelope("d@sender.test", &["x@dest.test"]), bytes::Bytes::from_static(MESSAGE))
+        .store(
+            envelope("d@sender.test", &["x@dest.test"]),
+            bytes::Bytes::from_static(MESSAGE),
+        )
         .await
         .unwrap_err();
     assert!(matches!(refused, StoreError::NoSpace(_)), "{refused:?}");

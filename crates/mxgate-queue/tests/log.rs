@@ -161,7 +161,11 @@ async fn first_attempt_from_memory_then_read_back_with_its_checksum() {
         if budget > 0 {
             assert_eq!(got, vec![a, b], "first attempts use the body in memory");
         } else {
-            assert_eq!(got, vec![b], "read back: the damaged message is quarantined");
+            assert_eq!(
+                got,
+                vec![b],
+                "read back: the damaged message is quarantined"
+            );
             let q: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -195,7 +199,10 @@ async fn compaction_copies_long_deferred_messages_forward() {
     let big = Bytes::from(vec![b'x'; 3000]);
     for n in 0..40 {
         let id = q
-            .store(envelope("a@sender.test", &[&format!("r{n}@one.test")]), big.clone())
+            .store(
+                envelope("a@sender.test", &[&format!("r{n}@one.test")]),
+                big.clone(),
+            )
             .await
             .unwrap();
         final_event(&mut events, &id).await;
@@ -274,7 +281,11 @@ async fn bounce_and_delete_of_a_message_in_flight_wait_for_the_attempt() {
         });
         let (stop, run) = start(&q, &t);
         let mut events = q.subscribe();
-        let id = store(&q, envelope("a@sender.test", &["ok@one.test", "later@one.test"])).await;
+        let id = store(
+            &q,
+            envelope("a@sender.test", &["ok@one.test", "later@one.test"]),
+        )
+        .await;
         let job = started.recv().await.unwrap();
         assert_eq!(job.id, id);
         if delete {
@@ -282,7 +293,10 @@ async fn bounce_and_delete_of_a_message_in_flight_wait_for_the_attempt() {
         } else {
             assert_eq!(q.bounce(&id).await.unwrap(), 2, "both pending when asked");
         }
-        assert!(q.show(&id).is_some(), "nothing happens while the attempt runs");
+        assert!(
+            q.show(&id).is_some(),
+            "nothing happens while the attempt runs"
+        );
         t.gate.add_permits(1);
         let ev = final_event(&mut events, &id).await;
         assert_eq!(ev.deleted, delete);
@@ -299,7 +313,10 @@ async fn bounce_and_delete_of_a_message_in_flight_wait_for_the_attempt() {
             assert!(dsn.envelope.sender.is_empty());
             let text = String::from_utf8_lossy(&dsn.message).into_owned();
             assert!(text.contains("later@one.test"), "{text}");
-            assert!(!text.contains("Final-Recipient: rfc822; ok@one.test"), "{text}");
+            assert!(
+                !text.contains("Final-Recipient: rfc822; ok@one.test"),
+                "{text}"
+            );
         }
         stop.cancel();
         run.await.unwrap();

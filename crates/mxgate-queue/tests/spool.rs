@@ -79,7 +79,13 @@ async fn bad_files_are_quarantined_and_torn_state_repaired() {
     let torn = mxgate_queue::QueueId("0193A0000000002".into());
     let truncated = mxgate_queue::QueueId("0193A0000000003".into());
     write_v1(dir.path(), &good.0, &["x@one.test"], MESSAGE, b"");
-    write_v1(dir.path(), &torn.0, &["x@one.test", "y@one.test"], MESSAGE, b"");
+    write_v1(
+        dir.path(),
+        &torn.0,
+        &["x@one.test", "y@one.test"],
+        MESSAGE,
+        b"",
+    );
     write_v1(dir.path(), &truncated.0, &["x@one.test"], MESSAGE, b"");
     let msg = dir.path().join("msg");
     // A torn append after one complete state record.
@@ -133,7 +139,10 @@ async fn bad_files_are_quarantined_and_torn_state_repaired() {
         std::fs::read_dir(dir.path().join("tmp")).map_or(true, |d| d.count() == 0),
         "temp files removed"
     );
-    assert!(!msg.exists(), "the version 1 directory is gone once imported");
+    assert!(
+        !msg.exists(),
+        "the version 1 directory is gone once imported"
+    );
     drop(q);
     // The imported messages live in the log now: a second reopen still sees them.
     let q = Queue::open(settings(dir.path(), &[60], 86400))
@@ -180,7 +189,11 @@ async fn startup_does_not_read_bodies() {
     drop(q);
     // A second start: the first segment is now an old one (only the segment a crashed
     // run was writing gets its bodies checked).
-    drop(Queue::open(settings(dir.path(), &[60], 86400)).await.unwrap());
+    drop(
+        Queue::open(settings(dir.path(), &[60], 86400))
+            .await
+            .unwrap(),
+    );
     // Rewrite the record header to promise a 64 GiB body and make the segment sparse
     // that big: reading it at startup would take minutes, skipping it takes nothing.
     let path = segments(dir.path())[0].clone();

@@ -24,7 +24,8 @@ use mxgate_smtp::{BodyType, Envelope, Notify, Recipient, Ret};
 use serde::{Deserialize, Serialize};
 
 use crate::spool::{BounceReason, RecipientStatus};
-use crate::transport::DeliveryFailure;
+use crate::transport::{DeliveryFailure, FailureKind};
+use mxgate_smtp::EnhancedStatus;
 
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: &[u8; 16] = b"MXGATE-SEGMENT2\n";
@@ -237,6 +238,10 @@ pub(crate) struct StateRec {
 /// A delivery failure as the spool stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct FailureRec {
+    /// The failure kind's stable tag (`FailureKind::as_str`); absent in records of
+    /// spools that had no kinds (version 1 imports), read as `other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// RFC 3463 status text, `x.y.z`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +346,7 @@ pub(crate) fn envelope_from_rec(r: EnvelopeRec) -> Result<Envelope, RecordError>
 
 pub(crate) fn failure_rec(f: &DeliveryFailure) -> FailureRec {
     FailureRec {
+        kind: Some(f.kind.as_str().to_string()),
         status: f.status.to_string(),
         mta: f.remote_mta.clone(),
         diag: f.diagnostic.clone(),
@@ -348,9 +354,19 @@ pub(crate) fn failure_rec(f: &DeliveryFailure) -> FailureRec {
     }
 }
 
+/// Maps a stored failure back. An unknown kind tag reads as `FailureKind::Other`; a
+/// status that does not parse (never written by mxgate) as `4.0.0`, so that a record
+/// never makes its message unreadable.
 pub(crate) fn failure_from_rec(r: FailureRec) -> DeliveryFailure {
     DeliveryFailure {
-        status: r.status,
+        kind: r
+            .kind
+            .as_deref()
+            .map_or(FailureKind::Other, FailureKind::parse),
+        status: r
+            .status
+            .parse()
+            .unwrap_or_else(|_| EnhancedStatus::transient(0, 0)),
         remote_mta: r.mta,
         diagnostic: r.diag,
         remote: r.remote,
@@ -417,7 +433,10 @@ mod tests {
             bad[i] ^= 0x10;
             match parse_header(&bad) {
                 HeaderRead::Header(h2) => {
-                    assert!(!head_ok(&bad, &bad[HEADER_LEN..HEADER_LEN + 7], &h2), "bit in {i}")
+                    assert!(
+                        !head_ok(&bad, &bad[HEADER_LEN..HEADER_LEN + 7], &h2),
+                        "bit in {i}"
+                    )
                 }
                 HeaderRead::Bad | HeaderRead::End => {}
             }

@@ -155,7 +155,11 @@ impl LogWriter {
         let mut thread = Thread {
             dir,
             tuning,
-            next_seq: if seg.is_some() { first_seq + 1 } else { first_seq },
+            next_seq: if seg.is_some() {
+                first_seq + 1
+            } else {
+                first_seq
+            },
             seg,
             active: Arc::clone(&active),
             fsyncs: Arc::clone(&fsyncs),
@@ -173,7 +177,12 @@ impl LogWriter {
 
     /// Appends a record and waits until a commit covers it.
     #[cfg(not(feature = "test-util"))]
-    pub async fn append(&self, head: Vec<u8>, body: Bytes, new_message: bool) -> io::Result<Written> {
+    pub async fn append(
+        &self,
+        head: Vec<u8>,
+        body: Bytes,
+        new_message: bool,
+    ) -> io::Result<Written> {
         let (tx, rx) = oneshot::channel();
         self.send(head, body, new_message, Reply::Async(tx))?;
         rx.await.map_err(|_| stopped())?
@@ -183,7 +192,12 @@ impl LogWriter {
     /// that tokio's paused test clock does not jump ahead while a commit is on its way
     /// to the disk (a blocking task holds auto-advance back; a foreign thread does not).
     #[cfg(feature = "test-util")]
-    pub async fn append(&self, head: Vec<u8>, body: Bytes, new_message: bool) -> io::Result<Written> {
+    pub async fn append(
+        &self,
+        head: Vec<u8>,
+        body: Bytes,
+        new_message: bool,
+    ) -> io::Result<Written> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(head, body, new_message, Reply::Sync(tx))?;
         tokio::task::spawn_blocking(move || rx.recv())
