@@ -43,6 +43,57 @@ pub struct SessionParams {
     pub policy_label: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// The shadow level to check on this session, never enforced (docs/policy.md).
+    pub shadow: Option<ShadowCheck>,
+}
+
+/// A shadow requirement and the PKIX verifier to judge it with.
+#[derive(Clone)]
+pub struct ShadowCheck {
+    pub requirement: mxgate_policy::ShadowRequirement,
+    pub pkix: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+}
+
+/// What the shadow level said about a session (log field `shadow=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowVerdict {
+    pub level: mxgate_policy::Level,
+    pub result: Result<(), mxgate_policy::RequirementFailure>,
+}
+
+impl ShadowVerdict {
+    /// `verify:ok` or `verify:certificate-not-trusted`.
+    pub fn log_word(&self) -> String {
+        match self.result {
+            Ok(()) => format!("{}:ok", self.level.as_str()),
+            Err(f) => format!("{}:{}", self.level.as_str(), f.as_str()),
+        }
+    }
+}
+
+/// Judges the session just established against the shadow requirement, if any: the
+/// pure [`mxgate_policy::evaluate`] on the same session.
+fn shadow_verdict(
+    params: &SessionParams,
+    tls: bool,
+    peer_chain: &[rustls_pki_types::CertificateDer<'_>],
+) -> Option<ShadowVerdict> {
+    let check = params.shadow.as_ref()?;
+    let result = match &check.requirement.requirement {
+        Err(skip) => Err(skip.into()),
+        Ok(requirement) => {
+            let facts = mxgate_policy::SessionFacts {
+                tls,
+                peer_chain,
+                now: rustls_pki_types::UnixTime::now(),
+            };
+            mxgate_policy::evaluate(requirement, &facts, check.pkix.as_ref()).map(|_| ())
+        }
+    };
+    Some(ShadowVerdict {
+        level: check.requirement.level,
+        result,
+    })
 }
 
 impl SessionParams {
@@ -72,6 +123,8 @@ pub struct TlsFacts {
     pub cipher: Option<String>,
     /// How the server was authenticated (`auth=`): `none`, `pkix`, `dane-ee`, `dane-ta`.
     pub auth: &'static str,
+    /// The shadow level's verdict on this session, if one is configured.
+    pub shadow: Option<ShadowVerdict>,
 }
 
 impl Default for TlsFacts {
@@ -81,7 +134,16 @@ impl Default for TlsFacts {
             version: None,
             cipher: None,
             auth: "none",
+            shadow: None,
         }
+    }
+}
+
+/// The facts of a cleartext session, with the shadow level's verdict on it.
+fn cleartext_facts(params: &SessionParams) -> TlsFacts {
+    TlsFacts {
+        shadow: shadow_verdict(params, false, &[]),
+        ..TlsFacts::default()
     }
 }
 
@@ -269,7 +331,15 @@ async fn attempt(
         StartTlsStep::Skip => {
             let conn = conn.map_stream(SmtpStream::Plain);
             return Attempt::Finished(Box::new(
-                transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
+                transaction(
+                    conn,
+                    params,
+                    job,
+                    recipients,
+                    &caps,
+                    cleartext_facts(params),
+                )
+                .await,
             ));
         }
         StartTlsStep::NotOffered => {
@@ -299,7 +369,15 @@ async fn attempt(
         if opportunistic {
             let conn = conn.map_stream(SmtpStream::Plain);
             return Attempt::Finished(Box::new(
-                transaction(conn, params, job, recipients, &caps, TlsFacts::default()).await,
+                transaction(
+                    conn,
+                    params,
+                    job,
+                    recipients,
+                    &caps,
+                    cleartext_facts(params),
+                )
+                .await,
             ));
         }
         conn.quit().await;
@@ -392,6 +470,11 @@ async fn attempt(
             session.peer_certificates().unwrap_or_default(),
         )
         .as_str(),
+        shadow: shadow_verdict(
+            params,
+            true,
+            session.peer_certificates().unwrap_or_default(),
+        ),
     };
     let mut conn = Conn::new(SmtpStream::Tls(Box::new(tls)), params.command_timeout);
     // RFC 3207 §4.2: the client SHOULD send an EHLO command as the first command after
