@@ -39,6 +39,8 @@ pub struct Settings {
     pub queue: String,
     /// Extra `[listener]` lines.
     pub listener: String,
+    /// Extra sections appended at the end (e.g. `[socketmap]`).
+    pub extra: String,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             domains: String::new(),
             queue: String::new(),
             listener: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -127,6 +130,8 @@ listen = "{metrics}"
 
 [control]
 socket = {control_toml}
+
+{extra}
 "#,
             queue = toml_path(&dir.join("queue")),
             // Defaults for fast tests, unless the test sets these keys itself.
@@ -148,6 +153,7 @@ socket = {control_toml}
             policy = settings.policy,
             domains = settings.domains,
             control_toml = toml_path(&control),
+            extra = settings.extra,
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut gate = Mxgate {

@@ -18,6 +18,7 @@ pub use load::ConfigError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub socketmap: SocketmapConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`
@@ -142,6 +145,12 @@ pub struct DeliveryConfig {
     pub command_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_domain: usize,
+    /// At most this many MX addresses are dialled in one delivery attempt (Postfix's
+    /// `smtp_mx_address_limit`).
+    pub mx_address_limit: NonZeroUsize,
+    /// At most this many sessions that completed EHLO (and TLS where used) in one
+    /// delivery attempt (Postfix's `smtp_mx_session_limit`).
+    pub mx_session_limit: NonZeroUsize,
     /// Extra PEM roots added to the built-in roots.
     pub ca_file: PathBuf,
 }
@@ -154,6 +163,8 @@ impl Default for DeliveryConfig {
             command_timeout: Duration::from_secs(300),
             max_connections: 200,
             max_connections_per_domain: 20,
+            mx_address_limit: NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+            mx_session_limit: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
             ca_file: PathBuf::new(),
         }
     }
@@ -163,13 +174,17 @@ impl Default for DeliveryConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// `ip:port` list; empty = `/etc/resolv.conf`.
+    /// `ip:port` (or a bare IP, port 53) list; empty = `/etc/resolv.conf`.
+    #[serde(deserialize_with = "deserialize_nameservers")]
     pub nameservers: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
     /// File of DNSKEY records (zone-file syntax); empty = the IANA root anchors.
     pub trust_anchor: PathBuf,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
+    /// `"NAME TYPE"` looked up by the resolver self-test (docs/operations.md), like
+    /// Postfix's `dnssec_probe`.
+    pub dnssec_probe: String,
 }
 
 impl Default for DnsConfig {
@@ -179,8 +194,53 @@ impl Default for DnsConfig {
             dnssec: DnssecMode::Validate,
             trust_anchor: PathBuf::new(),
             timeout: Duration::from_secs(5),
+            dnssec_probe: ". NS".into(),
         }
     }
+}
+
+/// Record types the resolver self-test may ask for.
+pub const DNSSEC_PROBE_TYPES: [&str; 7] = ["NS", "SOA", "A", "AAAA", "MX", "TXT", "DNSKEY"];
+
+impl DnsConfig {
+    /// `dns.dnssec_probe` as (name, type); `None` if it is not `"NAME TYPE"` with a
+    /// type of [`DNSSEC_PROBE_TYPES`].
+    pub fn probe(&self) -> Option<(&str, &str)> {
+        let mut words = self.dnssec_probe.split_whitespace();
+        let (name, rtype) = (words.next()?, words.next()?);
+        if words.next().is_some() {
+            return None;
+        }
+        DNSSEC_PROBE_TYPES
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(rtype))
+            .map(|t| (name, *t))
+    }
+}
+
+/// `"127.0.0.53"`, `"127.0.0.53:5353"`, `"::1"` or `"[::1]:53"`: a bare address means
+/// port 53, as in resolv.conf.
+fn deserialize_nameservers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| parse_nameserver(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// One `dns.nameservers` entry (see [`DnsConfig::nameservers`]).
+pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "{s:?} is not an IP address or \"ip:port\" (\"[v6]:port\" for IPv6)"
+    ))
 }
 
 /// `dns.dnssec`
@@ -208,6 +268,10 @@ pub struct PolicyConfig {
     /// Total time allowed for one MTA-STS policy fetch (RFC 8461 §3.3 suggests a minute).
     #[serde(deserialize_with = "duration::deserialize")]
     pub mta_sts_timeout: Duration,
+    /// A stricter level checked on every session but never enforced (docs/policy.md,
+    /// "Shadow levels"); `""` = none.
+    #[serde(deserialize_with = "level::deserialize_optional_level")]
+    pub shadow: Option<Level>,
     pub domains: BTreeMap<String, DomainPolicy>,
 }
 
@@ -221,6 +285,7 @@ impl Default for PolicyConfig {
             mta_sts_port: 443,
             cache_path: PathBuf::from("/var/lib/mxgate/policy"),
             mta_sts_timeout: Duration::from_secs(60),
+            shadow: None,
             domains: BTreeMap::new(),
         }
     }
@@ -238,9 +303,20 @@ pub struct DomainPolicy {
     pub min_tls_version: Option<TlsVersion>,
     #[serde(default)]
     pub on_tls_failure: Option<OnTlsFailure>,
+    /// The domain's shadow level (absent or `""`: `policy.shadow`).
+    #[serde(default, deserialize_with = "level::deserialize_optional_level")]
+    pub shadow: Option<Level>,
 }
 
 impl PolicyConfig {
+    /// The shadow level for `domain`: its entry's `shadow`, else `policy.shadow`.
+    pub fn shadow_for(&self, domain: &str) -> Option<Level> {
+        match self.domain_entry(domain) {
+            Some((_, e)) if e.shadow.is_some() => e.shadow,
+            _ => self.shadow,
+        }
+    }
+
     /// The `[policy.domains]` entry for `domain`: an exact match first, then the
     /// nearest leading-dot parent (`.example.org` matches `a.b.example.org`, not
     /// `example.org` itself), as Postfix's `smtp_tls_policy_maps` does.
@@ -275,6 +351,43 @@ impl Default for MetricsConfig {
             listen: "127.0.0.1:9325".to_string(),
         }
     }
+}
+
+/// `[socketmap]`: the policy server for Postfix's `smtp_tls_policy_maps`
+/// (docs/postfix.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketmapConfig {
+    /// `"ip:port"` to serve socketmap lookups on; empty = off.
+    pub listen: String,
+    /// A connection without a request for this long is closed. Postfix closes its own
+    /// idle socketmap connections after 10 s, so the default leaves that to Postfix.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketmapConfig {
+    fn default() -> Self {
+        SocketmapConfig {
+            listen: String::new(),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SocketmapConfig {
+    /// The listen address, `None` when the server is off. Validation has checked it.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+/// `[cluster]`: several instances sharing MTA-STS policies (docs/scaling.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT/DB`; empty = nothing shared.
+    pub redis: String,
 }
 
 /// `[control]`

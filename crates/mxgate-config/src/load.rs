@@ -1,5 +1,6 @@
 //! Loading and validating the configuration file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::{Config, DnssecMode, Level};
@@ -51,6 +52,44 @@ impl Config {
         let config = config.normalised()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Only `control.socket`, for the commands that talk to a running daemon (`queue`,
+    /// `tlsrpt`): they must work while the rest of the file does not validate (an
+    /// operator mid-edit, mid-incident). Returns the socket and, when the whole file
+    /// is not valid, the error for a warning. Fails only when the file cannot be read
+    /// as TOML or `control.socket` itself is not a string.
+    pub fn control_socket_only(
+        path: Option<&Path>,
+    ) -> Result<(PathBuf, Option<ConfigError>), ConfigError> {
+        let full_error = match Config::load(path) {
+            Ok(c) => return Ok((c.control.socket, None)),
+            Err(e) => e,
+        };
+        let Some(path) = path else {
+            return Err(full_error);
+        };
+        let file_error = |message: String| ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(file_error("no such file".into()));
+        }
+        let raw = config::Config::builder()
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            )
+            .build()
+            .map_err(|e| file_error(e.to_string()))?;
+        let socket = match raw.get_string("control.socket") {
+            Ok(s) => PathBuf::from(s),
+            Err(config::ConfigError::NotFound(_)) => crate::ControlConfig::default().socket,
+            Err(e) => return Err(ConfigError::invalid("control.socket", e.to_string())),
+        };
+        Ok((socket, Some(full_error)))
     }
 
     /// Domain names are case-insensitive and may be written with a trailing dot
@@ -163,6 +202,25 @@ impl Config {
                 format!("{}: no such file", self.dns.trust_anchor.display()),
             ));
         }
+        if !self.socketmap.listen.is_empty() && self.socketmap.listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "socketmap.listen",
+                "must be \"ip:port\" or empty",
+            ));
+        }
+        if !self.cluster.redis.is_empty() && !self.cluster.redis.starts_with("redis://") {
+            return Err(ConfigError::invalid(
+                "cluster.redis",
+                "must be a \"redis://HOST:PORT/DB\" URL or empty",
+            ));
+        }
+        if self.socketmap.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "socketmap.idle_timeout",
+                "must be > 0",
+            ));
+        }
         if self.policy.mta_sts_port == 0 {
             return Err(ConfigError::invalid("policy.mta_sts_port", "must be > 0"));
         }
@@ -175,7 +233,17 @@ impl Config {
                 "must be one of none, may, encrypt, verify",
             ));
         }
+        if self.dns.probe().is_none() {
+            return Err(ConfigError::invalid(
+                "dns.dnssec_probe",
+                format!(
+                    "must be \"NAME TYPE\" with TYPE one of {} (e.g. \". NS\")",
+                    crate::DNSSEC_PROBE_TYPES.join(", ")
+                ),
+            ));
+        }
         let dnssec_off = self.dns.dnssec == DnssecMode::Off;
+        check_shadow("policy.shadow", self.policy.shadow, dnssec_off)?;
         if dnssec_off && self.policy.default.needs_dnssec() {
             return Err(ConfigError::invalid(
                 "policy.default",
@@ -202,6 +270,7 @@ impl Config {
                     ),
                 ));
             }
+            check_shadow(&format!("{key}.shadow"), entry.shadow, dnssec_off)?;
             if !entry.match_names.is_empty() && entry.level != Level::Verify {
                 return Err(ConfigError::invalid(
                     format!("{key}.match"),
@@ -220,6 +289,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A shadow level is a level that can fail: `encrypt` and stricter.
+fn check_shadow(key: &str, shadow: Option<Level>, dnssec_off: bool) -> Result<(), ConfigError> {
+    match shadow {
+        None | Some(Level::Encrypt | Level::Verify | Level::MtaSts) => Ok(()),
+        Some(level @ (Level::Dane | Level::DaneOnly)) if dnssec_off => Err(ConfigError::invalid(
+            key,
+            format!("level {level} needs DNSSEC, but dns.dnssec = \"off\""),
+        )),
+        Some(Level::Dane | Level::DaneOnly) => Ok(()),
+        Some(level) => Err(ConfigError::invalid(
+            key,
+            format!(
+                "{level} cannot fail, so it is no shadow level: use encrypt, verify, mta-sts, \
+                 dane or dane-only"
+            ),
+        )),
     }
 }
 
@@ -295,6 +383,72 @@ mod tests {
             err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients")
         );
         assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
+        assert!(err("[dns]\ndnssec_probe = \"example.com\"\n").contains("dns.dnssec_probe"));
+        assert!(err("[policy]\nshadow = \"may\"\n").contains("policy.shadow"));
+        assert!(err("[dns]\ndnssec = \"off\"\n[policy.domains]\n\"a.example\" = { level = \"may\", shadow = \"dane-only\" }\n")
+            .contains("shadow"));
+        assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
+        assert!(err("[socketmap]\nport = 1\n").contains("port"));
+        assert!(err("[cluster]\nredis = \"localhost:6379\"\n").contains("cluster.redis"));
+    }
+
+    #[test]
+    fn control_socket_survives_an_invalid_file() {
+        let dir = std::env::temp_dir().join(format!("mxgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bad.toml");
+        std::fs::write(
+            &path,
+            "[queue]\nmax_age = \"soon\"\n[control]\nsocket = \"/tmp/x.sock\"\n",
+        )
+        .expect("write");
+        let (socket, warning) = Config::control_socket_only(Some(&path)).expect("socket");
+        assert_eq!(socket, PathBuf::from("/tmp/x.sock"));
+        assert!(warning.expect("warning").to_string().contains("max_age"));
+        std::fs::write(&path, "[queue\n").expect("write");
+        assert!(Config::control_socket_only(Some(&path)).is_err());
+        std::fs::write(&path, "[queue]\nmax_age = \"soon\"\n").expect("write");
+        let (socket, _) = Config::control_socket_only(Some(&path)).expect("default socket");
+        assert_eq!(socket, PathBuf::from("/run/mxgate/control.sock"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn postfix_level_words_get_a_helpful_error() {
+        let e = err("[policy.domains]\n\"a.example\" = { level = \"secure\" }\n");
+        assert!(
+            e.contains("the levels are none, may, encrypt, verify"),
+            "{e}"
+        );
+        assert!(e.contains("Postfix's name for \"verify\""), "{e}");
+        assert!(!e.contains("variant"), "{e}");
+    }
+
+    #[test]
+    fn nameservers_default_to_port_53_and_shadow_parses() {
+        let c = Config::from_toml_str(
+            "[dns]\nnameservers = [\"127.0.0.53\", \"::1\", \"127.0.0.1:5353\"]\n\
+             [policy]\nshadow = \"verify\"\n\
+             [policy.domains]\n\"a.example\" = { level = \"may\", shadow = \"dane-only\" }\n",
+        )
+        .expect("valid");
+        let ns: Vec<String> = c.dns.nameservers.iter().map(ToString::to_string).collect();
+        assert_eq!(ns, ["127.0.0.53:53", "[::1]:53", "127.0.0.1:5353"]);
+        assert_eq!(c.policy.shadow_for("a.example"), Some(Level::DaneOnly));
+        assert_eq!(c.policy.shadow_for("b.example"), Some(Level::Verify));
+        assert_eq!(c.dns.probe(), Some((".", "NS")));
+        assert!(err("[dns]\nnameservers = [\"resolver\"]\n").contains("nameservers"));
+    }
+
+    #[test]
+    fn socketmap_is_off_by_default() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.socketmap.listen_addr(), None);
+        let c = Config::from_toml_str("[socketmap]\nlisten = \"127.0.0.1:8461\"\n").expect("valid");
+        assert_eq!(
+            c.socketmap.listen_addr(),
+            Some(([127, 0, 0, 1], 8461).into())
+        );
     }
 
     #[test]

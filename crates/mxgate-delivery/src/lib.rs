@@ -29,29 +29,37 @@
 pub mod cache;
 pub mod conn;
 pub mod decide;
+pub mod drive;
+pub mod machine;
+pub mod report;
 pub mod reuse;
 pub mod session;
-mod transaction;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
-use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Transport};
+use mxgate_policy::{
+    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
+};
+use mxgate_queue::{
+    DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
+};
+use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
 pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
+pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
+pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
 
 use decide::{local_failure, status};
-use transaction::Finished;
+use session::Finished;
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -94,6 +102,7 @@ pub struct Delivery<P: Planner = PolicyEngine> {
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     cache: SessionCache<IdleSession>,
+    sink: Option<Arc<dyn SessionSink>>,
 }
 
 /// How a job's session was obtained, for the `conn=` log field.
@@ -143,7 +152,15 @@ impl<P: Planner> Delivery<P> {
             policy,
             hostname,
             per_domain: Mutex::new(HashMap::new()),
+            sink: None,
         }
+    }
+
+    /// Hands a [`SessionReport`] to `sink` after every session (TLS-RPT, shadow
+    /// checks).
+    pub fn with_session_sink(mut self, sink: Arc<dyn SessionSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Idle sessions kept for reuse right now.
@@ -164,7 +181,12 @@ impl<P: Planner> Delivery<P> {
         params: &SessionParams,
         job: &DeliveryJob,
         recipients: &[usize],
-    ) -> (Result<SessionReport, SessionError>, ConnKind) {
+    ) -> (
+        Result<Transacted, SessionError>,
+        ConnKind,
+        Option<std::net::IpAddr>,
+        bool,
+    ) {
         // Each failed probe costs at most a round trip (or the probe timeout); a
         // server that lost one session has usually lost them all, so stop early.
         let mut tries = 0;
@@ -189,7 +211,7 @@ impl<P: Planner> Delivery<P> {
         if let Some(idle) = finished.idle {
             self.cache.put(key, idle);
         }
-        (finished.result, kind)
+        (finished.result, kind, finished.local_ip, finished.greeted)
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -217,7 +239,7 @@ impl<P: Planner> Delivery<P> {
                     Outcome::Deferred(failure)
                 };
                 let outcomes = all(&job.recipients, &outcome);
-                let log = AttemptLog::new(&job, "-", "-", start);
+                let log = AttemptLog::new(&job, None, "-", start);
                 log.emit(&outcomes, "none", &TlsFacts::default(), "none", "none");
                 return outcomes;
             }
@@ -227,16 +249,26 @@ impl<P: Planner> Delivery<P> {
         let Ok(_domain_permit) = domain_sem.acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         let Ok(_global_permit) = self.global.clone().acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
-        self.follow_plan(&job, &plan, self.settings.smtp_port, start)
+        self.follow_plan(&job, &plan, self.settings.smtp_port, start, true)
             .await
     }
 
@@ -258,12 +290,13 @@ impl<P: Planner> Delivery<P> {
         };
         let Some(port) = resolved.first().map(SocketAddr::port) else {
             let failure = local_failure(
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 None,
                 format!("queue.bounce_relay {relay}: cannot resolve"),
             );
             let outcomes = all(&job.recipients, &Outcome::Deferred(failure));
-            AttemptLog::new(job, "may", "config", start).emit(
+            AttemptLog::new(job, Some(Level::May), "config", start).emit(
                 &outcomes,
                 relay,
                 &TlsFacts::default(),
@@ -290,7 +323,8 @@ impl<P: Planner> Delivery<P> {
                 requirement: Ok(TlsRequirement::Opportunistic),
             }],
         };
-        self.follow_plan(job, &plan, port, start).await
+        // The relay is not the destination's MX: nothing to report about its TLS.
+        self.follow_plan(job, &plan, port, start, false).await
     }
 
     async fn follow_plan(
@@ -299,19 +333,28 @@ impl<P: Planner> Delivery<P> {
         plan: &DeliveryPlan,
         port: u16,
         start: Instant,
+        report_sessions: bool,
     ) -> Vec<RecipientOutcome> {
-        let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
+        let log = AttemptLog::new(job, Some(plan.level), plan.source.as_str(), start);
         let mut pending: Vec<usize> = job.recipients.clone();
         let mut done: Vec<RecipientOutcome> = Vec::new();
         let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
         let mut other_failure: Option<DeliveryFailure> = None;
+        let mut tried: HashSet<SocketAddr> = HashSet::new();
+        let mut greeted = 0usize;
+        let reporter = Reporter {
+            sink: self.sink.as_deref().filter(|_| report_sessions),
+            plan,
+            is_tls_report: self.sink.is_some() && report::is_tls_report(&job.message),
+        };
         'mx: for mx in &plan.mx {
             let requirement = match &mx.requirement {
                 Ok(r) => r.clone(),
                 Err(reason) => {
+                    reporter.skipped(&mx.host, skip_kind(reason), reason);
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
-                        reason: "policy_excluded",
+                        kind: skip_kind(reason),
                         message: reason.to_string(),
                     });
                     continue;
@@ -326,6 +369,19 @@ impl<P: Planner> Delivery<P> {
             };
             for ip in &mx.addrs {
                 let addr = SocketAddr::new(*ip, port);
+                // An address listed twice (two MX names, one host) is dialled once: a
+                // session there either decided or may already have delivered.
+                if !tried.insert(addr) {
+                    continue;
+                }
+                if tried.len() > self.settings.mx_address_limit.get()
+                    || greeted >= self.settings.mx_session_limit.get()
+                {
+                    tracing::info!(id = %job.id, domain = %plan.domain,
+                        addresses = tried.len() - 1, sessions = greeted,
+                        "delivery.mx_address_limit or delivery.mx_session_limit reached; the rest waits for the next attempt");
+                    break 'mx;
+                }
                 let key = SessionKey {
                     addr,
                     mx_host: mx.host.clone(),
@@ -342,7 +398,10 @@ impl<P: Planner> Delivery<P> {
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
-                let (result, kind) = self.session(key, &params, job, &pending).await;
+                let (result, kind, local_ip, was_greeted) =
+                    self.session(key, &params, job, &pending).await;
+                greeted += usize::from(was_greeted);
+                reporter.session(&params, local_ip, &result);
                 match result {
                     Ok(report) => {
                         let auth = report.tls.auth;
@@ -367,12 +426,19 @@ impl<P: Planner> Delivery<P> {
                         }
                     }
                     Err(SessionError::TlsPolicy { relay, failure }) => {
-                        count_tls_policy_failure(plan.level, failure.reason);
+                        count_tls_policy_failure(plan.level, failure.reason());
                         tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
                         tls_reasons.push(failure);
                     }
                     Err(SessionError::Unreachable { relay, failure }) => {
-                        tracing::info!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        // RFC 1047: the server may have taken the message; Postfix logs
+                        // the same words. The address is in `tried`: never again in
+                        // this attempt. The next address or MX may be tried.
+                        if failure.kind == FailureKind::LostAfterData {
+                            tracing::warn!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        } else {
+                            tracing::info!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        }
                         other_failure = Some(failure);
                     }
                 }
@@ -394,6 +460,73 @@ impl<P: Planner> Transport for Delivery<P> {
     }
 }
 
+/// Builds and hands out the [`SessionReport`]s of one attempt.
+struct Reporter<'a> {
+    sink: Option<&'a dyn SessionSink>,
+    plan: &'a DeliveryPlan,
+    is_tls_report: bool,
+}
+
+impl Reporter<'_> {
+    fn base(&self, mx_host: &str) -> SessionReport {
+        SessionReport {
+            domain: self.plan.domain.clone(),
+            level: self.plan.level,
+            source: self.plan.source,
+            mx_host: mx_host.to_string(),
+            mx_addr: None,
+            local_addr: None,
+            requirement: None,
+            tls: None,
+            result: Ok(()),
+            is_tls_report: self.is_tls_report,
+        }
+    }
+
+    /// An MX host the plan does not dial.
+    fn skipped(&self, mx_host: &str, kind: FailureKind, reason: &SkipReason) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(mx_host);
+        report.result = Err(SessionFailure {
+            kind,
+            reason: decide::bounded(&reason.to_string()),
+        });
+        sink.session(&report);
+    }
+
+    /// One session at `params.addr`.
+    fn session(
+        &self,
+        params: &SessionParams,
+        local_ip: Option<std::net::IpAddr>,
+        result: &Result<Transacted, SessionError>,
+    ) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(&params.mx_host);
+        report.mx_addr = Some(params.addr.ip());
+        report.local_addr = local_ip;
+        report.requirement = Some(params.requirement.clone());
+        match result {
+            Ok(t) => {
+                report.tls = t.tls.version.is_some().then(|| t.tls.clone());
+            }
+            Err(SessionError::TlsPolicy { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: decide::bounded(&failure.message),
+                });
+            }
+            Err(SessionError::Unreachable { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: failure.diagnostic.clone(),
+                });
+            }
+        }
+        sink.session(&report);
+    }
+}
+
 /// Cached sessions tried (and found dead) before a job dials afresh.
 const MAX_REUSE_TRIES: usize = 2;
 
@@ -407,21 +540,25 @@ fn leftover_outcome(
     if !tls.is_empty() {
         let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
         let message = message.join("; ");
-        let subject_detail = tls.first().map(|f| f.subject_detail()).unwrap_or("7.5");
+        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
+        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
         // Only when every failure was a TLS policy failure may `bounce` apply: an
         // unreachable MX says nothing about policy.
         if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            return Outcome::Failed(local_failure(&format!("5.{subject_detail}"), None, message));
+            let code = EnhancedStatus::permanent(subject, detail);
+            return Outcome::Failed(local_failure(kind, code, None, message));
         }
         let message = match &other {
             Some(o) => format!("{message}; {}", o.diagnostic),
             None => message,
         };
-        return Outcome::Deferred(local_failure(&format!("4.{subject_detail}"), None, message));
+        let code = EnhancedStatus::transient(subject, detail);
+        return Outcome::Deferred(local_failure(kind, code, None, message));
     }
     match other {
         Some(f) => Outcome::Deferred(f),
         None => Outcome::Deferred(local_failure(
+            FailureKind::NoMxHost,
             status::DNS_TEMPORARY,
             None,
             format!("no MX host of {} could be dialled", plan.domain),
@@ -440,15 +577,40 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 }
 
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let code = match e {
+    let (kind, code) = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx { .. } => status::NULL_MX,
+        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
         PlanError::NxDomain { .. }
         | PlanError::NoMailHost { .. }
-        | PlanError::InvalidName { .. } => status::NO_SUCH_DOMAIN,
-        PlanError::MxLookup { .. } => status::DNS_TEMPORARY,
+        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
     };
-    local_failure(code, None, e.to_string())
+    local_failure(kind, code, None, e.to_string())
+}
+
+/// The failure kind of a DNS lookup that gave no usable answer.
+fn lookup_kind(failure: &LookupFailure) -> FailureKind {
+    match failure {
+        LookupFailure::Bogus => FailureKind::DnssecInvalid,
+        LookupFailure::Indeterminate
+        | LookupFailure::Temporary(_)
+        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
+    }
+}
+
+/// The failure kind of an MX host the plan does not dial.
+fn skip_kind(reason: &SkipReason) -> FailureKind {
+    match reason {
+        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
+        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
+        SkipReason::TlsaLookup { failure, .. } => match failure {
+            LookupFailure::Bogus => FailureKind::DnssecInvalid,
+            _ => FailureKind::TlsaInvalid,
+        },
+        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
+        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
+        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
+    }
 }
 
 fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
@@ -461,7 +623,8 @@ fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
         .collect()
 }
 
-/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7).
+/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7;
+/// `unknown` when no level was decided).
 fn metric_policy(level: Level) -> &'static str {
     match level {
         Level::DaneOnly | Level::Dane => "dane",
@@ -478,16 +641,25 @@ fn count_tls_policy_failure(level: Level, reason: &'static str) {
 /// Emits the per-attempt log line and the delivery counters.
 struct AttemptLog<'a> {
     job: &'a DeliveryJob,
+    /// The metric label (`dane` for `dane-only`, contract §7).
     policy: &'static str,
+    /// The level's name for people (`dane-only` stays `dane-only`).
+    policy_name: &'static str,
     source: &'a str,
     start: Instant,
 }
 
 impl<'a> AttemptLog<'a> {
-    fn new(job: &'a DeliveryJob, policy: &'static str, source: &'a str, start: Instant) -> Self {
+    /// `level`: the level applied, `None` when none could be decided (`unknown`).
+    fn new(job: &'a DeliveryJob, level: Option<Level>, source: &'a str, start: Instant) -> Self {
         AttemptLog {
             job,
-            policy,
+            policy: level.map_or("unknown", metric_policy),
+            policy_name: match level {
+                None => "unknown",
+                Some(Level::Auto) => "may",
+                Some(l) => l.as_str(),
+            },
             source,
             start,
         }
@@ -539,7 +711,7 @@ impl<'a> AttemptLog<'a> {
                 self.job.id,
                 to.join(","),
                 relay,
-                self.policy,
+                self.policy_name,
                 self.source,
                 tls_label,
                 tls.cipher.as_deref().unwrap_or("none"),

@@ -221,3 +221,110 @@ async fn plan_errors_map_to_bounce_or_defer() {
         }
     }
 }
+
+/// Collects every [`SessionReport`] delivery hands out.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<mxgate_delivery::SessionReport>>);
+
+impl mxgate_delivery::SessionSink for Collect {
+    fn session(&self, report: &mxgate_delivery::SessionReport) {
+        self.0.lock().unwrap().push(report.clone());
+    }
+}
+
+#[tokio::test]
+async fn every_session_and_skipped_mx_is_reported_to_the_sink() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let p = plan(
+        Level::MtaSts,
+        vec![
+            (
+                "mx0.dest.test",
+                vec![ip("127.0.0.1")],
+                Err(SkipReason::NotInMtaStsPolicy {
+                    host: "mx0.dest.test".into(),
+                }),
+            ),
+            // Refused, then delivered in cleartext (the receiver offers no STARTTLS).
+            (
+                "mx1.dest.test",
+                vec![ip("127.0.0.2"), ip("127.0.0.1")],
+                Ok(TlsRequirement::Opportunistic),
+            ),
+        ],
+    );
+    let sink = Arc::new(Collect::default());
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    )
+    .with_session_sink(sink.clone());
+    let out = d.deliver(job(&["r1@dest.test"])).await;
+    assert!(
+        matches!(out[0].outcome, Outcome::Delivered { .. }),
+        "{out:?}"
+    );
+    let reports = sink.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), 3, "{reports:#?}");
+    let skipped = &reports[0];
+    assert_eq!(skipped.mx_host, "mx0.dest.test");
+    assert_eq!(skipped.mx_addr, None);
+    let f = skipped.result.as_ref().unwrap_err();
+    assert_eq!(f.kind, mxgate_queue::FailureKind::StsMxNotListed);
+    assert_eq!(f.kind.tls_rpt_result(), Some("validation-failure"));
+    assert_eq!(f.reason, "mta-sts enforce: mx0.dest.test not in policy");
+    let refused = &reports[1];
+    assert_eq!(refused.mx_addr, Some(ip("127.0.0.2")));
+    assert_eq!(
+        refused.result.as_ref().unwrap_err().kind,
+        mxgate_queue::FailureKind::ConnectFailed
+    );
+    let ok = &reports[2];
+    assert_eq!(ok.mx_addr, Some(ip("127.0.0.1")));
+    assert_eq!(ok.local_addr, Some(ip("127.0.0.1")));
+    assert_eq!(ok.result, Ok(()));
+    assert_eq!(ok.tls, None, "cleartext session");
+    assert_eq!(ok.domain, "dest.test");
+    assert_eq!(ok.level, Level::MtaSts);
+    assert!(reports.iter().all(|r| !r.is_tls_report));
+}
+
+#[tokio::test]
+async fn a_tls_report_message_is_flagged() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let p = plan(
+        Level::May,
+        vec![(
+            "mx.dest.test",
+            vec![ip("127.0.0.1")],
+            Ok(TlsRequirement::Opportunistic),
+        )],
+    );
+    let sink = Arc::new(Collect::default());
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    )
+    .with_session_sink(sink.clone());
+    let message = b"From: tlsrpt@relay.test\r\nTLS-Report-Domain: dest.test\r\n\r\nreport\r\n";
+    let out = d
+        .deliver(job_with(&["rua@dest.test"], message, false))
+        .await;
+    assert!(
+        matches!(out[0].outcome, Outcome::Delivered { .. }),
+        "{out:?}"
+    );
+    let reports = sink.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_tls_report);
+}

@@ -29,12 +29,16 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Show the effective TLS policy of a domain and why.
+    /// Show the effective TLS policy of a domain and why; exit 1 if mail to it would
+    /// be deferred or bounced. Read-only unless --refresh.
     Policy {
         domain: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Store a freshly fetched MTA-STS policy in policy.cache_path.
+        #[arg(long)]
+        refresh: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -54,6 +58,8 @@ pub enum Command {
         action: QueueAction,
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        socket: SocketArg,
     },
 }
 
@@ -92,6 +98,33 @@ impl ConfigArg {
     }
 }
 
+/// `--socket PATH` of the commands that talk to a running daemon.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's control socket; skips the configuration file entirely.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// `--socket`, else `control.socket` of the file: only that key is read, so a file
+    /// that no longer validates only earns a warning.
+    pub fn resolve(&self, config: &ConfigArg) -> Result<PathBuf, CliError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let (socket, warning) = Config::control_socket_only(config.path())?;
+        if let Some(w) = warning {
+            eprintln!(
+                "mxgate: warning: the configuration does not validate ({w}); this command \
+                 uses only control.socket = {}",
+                socket.display()
+            );
+        }
+        Ok(socket)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -120,14 +153,26 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Policy {
             domain,
             json,
+            refresh,
             config,
-        } => crate::inspect::policy(config.load()?, &domain, json),
+        } => {
+            let write = if refresh {
+                mxgate_policy::CacheWrite::Store
+            } else {
+                mxgate_policy::CacheWrite::ReadOnly
+            };
+            crate::inspect::policy(config.load()?, &domain, json, write)
+        }
         Command::Check {
             domain,
             json,
             config,
         } => crate::check::check(config.load()?, &domain, json),
-        Command::Queue { action, config } => crate::inspect::queue(config.load()?, action),
+        Command::Queue {
+            action,
+            config,
+            socket,
+        } => crate::inspect::queue(&socket.resolve(&config)?, action),
         Command::CheckConfig { config } => {
             let loaded = config.load()?;
             match config.path() {

@@ -1,7 +1,8 @@
 //! `mxgate run`: build every part from the configuration and run until SIGTERM.
 //!
-//! Start order: metrics, DNS, policy, queue (recovers the spool), delivery, listener,
-//! control socket, then sd_notify `READY=1`. Stop order on SIGTERM/SIGINT: stop
+//! Start order: metrics, DNS, cluster (Redis is connected in the background), policy, queue (recovers the spool), delivery, listener,
+//! socketmap server (when `socketmap.listen` is set), control socket, then sd_notify
+//! `READY=1`. Stop order on SIGTERM/SIGINT: stop
 //! accepting (listener), let running deliveries finish within the grace period
 //! (queue), exit. Everything acknowledged is on disk, so a stop at any point loses
 //! nothing; an interrupted delivery is retried after restart.
@@ -10,12 +11,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mxgate_cluster::policy::RedisPolicyCache;
+use mxgate_cluster::Cluster;
 use mxgate_config::Config;
 use mxgate_delivery::Delivery;
 use mxgate_dns::DnsClient;
 use mxgate_listener::{Listener, ListenerSettings};
-use mxgate_policy::PolicyEngine;
+use mxgate_policy::sts::shared::SharedPolicyCache;
+use mxgate_policy::{PolicyEngine, PolicyInitError};
 use mxgate_queue::{Queue, QueueSettings};
+use mxgate_socketmap::{SocketmapServer, SocketmapSettings};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -40,11 +45,27 @@ fn startup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> CliErr
 async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
     let metrics_addr = crate::metrics_setup::install(&config.metrics.listen)?;
     mxgate_listener::describe_metrics();
+    mxgate_socketmap::describe_metrics();
     let config = Arc::new(config);
 
     let dns = Arc::new(DnsClient::new(&config.dns).map_err(startup("dns"))?);
+    // Before anything is delivered, so the first deferrals already name the resolver.
+    let mut resolver_ok = resolver_self_test(&dns, None).await;
+    let cluster = match config.cluster.redis.as_str() {
+        "" => None,
+        url => Some(Cluster::new(url).map_err(startup("cluster"))?),
+    };
+    let shared = cluster
+        .as_ref()
+        .map(|c| Arc::new(RedisPolicyCache::new(c.clone())) as Arc<dyn SharedPolicyCache>);
+    let engine = |config: Arc<Config>| {
+        PolicyEngine::new(config, dns.clone()).map(|engine| match &shared {
+            Some(shared) => engine.with_shared_cache(shared.clone()),
+            None => engine,
+        })
+    };
     let policy = Arc::new(ReloadablePolicy::new(
-        PolicyEngine::new(config.clone(), dns.clone()).map_err(startup("policy"))?,
+        engine(config.clone()).map_err(startup("policy"))?,
     ));
     let queue = Queue::open(QueueSettings::from_config(&config))
         .await
@@ -57,6 +78,20 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let listener = Listener::bind(ListenerSettings::from_config(&config), queue.clone())
         .await
         .map_err(startup("listener.listen"))?;
+    let socketmap = match config.socketmap.listen_addr() {
+        Some(addr) => Some(
+            SocketmapServer::bind(
+                addr,
+                SocketmapSettings {
+                    idle_timeout: config.socketmap.idle_timeout,
+                    ..SocketmapSettings::default()
+                },
+            )
+            .await
+            .map_err(startup("socketmap.listen"))?,
+        ),
+        None => None,
+    };
     let control = crate::control::bind(&config.control.socket).map_err(|e| {
         CliError::Startup(format!(
             "control.socket {}: {e}",
@@ -68,6 +103,17 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut tasks = tokio::task::JoinSet::new();
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
+    if let Some(cluster) = &cluster {
+        tasks.spawn(cluster.clone().run(shutdown.clone()));
+    }
+    let socketmap_addr = match socketmap {
+        Some(server) => {
+            let addr = server.local_addr()?;
+            tasks.spawn(server.run(policy.clone(), shutdown.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
     tasks.spawn(queue.clone().run(delivery.clone(), shutdown.clone()));
     tasks.spawn(crate::control::serve(
         control,
@@ -75,10 +121,14 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         shutdown.clone(),
     ));
 
+    let listen_text: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
     tracing::info!(
-        listen = ?listen_addrs,
-        metrics = ?metrics_addr,
-        config = ?config_path,
+        listen = %listen_text.join(","),
+        socketmap = %socketmap_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        config = %config_path
+            .as_ref()
+            .map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string()),
         queue = %config.queue.path.display(),
         "mxgate ready"
     );
@@ -88,11 +138,17 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut probe = tokio::time::interval_at(
+        tokio::time::Instant::now() + SELF_TEST_INTERVAL,
+        SELF_TEST_INTERVAL,
+    );
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => reload(&config_path, &config, &dns, &policy),
+            _ = sighup.recv() => reload(&config_path, &config, &engine, &policy),
+            _ = probe.tick() => resolver_ok = resolver_self_test(&dns, Some(resolver_ok)).await,
         }
     }
 
@@ -118,11 +174,42 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     Ok(())
 }
 
+/// How often the resolver self-test runs after the one at start.
+const SELF_TEST_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The resolver self-test (docs/operations.md): sets `mxgate_dnssec_resolver_ok` and
+/// logs one line when the state changes (`before` = the previous result; `None` at
+/// start). Returns whether it passed.
+async fn resolver_self_test(dns: &DnsClient, before: Option<bool>) -> bool {
+    use mxgate_dns::SelfTest;
+    let result = dns.self_test().await;
+    let ok = result.passed();
+    if result != SelfTest::Skipped {
+        metrics::gauge!("mxgate_dnssec_resolver_ok").set(if ok { 1.0 } else { 0.0 });
+    }
+    let changed = before != Some(ok);
+    match &result {
+        SelfTest::NotValidating { seen, fix } if changed => tracing::error!(
+            "resolver self-test failed: {seen}; mail whose delivery needs DNSSEC is deferred \
+             (\"resolver does not validate DNSSEC\") until it passes; fix: {fix}"
+        ),
+        SelfTest::LookupFailed { detail } if changed => tracing::error!(
+            "resolver self-test failed: the probe dns.dnssec_probe could not be looked up: \
+             {detail}; mail whose delivery needs DNSSEC is deferred until it passes"
+        ),
+        SelfTest::Validates if before == Some(false) => {
+            tracing::info!("resolver self-test passes again: the resolver validates DNSSEC")
+        }
+        _ => {}
+    }
+    ok
+}
+
 /// SIGHUP: read the file again; an invalid file is logged and the old one stays.
 fn reload(
     path: &Option<PathBuf>,
     running: &Config,
-    dns: &Arc<DnsClient>,
+    engine: &impl Fn(Arc<Config>) -> Result<PolicyEngine, PolicyInitError>,
     policy: &ReloadablePolicy,
 ) {
     // systemd ≥ 253 wants the monotonic time right after RELOADING=1.
@@ -139,7 +226,7 @@ fn reload(
             if !restart_keys.is_empty() {
                 tracing::warn!(keys = ?restart_keys, "these changes take effect only after a restart");
             }
-            match PolicyEngine::new(Arc::new(new), dns.clone()) {
+            match engine(Arc::new(new)) {
                 Ok(engine) => {
                     policy.replace(engine);
                     tracing::info!("configuration reloaded");
@@ -170,6 +257,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics != new.metrics {
         keys.push("metrics");
+    }
+    if old.cluster != new.cluster {
+        keys.push("cluster");
+    }
+    if old.socketmap != new.socketmap {
+        keys.push("socketmap");
     }
     if old.control != new.control {
         keys.push("control");
