@@ -699,16 +699,19 @@ impl<'a> AttemptLog<'a> {
                         .get(o.index)
                         .map(|r| r.address.as_str())
                         .unwrap_or("?");
-                    format!("<{address}>")
+                    format!("<{}>", log_value(address))
                 })
                 .collect();
-            let reply = match &first.outcome {
-                Outcome::Delivered { reply, .. } => reply.as_str(),
-                Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
+            let (reply, dsn) = match &first.outcome {
+                Outcome::Delivered { reply, .. } => (reply.as_str(), "2.0.0".to_string()),
+                Outcome::Deferred(f) | Outcome::Failed(f) => {
+                    (f.diagnostic.as_str(), f.status.to_string())
+                }
             };
             tracing::info!(
-                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} reply=\"{}\" delay={:.2} conn={}",
+                "id={} from=<{}> to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} dsn={} reply=\"{}\" delay={:.2} conn={}",
                 self.job.id,
+                log_value(&self.job.envelope.sender),
                 to.join(","),
                 relay,
                 self.policy_name,
@@ -718,12 +721,51 @@ impl<'a> AttemptLog<'a> {
                 auth,
                 postfix_trust_word(tls.version.is_some(), auth),
                 status,
-                reply.replace('"', "'"),
+                dsn,
+                log_quoted(reply),
                 delay,
                 conn,
             );
         }
     }
+}
+
+/// A value from outside (an address) made safe for an unquoted `key=value` field:
+/// no space, quote, comma or control character can end the field or forge another
+/// (`"x\" status=sent"@d` stays one value). Escapes are `\xNN`.
+fn log_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, ' ' | '"' | '\\' | ',') {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value from outside (a reply) for a `key="..."` field: `"` becomes `'`, control
+/// characters and `\` are escaped, so the quoted value cannot end early.
+fn log_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push('\''),
+            '\\' => out.push_str("\\x5c"),
+            c if c.is_control() => {
+                let mut utf8 = [0u8; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The word Postfix logs for the same session ("Verified TLS connection established
@@ -832,6 +874,20 @@ mod tests {
             delivery.domain_semaphore("other.test").available_permits(),
             1
         );
+    }
+
+    #[test]
+    fn log_values_cannot_forge_fields() {
+        assert_eq!(
+            log_value("\"x\\\" status=sent\"@d"),
+            "\\x22x\\x5c\\x22\\x20status=sent\\x22@d"
+        );
+        assert_eq!(log_value("plain@d.test"), "plain@d.test");
+        assert_eq!(log_value("a,b\r\n"), "a\\x2cb\\x0d\\x0a");
+        assert_eq!(log_quoted("550 \"no\" \\ x\x1b"), "550 'no' \\x5c x\\x1b");
+        for forged in ["\"x\\\" status=sent\"@d", "a status=sent b"] {
+            assert!(!log_value(forged).contains(' '));
+        }
     }
 
     #[test]
