@@ -346,3 +346,162 @@ fn dir_size(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+/// Submits one message with `MAIL FROM:<..> SMTPUTF8` (the testkit's `submit` sends
+/// no parameters).
+async fn submit_smtputf8(addr: SocketAddr, sender: &str, rcpt: &str, message: &[u8]) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    let mut expect = async |r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, code: char| loop {
+        line.clear();
+        r.read_line(&mut line).await.expect("read");
+        assert!(line.starts_with(code), "wanted {code}xx, got {line:?}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    };
+    expect(&mut r, '2').await;
+    for (cmd, code) in [
+        ("EHLO client.test\r\n".to_string(), '2'),
+        (format!("MAIL FROM:<{sender}> SMTPUTF8\r\n"), '2'),
+        (format!("RCPT TO:<{rcpt}>\r\n"), '2'),
+        ("DATA\r\n".to_string(), '3'),
+    ] {
+        w.write_all(cmd.as_bytes()).await.expect("write");
+        expect(&mut r, code).await;
+    }
+    w.write_all(message).await.expect("write");
+    w.write_all(b".\r\n").await.expect("write");
+    expect(&mut r, '2').await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtputf8_headers_bounce_5_6_7_at_a_server_without_smtputf8() {
+    let port = free_port();
+    let dest = SmtpReceiver::start_on(
+        SocketAddr::new(ip(36), port),
+        ReceiverConfig {
+            smtputf8: false,
+            ..ReceiverConfig::default()
+        },
+    )
+    .await
+    .expect("receiver");
+    let senders = SmtpReceiver::start_on(SocketAddr::new(ip(37), port), ReceiverConfig::default())
+        .await
+        .expect("receiver");
+    let mut records = mx_pref("ascii.test", 10, "mx.ascii.test", 36);
+    records.extend(mx_pref("senders.test", 10, "mx.senders.test", 37));
+    let world = world(&records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Mxgate::start(dir.path(), &settings(&world, port));
+    let message =
+        "From: s@senders.test\r\nTo: r@ascii.test\r\nSubject: caf\u{e9} cr\u{e8}me\r\n\r\nbody\r\n";
+    submit_smtputf8(
+        gate.listen,
+        "s@senders.test",
+        "r@ascii.test",
+        message.as_bytes(),
+    )
+    .await;
+    let line = gate
+        .wait_log(
+            |l| l.contains("status=bounced") && l.contains("r@ascii.test"),
+            WAIT,
+        )
+        .await;
+    assert!(line.contains("dsn=5.6.7"), "{line}");
+    let dsn = senders.next_message().await;
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; r@ascii.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.6.7"), "log and DSN agree: {text}");
+    assert!(dest.messages().is_empty(), "never sent without SMTPUTF8");
+    let log = gate.log();
+    assert_no_debug_text("log", &log);
+    assert_no_debug_text("DSN", &text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_delivery_report_the_same_tls_session() {
+    let port = free_port();
+    let cert = mxgate_testkit::certs::TestCert::self_signed(&["mx.agree.test"]);
+    let dest = SmtpReceiver::start_on(
+        SocketAddr::new(ip(38), port),
+        ReceiverConfig::with_starttls(cert.server_config()),
+    )
+    .await
+    .expect("receiver");
+    let world = world(&mx_pref("agree.test", 10, "mx.agree.test", 38)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Mxgate::start(dir.path(), &settings(&world, port));
+
+    let (code, json, err) =
+        tokio::task::block_in_place(|| gate.cli(&["check", "agree.test", "--json"]));
+    assert_eq!(code, 0, "{json}{err}");
+    assert_no_debug_text("check --json", &json);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let addr = &v["mx"][0]["addresses"][0];
+    let check_version = addr["tls"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let check_cipher = addr["tls"]["cipher"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(addr["tls"]["sni"], "mx.agree.test");
+    assert_eq!(addr["verdict"], "pass");
+    // RFC 3339 dates.
+    let not_after = addr["tls"]["chain"][0]["not_after"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        not_after.len() == 20 && not_after.ends_with('Z') && not_after.as_bytes()[10] == b'T',
+        "{not_after}"
+    );
+    let (_, text, _) = tokio::task::block_in_place(|| gate.cli(&["check", "agree.test"]));
+    assert_no_debug_text("check", &text);
+
+    submit(
+        gate.listen,
+        "s@senders.test",
+        &["r@agree.test"],
+        &message("a1"),
+    )
+    .await
+    .expect("accepted");
+    let got = dest.next_message().await;
+    let line = gate
+        .wait_log(
+            |l| l.contains("status=sent") && l.contains("r@agree.test"),
+            WAIT,
+        )
+        .await;
+    assert!(
+        line.contains(&format!("tls={check_version} ")),
+        "{line} vs check {check_version}"
+    );
+    assert!(
+        line.contains(&format!("cipher={check_cipher} ")),
+        "{line} vs check {check_cipher}"
+    );
+    let tls = got.tls.expect("delivered over TLS");
+    assert_eq!(tls.version, check_version);
+    assert_eq!(tls.cipher, check_cipher);
+    // Both sessions sent the same SNI.
+    let snis: Vec<Option<String>> = dest
+        .sessions()
+        .iter()
+        .filter_map(|s| s.tls.as_ref().map(|t| t.sni.clone()))
+        .collect();
+    assert!(snis.len() >= 2, "{snis:?}");
+    assert!(
+        snis.iter().all(|s| s.as_deref() == Some("mx.agree.test")),
+        "{snis:?}"
+    );
+}
