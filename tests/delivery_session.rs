@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::world::{ip, mx_pref, queue_list, settings, world, WAIT};
+use common::world::{ip, mx_pref, settings, world, WAIT};
 use common::{free_port, Mxgate};
 use mxgate_testkit::postfix::submit;
 use mxgate_testkit::smtp::{ReceiverConfig, ReplyScript, SmtpReceiver};
