@@ -42,13 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{
-    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
-};
+use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, SkipReason, TlsRequirement};
 use mxgate_queue::{
     DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
 };
-use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
@@ -58,7 +55,7 @@ pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
 pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
 
-use decide::{local_failure, status};
+use decide::{leftover_outcome, local_failure, plan_outcome, skip_kind, status};
 use session::Finished;
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
@@ -232,12 +229,7 @@ impl<P: Planner> Delivery<P> {
         let plan = match self.policy.plan(&job.domain).await {
             Ok(plan) => plan,
             Err(e) => {
-                let failure = plan_failure(&e);
-                let outcome = if e.is_permanent() {
-                    Outcome::Failed(failure)
-                } else {
-                    Outcome::Deferred(failure)
-                };
+                let outcome = plan_outcome(&e);
                 let outcomes = all(&job.recipients, &outcome);
                 let log = AttemptLog::new(&job, None, "-", start);
                 log.emit(&outcomes, "none", &TlsFacts::default(), "none", "none");
@@ -530,42 +522,6 @@ impl Reporter<'_> {
 /// Cached sessions tried (and found dead) before a job dials afresh.
 const MAX_REUSE_TRIES: usize = 2;
 
-/// The outcome of recipients no session decided: TLS reasons first (they are what the
-/// operator must see), else the last connection failure, else "no MX".
-fn leftover_outcome(
-    plan: &DeliveryPlan,
-    tls: &[TlsPolicyFailure],
-    other: Option<DeliveryFailure>,
-) -> Outcome {
-    if !tls.is_empty() {
-        let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
-        let message = message.join("; ");
-        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
-        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
-        // Only when every failure was a TLS policy failure may `bounce` apply: an
-        // unreachable MX says nothing about policy.
-        if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            let code = EnhancedStatus::permanent(subject, detail);
-            return Outcome::Failed(local_failure(kind, code, None, message));
-        }
-        let message = match &other {
-            Some(o) => format!("{message}; {}", o.diagnostic),
-            None => message,
-        };
-        let code = EnhancedStatus::transient(subject, detail);
-        return Outcome::Deferred(local_failure(kind, code, None, message));
-    }
-    match other {
-        Some(f) => Outcome::Deferred(f),
-        None => Outcome::Deferred(local_failure(
-            FailureKind::NoMxHost,
-            status::DNS_TEMPORARY,
-            None,
-            format!("no MX host of {} could be dialled", plan.domain),
-        )),
-    }
-}
-
 /// The level word that opens a TLS failure reason (`encrypt: ...`, `mta-sts enforce: ...`).
 fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
     match (level, requirement) {
@@ -573,43 +529,6 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
         // under a PKIX requirement is enforce mode.
         (Level::MtaSts, TlsRequirement::Pkix { .. }) => "mta-sts enforce",
         (level, _) => level.as_str(),
-    }
-}
-
-fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let (kind, code) = match e {
-        // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
-        PlanError::NxDomain { .. }
-        | PlanError::NoMailHost { .. }
-        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
-        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
-    };
-    local_failure(kind, code, None, e.to_string())
-}
-
-/// The failure kind of a DNS lookup that gave no usable answer.
-fn lookup_kind(failure: &LookupFailure) -> FailureKind {
-    match failure {
-        LookupFailure::Bogus => FailureKind::DnssecInvalid,
-        LookupFailure::Indeterminate
-        | LookupFailure::Temporary(_)
-        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
-    }
-}
-
-/// The failure kind of an MX host the plan does not dial.
-fn skip_kind(reason: &SkipReason) -> FailureKind {
-    match reason {
-        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
-        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
-        SkipReason::TlsaLookup { failure, .. } => match failure {
-            LookupFailure::Bogus => FailureKind::DnssecInvalid,
-            _ => FailureKind::TlsaInvalid,
-        },
-        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
-        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
-        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
     }
 }
 
