@@ -38,6 +38,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub socketmap: SocketmapConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`
@@ -379,6 +380,14 @@ impl SocketmapConfig {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
     }
+}
+
+/// `[cluster]`: several instances sharing MTA-STS policies (docs/scaling.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT/DB`; empty = nothing shared.
+    pub redis: String,
 }
 
 /// `[control]`

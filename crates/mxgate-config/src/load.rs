@@ -209,6 +209,12 @@ impl Config {
                 "must be \"ip:port\" or empty",
             ));
         }
+        if !self.cluster.redis.is_empty() && !self.cluster.redis.starts_with("redis://") {
+            return Err(ConfigError::invalid(
+                "cluster.redis",
+                "must be a \"redis://HOST:PORT/DB\" URL or empty",
+            ));
+        }
         if self.socketmap.idle_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "socketmap.idle_timeout",
@@ -383,6 +389,7 @@ mod tests {
             .contains("shadow"));
         assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
         assert!(err("[socketmap]\nport = 1\n").contains("port"));
+        assert!(err("[cluster]\nredis = \"localhost:6379\"\n").contains("cluster.redis"));
     }
 
     #[test]
