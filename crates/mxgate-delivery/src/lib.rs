@@ -53,7 +53,10 @@ pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
 pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
+pub use session::{
+    deliver_to_address, SessionError, SessionParams, ShadowCheck, ShadowVerdict, TlsFacts,
+    Transacted,
+};
 
 use decide::{leftover_outcome, local_failure, plan_outcome, skip_kind, status};
 use session::Finished;
@@ -70,6 +73,11 @@ pub trait Planner: Send + Sync + 'static {
     /// The global `policy.min_tls_version`, for the bounce relay.
     fn min_tls_version(&self) -> TlsVersion {
         TlsVersion::Tls12
+    }
+    /// The PKIX verifier of the trust roots, to judge shadow requirements (`None`: no
+    /// shadow checks).
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        None
     }
 }
 
@@ -88,6 +96,10 @@ impl Planner for PolicyEngine {
 
     fn min_tls_version(&self) -> TlsVersion {
         PolicyEngine::min_tls_version(self)
+    }
+
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        Some(PolicyEngine::pkix_verifier(self))
     }
 }
 
@@ -313,6 +325,7 @@ impl<P: Planner> Delivery<P> {
                 preference: 0,
                 addrs: resolved.iter().map(SocketAddr::ip).collect(),
                 requirement: Ok(TlsRequirement::Opportunistic),
+                shadow: None,
             }],
         };
         // The relay is not the destination's MX: nothing to report about its TLS.
@@ -389,14 +402,29 @@ impl<P: Planner> Delivery<P> {
                     policy_label: reason_label(plan.level, &requirement).to_string(),
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
+                    shadow: mx
+                        .shadow
+                        .clone()
+                        .zip(self.policy.pkix_verifier())
+                        .map(|(requirement, pkix)| ShadowCheck { requirement, pkix }),
                 };
                 let (result, kind, local_ip, was_greeted) =
                     self.session(key, &params, job, &pending).await;
                 greeted += usize::from(was_greeted);
                 reporter.session(&params, local_ip, &result);
                 match result {
-                    Ok(report) => {
+                    Ok(mut report) => {
+                        report.tls.shadow = session::shadow_verdict(&params, &report.tls);
                         let auth = report.tls.auth;
+                        if let Some(ShadowVerdict {
+                            level,
+                            result: Err(failure),
+                        }) = &report.tls.shadow
+                        {
+                            metrics::counter!("mxgate_shadow_failures_total",
+                                "level" => metric_policy(*level), "reason" => failure.as_str())
+                            .increment(1);
+                        }
                         if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
                                 "version" => version,
@@ -627,8 +655,14 @@ impl<'a> AttemptLog<'a> {
                     (f.diagnostic.as_str(), f.status.to_string())
                 }
             };
+            // `shadow=LEVEL:ok|LEVEL:REASON` only when a shadow level is configured.
+            let shadow = tls
+                .shadow
+                .as_ref()
+                .map(|v| format!(" shadow={}", v.log_word()))
+                .unwrap_or_default();
             tracing::info!(
-                "id={} from=<{}> to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} dsn={} reply=\"{}\" delay={:.2} conn={}",
+                "id={} from=<{}> to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} dsn={} reply=\"{}\" delay={:.2} conn={}{}",
                 self.job.id,
                 log_value(&self.job.envelope.sender),
                 to.join(","),
@@ -644,6 +678,7 @@ impl<'a> AttemptLog<'a> {
                 log_quoted(reply),
                 delay,
                 conn,
+                shadow,
             );
         }
     }
@@ -734,6 +769,7 @@ mod tests {
                     // Nothing listens on 127.0.0.2:1: refused at once.
                     addrs: vec!["127.0.0.2".parse().unwrap()],
                     requirement: Ok(TlsRequirement::Cleartext),
+                    shadow: None,
                 }],
             })
         }
