@@ -115,6 +115,20 @@ pub struct TlsPolicyFailure {
     pub reason: &'static str,
     /// `encrypt: STARTTLS not offered by mx1.example.com`
     pub message: String,
+    /// What was wrong with the certificate, when that is why the handshake failed.
+    pub cert: Option<CertProblem>,
+}
+
+/// Why a certificate was refused (from rustls' typed `CertificateError`), for reports
+/// that name the cause (RFC 8460 §4.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertProblem {
+    /// No chain to a trusted root (or, for DANE, no TLSA record matched).
+    NotTrusted,
+    Expired,
+    /// Valid chain, but not for the name(s) required.
+    NameMismatch,
+    Other,
 }
 
 impl TlsPolicyFailure {
@@ -225,6 +239,7 @@ mod tests {
         let f = |reason| TlsPolicyFailure {
             reason,
             message: String::new(),
+            cert: None,
         };
         assert_eq!(f("starttls_not_offered").subject_detail(), "7.4");
         assert_eq!(f("certificate_invalid").subject_detail(), "7.5");

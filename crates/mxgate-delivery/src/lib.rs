@@ -31,6 +31,7 @@ pub mod conn;
 pub mod decide;
 pub mod reuse;
 pub mod session;
+pub mod sink;
 mod transaction;
 
 use std::collections::HashMap;
@@ -46,9 +47,10 @@ use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
 pub use cache::{SessionCache, SessionKey};
-pub use decide::TlsPolicyFailure;
+pub use decide::{CertProblem, TlsPolicyFailure};
 pub use reuse::IdleSession;
 pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
+pub use sink::{SessionEvent, SessionResultRef, SessionSink};
 
 use decide::{local_failure, status};
 use transaction::Finished;
@@ -94,6 +96,7 @@ pub struct Delivery<P: Planner = PolicyEngine> {
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     cache: SessionCache<IdleSession>,
+    sink: Option<Arc<dyn SessionSink>>,
 }
 
 /// How a job's session was obtained, for the `conn=` log field.
@@ -143,6 +146,33 @@ impl<P: Planner> Delivery<P> {
             policy,
             hostname,
             per_domain: Mutex::new(HashMap::new()),
+            sink: None,
+        }
+    }
+
+    /// Reports every session to `sink` (TLS reporting).
+    pub fn with_session_sink(mut self, sink: Arc<dyn SessionSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    fn observe(
+        &self,
+        watch: &Watch<'_>,
+        mx_host: &str,
+        addr: Option<SocketAddr>,
+        requirement: Option<&TlsRequirement>,
+        result: SessionResultRef<'_>,
+    ) {
+        if let (Some(sink), true) = (&self.sink, watch.observed) {
+            sink.session(&SessionEvent {
+                plan: watch.plan,
+                mx_host,
+                addr,
+                requirement,
+                result,
+                carries_tls_report: watch.carries_tls_report,
+            });
         }
     }
 
@@ -236,7 +266,7 @@ impl<P: Planner> Delivery<P> {
                 &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
             );
         };
-        self.follow_plan(&job, &plan, self.settings.smtp_port, start)
+        self.follow_plan(&job, &plan, self.settings.smtp_port, start, true)
             .await
     }
 
@@ -290,7 +320,8 @@ impl<P: Planner> Delivery<P> {
                 requirement: Ok(TlsRequirement::Opportunistic),
             }],
         };
-        self.follow_plan(job, &plan, port, start).await
+        // A relay's session says nothing about the destination's policy: not observed.
+        self.follow_plan(job, &plan, port, start, false).await
     }
 
     async fn follow_plan(
@@ -299,7 +330,14 @@ impl<P: Planner> Delivery<P> {
         plan: &DeliveryPlan,
         port: u16,
         start: Instant,
+        observed: bool,
     ) -> Vec<RecipientOutcome> {
+        let carries_tls_report = sink::has_header(&job.message, "TLS-Report-Domain");
+        let watch = Watch {
+            observed,
+            carries_tls_report,
+            plan,
+        };
         let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
         let mut pending: Vec<usize> = job.recipients.clone();
         let mut done: Vec<RecipientOutcome> = Vec::new();
@@ -309,10 +347,18 @@ impl<P: Planner> Delivery<P> {
             let requirement = match &mx.requirement {
                 Ok(r) => r.clone(),
                 Err(reason) => {
+                    self.observe(
+                        &watch,
+                        &mx.host,
+                        None,
+                        None,
+                        SessionResultRef::Excluded(reason),
+                    );
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
                         reason: "policy_excluded",
                         message: reason.clone(),
+                        cert: None,
                     });
                     continue;
                 }
@@ -345,6 +391,13 @@ impl<P: Planner> Delivery<P> {
                 let (result, kind) = self.session(key, &params, job, &pending).await;
                 match result {
                     Ok(report) => {
+                        self.observe(
+                            &watch,
+                            &mx.host,
+                            Some(addr),
+                            Some(&requirement),
+                            SessionResultRef::Established(&report.tls),
+                        );
                         let auth = report.tls.auth;
                         if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
@@ -367,6 +420,13 @@ impl<P: Planner> Delivery<P> {
                         }
                     }
                     Err(SessionError::TlsPolicy { relay, failure }) => {
+                        self.observe(
+                            &watch,
+                            &mx.host,
+                            Some(addr),
+                            Some(&requirement),
+                            SessionResultRef::TlsPolicy(&failure),
+                        );
                         count_tls_policy_failure(plan.level, failure.reason);
                         tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
                         tls_reasons.push(failure);
@@ -392,6 +452,13 @@ impl<P: Planner> Transport for Delivery<P> {
     fn deliver(&self, job: DeliveryJob) -> impl Future<Output = Vec<RecipientOutcome>> + Send {
         self.deliver_job(job)
     }
+}
+
+/// What every [`SessionEvent`] of one attempt shares.
+struct Watch<'a> {
+    observed: bool,
+    carries_tls_report: bool,
+    plan: &'a DeliveryPlan,
 }
 
 /// Cached sessions tried (and found dead) before a job dials afresh.

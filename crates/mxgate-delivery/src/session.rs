@@ -23,7 +23,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::conn::{Conn, ConnError, SmtpStream};
 use crate::decide::{
-    local_failure, remote_failure, starttls_step, status, StartTlsStep, TlsPolicyFailure,
+    local_failure, remote_failure, starttls_step, status, CertProblem, StartTlsStep,
+    TlsPolicyFailure,
 };
 use crate::transaction::{transaction, Finished};
 
@@ -189,6 +190,7 @@ pub(crate) fn policy_failure(
         failure: TlsPolicyFailure {
             reason,
             message: format!("{}: {what}", params.policy_label),
+            cert: None,
         },
     }
 }
@@ -406,7 +408,27 @@ fn handshake_failure(params: &SessionParams, e: &std::io::Error) -> SessionError
                 other => format!("{other:?}"),
             };
             let what = format!("certificate for {} not valid: {detail}", params.mx_host);
-            policy_failure(params, "certificate_invalid", what)
+            let problem = match cert_error {
+                rustls::CertificateError::UnknownIssuer
+                | rustls::CertificateError::BadSignature
+                | rustls::CertificateError::ApplicationVerificationFailure => {
+                    CertProblem::NotTrusted
+                }
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. }
+                | rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. } => CertProblem::Expired,
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    CertProblem::NameMismatch
+                }
+                _ => CertProblem::Other,
+            };
+            let mut failure = policy_failure(params, "certificate_invalid", what);
+            if let SessionError::TlsPolicy { failure, .. } = &mut failure {
+                failure.cert = Some(problem);
+            }
+            failure
         }
         Some(other) => policy_failure(
             params,

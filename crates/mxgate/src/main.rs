@@ -13,6 +13,7 @@ mod logging;
 mod metrics_setup;
 mod reload;
 mod run;
+mod tlsrpt;
 
 use std::process::ExitCode;
 
