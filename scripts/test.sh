@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v unbound >/dev/null || need+=(unbound)
+# dkimpy verifies the DKIM signature of mailed TLS reports (tests/tlsrpt.rs); openssl
+# makes the test's RSA key.
+/usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: needs root to install: ${need[*]}" >&2

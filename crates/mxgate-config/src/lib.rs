@@ -209,7 +209,21 @@ pub struct PolicyConfig {
     /// Total time allowed for one MTA-STS policy fetch (RFC 8461 §3.3 suggests a minute).
     #[serde(deserialize_with = "duration::deserialize")]
     pub mta_sts_timeout: Duration,
+    /// What a message's `TLS-Required: No` header does (RFC 8689 §5).
+    pub tls_required_header: TlsRequiredHeader,
     pub domains: BTreeMap<String, DomainPolicy>,
+}
+
+/// `policy.tls_required_header`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsRequiredHeader {
+    /// `TLS-Required: No` lowers levels learned from DNS (MTA-STS, DANE) to at most
+    /// `may`; levels the operator configured still apply.
+    #[default]
+    Honor,
+    /// The header changes nothing.
+    Ignore,
 }
 
 impl Default for PolicyConfig {
@@ -222,6 +236,7 @@ impl Default for PolicyConfig {
             mta_sts_port: 443,
             cache_path: PathBuf::from("/var/lib/mxgate/policy"),
             mta_sts_timeout: Duration::from_secs(60),
+            tls_required_header: TlsRequiredHeader::Honor,
             domains: BTreeMap::new(),
         }
     }

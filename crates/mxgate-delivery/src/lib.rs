@@ -68,6 +68,11 @@ pub trait Planner: Send + Sync + 'static {
     fn min_tls_version(&self) -> TlsVersion {
         TlsVersion::Tls12
     }
+    /// Whether `TLS-Required: No` (RFC 8689 §5) is honoured
+    /// (`policy.tls_required_header`).
+    fn honours_tls_required_no(&self) -> bool {
+        true
+    }
 }
 
 impl Planner for PolicyEngine {
@@ -85,6 +90,10 @@ impl Planner for PolicyEngine {
 
     fn min_tls_version(&self) -> TlsVersion {
         PolicyEngine::min_tls_version(self)
+    }
+
+    fn honours_tls_required_no(&self) -> bool {
+        PolicyEngine::honours_tls_required_no(self)
     }
 }
 
@@ -238,6 +247,10 @@ impl<P: Planner> Delivery<P> {
             return self.deliver_via_relay(&job, &relay, start).await;
         }
         let plan = match self.policy.plan(&job.domain).await {
+            // RFC 8689 §5: "TLS-Required: No" — the only value defined.
+            Ok(plan) if self.policy.honours_tls_required_no() && tls_required_no(&job.message) => {
+                plan.lowered_for_tls_required_no()
+            }
             Ok(plan) => plan,
             Err(e) => {
                 let failure = plan_failure(&e);
@@ -459,6 +472,12 @@ struct Watch<'a> {
     observed: bool,
     carries_tls_report: bool,
     plan: &'a DeliveryPlan,
+}
+
+/// Whether the message carries `TLS-Required: No` (RFC 8689 §5; the value is
+/// case-insensitive, and "No" is the only one defined).
+fn tls_required_no(message: &[u8]) -> bool {
+    sink::header_value(message, "TLS-Required").is_some_and(|v| v.eq_ignore_ascii_case("no"))
 }
 
 /// Cached sessions tried (and found dead) before a job dials afresh.

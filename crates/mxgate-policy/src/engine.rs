@@ -216,6 +216,11 @@ impl PolicyEngine {
         self.sts.cached(domain).map(|c| c.policy)
     }
 
+    /// `policy.tls_required_header = "honor"` (RFC 8689 §5).
+    pub fn honours_tls_required_no(&self) -> bool {
+        self.config.policy.tls_required_header == mxgate_config::TlsRequiredHeader::Honor
+    }
+
     pub fn min_tls_version(&self) -> TlsVersion {
         self.config.policy.min_tls_version
     }

@@ -56,4 +56,8 @@ impl Planner for ReloadablePolicy {
     fn min_tls_version(&self) -> TlsVersion {
         self.current().min_tls_version()
     }
+
+    fn honours_tls_required_no(&self) -> bool {
+        self.current().honours_tls_required_no()
+    }
 }
