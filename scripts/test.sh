@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
 # installs the system packages the tests drive (Postfix as the submitting MTA, unbound
-# as the validating resolver of dns.dnssec = "trust-ad"), then
-# checks formatting and lints and runs every test.
+# as the validating resolver of dns.dnssec = "trust-ad"; dpkg-dev, lintian, man-db,
+# bsdextrautils and adduser for the Debian package test), then checks formatting and
+# lints, runs every test, and builds, installs, checks and purges the Debian package
+# (scripts/test-deb.sh, as root only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,11 @@ command -v unbound >/dev/null || need+=(unbound)
 # makes the test's RSA key.
 /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 command -v openssl >/dev/null || need+=(openssl)
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v lintian >/dev/null || need+=(lintian)
+command -v man >/dev/null || need+=(man-db)
+command -v col >/dev/null || need+=(bsdextrautils)
+command -v adduser >/dev/null || need+=(adduser)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: needs root to install: ${need[*]}" >&2
@@ -32,5 +39,13 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 # The benchmark harness's own parsing and arithmetic (bench/, docs/benchmarks.md).
 python3 -m unittest bench/test_mxbench.py
+# The Debian package: build (release), dpkg -i, checks, dpkg -r/--purge, lintian.
+deb_status=0
+if [ "$(id -u)" -eq 0 ]; then
+    scripts/test-deb.sh || deb_status=$?
+else
+    echo "deb: skipped (scripts/test-deb.sh needs root)"
+fi
 # One closing line for the whole Rust suite (cargo's last line is the doc-tests').
 awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo: %d passed, %d failed\n", p, f }' "$log"
+exit "$deb_status"

@@ -41,6 +41,8 @@ pub struct Settings {
     pub listener: String,
     /// Extra `[tlsrpt]` lines (`path` is always the test directory's `tlsrpt/`).
     pub tlsrpt: String,
+    /// Extra sections appended at the end (e.g. `[socketmap]`).
+    pub extra: String,
 }
 
 impl Settings {
@@ -57,6 +59,7 @@ impl Settings {
             queue: String::new(),
             listener: String::new(),
             tlsrpt: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -134,6 +137,7 @@ socket = {control_toml}
 [tlsrpt]
 path = {tlsrpt_path}
 {tlsrpt}
+{extra}
 "#,
             tlsrpt_path = toml_path(&dir.join("tlsrpt")),
             tlsrpt = settings.tlsrpt,
@@ -157,6 +161,7 @@ path = {tlsrpt_path}
             policy = settings.policy,
             domains = settings.domains,
             control_toml = toml_path(&control),
+            extra = settings.extra,
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut gate = Mxgate {

@@ -37,6 +37,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub tlsrpt: TlsRptConfig,
+    pub socketmap: SocketmapConfig,
 }
 
 /// `[server]`
@@ -290,6 +291,35 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9325".to_string(),
         }
+    }
+}
+
+/// `[socketmap]`: the policy server for Postfix's `smtp_tls_policy_maps`
+/// (docs/postfix.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketmapConfig {
+    /// `"ip:port"` to serve socketmap lookups on; empty = off.
+    pub listen: String,
+    /// A connection without a request for this long is closed. Postfix closes its own
+    /// idle socketmap connections after 10 s, so the default leaves that to Postfix.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketmapConfig {
+    fn default() -> Self {
+        SocketmapConfig {
+            listen: String::new(),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SocketmapConfig {
+    /// The listen address, `None` when the server is off. Validation has checked it.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Loading and validating the configuration file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::{Config, DnssecMode, Level};
@@ -217,6 +218,19 @@ impl Config {
             ));
         }
         self.validate_tlsrpt()?;
+        if !self.socketmap.listen.is_empty() && self.socketmap.listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "socketmap.listen",
+                "must be \"ip:port\" or empty",
+            ));
+        }
+        if self.socketmap.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "socketmap.idle_timeout",
+                "must be > 0",
+            ));
+        }
         if self.policy.mta_sts_port == 0 {
             return Err(ConfigError::invalid("policy.mta_sts_port", "must be > 0"));
         }
@@ -349,6 +363,19 @@ mod tests {
             err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients")
         );
         assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
+        assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
+        assert!(err("[socketmap]\nport = 1\n").contains("port"));
+    }
+
+    #[test]
+    fn socketmap_is_off_by_default() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.socketmap.listen_addr(), None);
+        let c = Config::from_toml_str("[socketmap]\nlisten = \"127.0.0.1:8461\"\n").expect("valid");
+        assert_eq!(
+            c.socketmap.listen_addr(),
+            Some(([127, 0, 0, 1], 8461).into())
+        );
     }
 
     #[test]

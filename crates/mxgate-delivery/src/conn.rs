@@ -25,6 +25,17 @@ pub enum SmtpStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl SmtpStream {
+    /// Our address on the connection.
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        let tcp = match self {
+            SmtpStream::Plain(s) => s,
+            SmtpStream::Tls(s) => s.get_ref().0,
+        };
+        tcp.local_addr().ok().map(|a| a.ip())
+    }
+}
+
 impl AsyncRead for SmtpStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -127,6 +138,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         tokio::time::timeout(timeout, read)
             .await
             .map_err(|_| ConnError::Timeout(timeout))?
+    }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
     }
 
     /// The command timeout.

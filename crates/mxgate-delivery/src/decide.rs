@@ -5,8 +5,9 @@
 //! This module does not choose the TLS level (that is `mxgate-policy`).
 
 use mxgate_policy::TlsRequirement;
-use mxgate_queue::DeliveryFailure;
+use mxgate_queue::{DeliveryFailure, FailureKind, MAX_DIAGNOSTIC};
 use mxgate_smtp::reply::Reply;
+use mxgate_smtp::EnhancedStatus;
 
 /// What to do after EHLO, given the requirement and whether STARTTLS was advertised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,59 +50,101 @@ pub fn starttls_step(
 
 /// The enhanced status code of a reply: its own when it has one (RFC 3463), else the
 /// generic `X.0.0` of its class.
-pub fn status_of(reply: &Reply) -> String {
-    reply
-        .enhanced_string()
-        .unwrap_or_else(|| format!("{}.0.0", reply.code / 100))
+pub fn status_of(reply: &Reply) -> EnhancedStatus {
+    reply.status()
+}
+
+/// Text from outside (a server's reply, an error message) made safe to keep: control
+/// characters escaped as `\xNN`, then cut at a character boundary to at most
+/// [`MAX_DIAGNOSTIC`] bytes (RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets),
+/// ending in `...` when cut.
+pub fn bounded(text: &str) -> String {
+    const MARK: &str = "...";
+    let mut out = String::with_capacity(text.len().min(MAX_DIAGNOSTIC));
+    // The longest prefix that still leaves room for the marker.
+    let mut cut = 0;
+    for c in text.chars() {
+        if out.len() <= MAX_DIAGNOSTIC - MARK.len() {
+            cut = out.len();
+        }
+        if c.is_control() {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+        if out.len() > MAX_DIAGNOSTIC {
+            out.truncate(cut);
+            out.push_str(MARK);
+            return out;
+        }
+    }
+    out
 }
 
 /// A failure carrying the server's reply (`smtp;` diagnostic in a DSN).
 pub fn remote_failure(reply: &Reply, mx_host: &str) -> DeliveryFailure {
+    let kind = if reply.is_permanent() {
+        FailureKind::Rejected
+    } else {
+        FailureKind::RemoteTemporary
+    };
     DeliveryFailure {
+        kind,
         status: status_of(reply),
         remote_mta: Some(mx_host.to_string()),
-        diagnostic: reply.to_string(),
+        diagnostic: bounded(&reply.to_string()),
         remote: true,
     }
 }
 
 /// A failure with a local reason (`x-mxgate;` diagnostic in a DSN).
 pub fn local_failure(
-    status: &str,
+    kind: FailureKind,
+    status: EnhancedStatus,
     remote_mta: Option<&str>,
-    diagnostic: impl Into<String>,
+    diagnostic: impl AsRef<str>,
 ) -> DeliveryFailure {
     DeliveryFailure {
-        status: status.to_string(),
+        kind,
+        status,
         remote_mta: remote_mta.map(str::to_string),
-        diagnostic: diagnostic.into(),
+        diagnostic: bounded(diagnostic.as_ref()),
         remote: false,
     }
 }
 
 /// Status codes for local reasons (RFC 3463, RFC 7505, RFC 6531).
 pub mod status {
+    use mxgate_smtp::EnhancedStatus;
+
     /// X.1.10 null MX (RFC 7505 §4.2).
-    pub const NULL_MX: &str = "5.1.10";
+    pub const NULL_MX: EnhancedStatus = EnhancedStatus::permanent(1, 10);
     /// X.1.2 bad destination system address (domain does not exist).
-    pub const NO_SUCH_DOMAIN: &str = "5.1.2";
+    pub const NO_SUCH_DOMAIN: EnhancedStatus = EnhancedStatus::permanent(1, 2);
     /// X.4.3 directory (DNS) server failure.
-    pub const DNS_TEMPORARY: &str = "4.4.3";
+    pub const DNS_TEMPORARY: EnhancedStatus = EnhancedStatus::transient(4, 3);
     /// X.4.1 no answer from host.
-    pub const NO_ANSWER: &str = "4.4.1";
+    pub const NO_ANSWER: EnhancedStatus = EnhancedStatus::transient(4, 1);
     /// X.4.2 bad connection (lost, timed out, garbled).
-    pub const BAD_CONNECTION: &str = "4.4.2";
+    pub const BAD_CONNECTION: EnhancedStatus = EnhancedStatus::transient(4, 2);
     /// X.6.7 non-ASCII addresses not permitted for that recipient (RFC 6531 §3.5).
-    pub const SMTPUTF8_REQUIRED: &str = "5.6.7";
+    pub const SMTPUTF8_REQUIRED: EnhancedStatus = EnhancedStatus::permanent(6, 7);
     /// X.3.4 message too big for system (RFC 1870).
-    pub const TOO_BIG: &str = "5.3.4";
+    pub const TOO_BIG: EnhancedStatus = EnhancedStatus::permanent(3, 4);
     /// X.1.3 bad destination mailbox address syntax.
-    pub const BAD_ADDRESS: &str = "5.1.3";
+    pub const BAD_ADDRESS: EnhancedStatus = EnhancedStatus::permanent(1, 3);
     /// X.1.7 bad sender's mailbox address syntax.
-    pub const BAD_SENDER: &str = "5.1.7";
+    pub const BAD_SENDER: EnhancedStatus = EnhancedStatus::permanent(1, 7);
+    /// X.5.0 other or undefined protocol status.
+    pub const PROTOCOL: EnhancedStatus = EnhancedStatus::transient(5, 0);
+    /// X.3.0 other or undefined mail system status (local trouble).
+    pub const LOCAL: EnhancedStatus = EnhancedStatus::transient(3, 0);
 }
 
-/// Why a required TLS level was not met on one MX, with its metric label.
+/// Why a required TLS level was not met on one MX.
 ///
 /// Status codes (RFC 3463 §3.8): a server that does not offer or refuses STARTTLS is
 /// X.7.4 "Security features not supported"; a failed handshake, a certificate that does
@@ -110,34 +153,40 @@ pub mod status {
 /// X.7.5 as well. Class 4 when deferring, 5 with `on_tls_failure = "bounce"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPolicyFailure {
-    /// `starttls_not_offered`, `starttls_refused`, `response_injection`,
-    /// `handshake_failed`, `certificate_invalid`, `policy_excluded`, `bad_name`.
-    pub reason: &'static str,
+    pub kind: FailureKind,
     /// `encrypt: STARTTLS not offered by mx1.example.com`
     pub message: String,
-    /// What was wrong with the certificate, when that is why the handshake failed.
-    pub cert: Option<CertProblem>,
-}
-
-/// Why a certificate was refused (from rustls' typed `CertificateError`), for reports
-/// that name the cause (RFC 8460 §4.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertProblem {
-    /// No chain to a trusted root (or, for DANE, no TLSA record matched).
-    NotTrusted,
-    Expired,
-    /// Valid chain, but not for the name(s) required.
-    NameMismatch,
-    Other,
 }
 
 impl TlsPolicyFailure {
-    /// The RFC 3463 subject/detail part (`7.4` or `7.5`).
-    pub fn subject_detail(&self) -> &'static str {
-        match self.reason {
-            "starttls_not_offered" | "starttls_refused" => "7.4",
-            _ => "7.5",
+    /// The RFC 3463 subject and detail (`7.4` or `7.5`).
+    pub fn subject_detail(&self) -> (u16, u16) {
+        match self.kind {
+            FailureKind::StarttlsNotOffered | FailureKind::StarttlsRefused => (7, 4),
+            _ => (7, 5),
         }
+    }
+
+    /// The `reason` label of `mxgate_tls_policy_failures_total` (docs/operations.md).
+    pub fn reason(&self) -> &'static str {
+        metric_reason(self.kind)
+    }
+}
+
+/// The bounded `reason` label of `mxgate_tls_policy_failures_total` for a kind.
+pub fn metric_reason(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::StarttlsNotOffered => "starttls_not_offered",
+        FailureKind::StarttlsRefused => "starttls_refused",
+        FailureKind::ResponseInjection => "response_injection",
+        FailureKind::CertificateHostMismatch
+        | FailureKind::CertificateExpired
+        | FailureKind::CertificateNotTrusted
+        | FailureKind::CertificateInvalid
+        | FailureKind::DaneMismatch => "certificate_invalid",
+        FailureKind::HandshakeFailed => "handshake_failed",
+        FailureKind::BadAddress => "bad_name",
+        _ => "policy_excluded",
     }
 }
 
@@ -159,8 +208,8 @@ pub fn rcpt_verdict(reply: &Reply, mx_host: &str) -> RcptVerdict {
         RcptVerdict::Failed(remote_failure(reply, mx_host))
     } else {
         let mut f = remote_failure(reply, mx_host);
-        if !f.status.starts_with('4') {
-            f.status = "4.5.0".to_string();
+        if !f.status.is_transient() {
+            f.status = status::PROTOCOL;
         }
         RcptVerdict::Deferred(f)
     }
@@ -221,27 +270,56 @@ mod tests {
         let RcptVerdict::Failed(f) = rcpt_verdict(&reply(550, "5.1.1 no such user"), "mx") else {
             panic!("550 must fail")
         };
-        assert_eq!(f.status, "5.1.1");
+        assert_eq!(f.status.to_string(), "5.1.1");
         assert_eq!(f.diagnostic, "550 5.1.1 no such user");
         assert!(f.remote);
         let RcptVerdict::Deferred(f) = rcpt_verdict(&reply(451, "try later"), "mx") else {
             panic!("451 must defer")
         };
-        assert_eq!(f.status, "4.0.0");
+        assert_eq!(f.status.to_string(), "4.0.0");
         let RcptVerdict::Deferred(f) = rcpt_verdict(&reply(354, "what"), "mx") else {
             panic!("3xx must defer")
         };
-        assert_eq!(f.status, "4.5.0");
+        assert_eq!(f.status.to_string(), "4.5.0");
+    }
+
+    #[test]
+    fn bounded_escapes_controls_and_cuts_at_512_bytes() {
+        assert_eq!(
+            bounded("550 no\x1b[31m user\r\n"),
+            "550 no\\x1b[31m user\\x0d\\x0a"
+        );
+        assert_eq!(bounded("\u{85}"), "\\xc2\\x85");
+        let exact = "a".repeat(MAX_DIAGNOSTIC);
+        assert_eq!(bounded(&exact), exact);
+        let long = "é".repeat(4000);
+        let b = bounded(&long);
+        assert!(
+            b.len() <= MAX_DIAGNOSTIC && b.ends_with("...") && b.len() > 500,
+            "{}",
+            b.len()
+        );
+        let ctl = "\x07".repeat(1000);
+        let b = bounded(&ctl);
+        assert!(b.len() <= MAX_DIAGNOSTIC && b.ends_with("\\x07..."), "{b}");
+        assert!(!b.chars().any(char::is_control));
     }
 
     #[test]
     fn tls_failure_codes() {
-        let f = |reason| TlsPolicyFailure {
-            reason,
+        let f = |kind| TlsPolicyFailure {
+            kind,
             message: String::new(),
-            cert: None,
         };
-        assert_eq!(f("starttls_not_offered").subject_detail(), "7.4");
-        assert_eq!(f("certificate_invalid").subject_detail(), "7.5");
+        assert_eq!(f(FailureKind::StarttlsNotOffered).subject_detail(), (7, 4));
+        assert_eq!(f(FailureKind::CertificateExpired).subject_detail(), (7, 5));
+        assert_eq!(
+            f(FailureKind::StarttlsNotOffered).reason(),
+            "starttls_not_offered"
+        );
+        assert_eq!(
+            f(FailureKind::CertificateNotTrusted).reason(),
+            "certificate_invalid"
+        );
     }
 }

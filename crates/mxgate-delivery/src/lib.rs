@@ -29,9 +29,9 @@
 pub mod cache;
 pub mod conn;
 pub mod decide;
+pub mod report;
 pub mod reuse;
 pub mod session;
-pub mod sink;
 mod transaction;
 
 use std::collections::HashMap;
@@ -41,16 +41,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
-use mxgate_queue::{DeliveryFailure, DeliveryJob, Outcome, RecipientOutcome, Transport};
+use mxgate_policy::{
+    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
+};
+use mxgate_queue::{
+    DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
+};
+use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
 pub use cache::{SessionCache, SessionKey};
-pub use decide::{CertProblem, TlsPolicyFailure};
+pub use decide::TlsPolicyFailure;
+pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, SessionReport, TlsFacts};
-pub use sink::{SessionEvent, SessionResultRef, SessionSink};
+pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
 
 use decide::{local_failure, status};
 use transaction::Finished;
@@ -159,30 +164,11 @@ impl<P: Planner> Delivery<P> {
         }
     }
 
-    /// Reports every session to `sink` (TLS reporting).
+    /// Hands a [`SessionReport`] to `sink` after every session (TLS-RPT, shadow
+    /// checks).
     pub fn with_session_sink(mut self, sink: Arc<dyn SessionSink>) -> Self {
         self.sink = Some(sink);
         self
-    }
-
-    fn observe(
-        &self,
-        watch: &Watch<'_>,
-        mx_host: &str,
-        addr: Option<SocketAddr>,
-        requirement: Option<&TlsRequirement>,
-        result: SessionResultRef<'_>,
-    ) {
-        if let (Some(sink), true) = (&self.sink, watch.observed) {
-            sink.session(&SessionEvent {
-                plan: watch.plan,
-                mx_host,
-                addr,
-                requirement,
-                result,
-                carries_tls_report: watch.carries_tls_report,
-            });
-        }
     }
 
     /// Idle sessions kept for reuse right now.
@@ -203,7 +189,11 @@ impl<P: Planner> Delivery<P> {
         params: &SessionParams,
         job: &DeliveryJob,
         recipients: &[usize],
-    ) -> (Result<SessionReport, SessionError>, ConnKind) {
+    ) -> (
+        Result<Transacted, SessionError>,
+        ConnKind,
+        Option<std::net::IpAddr>,
+    ) {
         // Each failed probe costs at most a round trip (or the probe timeout); a
         // server that lost one session has usually lost them all, so stop early.
         let mut tries = 0;
@@ -228,7 +218,7 @@ impl<P: Planner> Delivery<P> {
         if let Some(idle) = finished.idle {
             self.cache.put(key, idle);
         }
-        (finished.result, kind)
+        (finished.result, kind, finished.local_ip)
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -247,8 +237,12 @@ impl<P: Planner> Delivery<P> {
             return self.deliver_via_relay(&job, &relay, start).await;
         }
         let plan = match self.policy.plan(&job.domain).await {
-            // RFC 8689 §5: "TLS-Required: No" — the only value defined.
-            Ok(plan) if self.policy.honours_tls_required_no() && tls_required_no(&job.message) => {
+            // RFC 8689 §5: "TLS-Required: No" asks that DNS-learned TLS policies be
+            // ignored; the plan says which levels that may lower.
+            Ok(plan)
+                if self.policy.honours_tls_required_no()
+                    && report::tls_required_no(&job.message) =>
+            {
                 plan.lowered_for_tls_required_no()
             }
             Ok(plan) => plan,
@@ -270,13 +264,23 @@ impl<P: Planner> Delivery<P> {
         let Ok(_domain_permit) = domain_sem.acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         let Ok(_global_permit) = self.global.clone().acquire_owned().await else {
             return all(
                 &job.recipients,
-                &Outcome::Deferred(local_failure("4.3.0", None, "shutting down")),
+                &Outcome::Deferred(local_failure(
+                    FailureKind::Local,
+                    status::LOCAL,
+                    None,
+                    "shutting down",
+                )),
             );
         };
         self.follow_plan(&job, &plan, self.settings.smtp_port, start, true)
@@ -301,6 +305,7 @@ impl<P: Planner> Delivery<P> {
         };
         let Some(port) = resolved.first().map(SocketAddr::port) else {
             let failure = local_failure(
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 None,
                 format!("queue.bounce_relay {relay}: cannot resolve"),
@@ -333,7 +338,7 @@ impl<P: Planner> Delivery<P> {
                 requirement: Ok(TlsRequirement::Opportunistic),
             }],
         };
-        // A relay's session says nothing about the destination's policy: not observed.
+        // The relay is not the destination's MX: nothing to report about its TLS.
         self.follow_plan(job, &plan, port, start, false).await
     }
 
@@ -343,35 +348,27 @@ impl<P: Planner> Delivery<P> {
         plan: &DeliveryPlan,
         port: u16,
         start: Instant,
-        observed: bool,
+        report_sessions: bool,
     ) -> Vec<RecipientOutcome> {
-        let carries_tls_report = sink::has_header(&job.message, "TLS-Report-Domain");
-        let watch = Watch {
-            observed,
-            carries_tls_report,
-            plan,
-        };
         let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
         let mut pending: Vec<usize> = job.recipients.clone();
         let mut done: Vec<RecipientOutcome> = Vec::new();
         let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
         let mut other_failure: Option<DeliveryFailure> = None;
+        let reporter = Reporter {
+            sink: self.sink.as_deref().filter(|_| report_sessions),
+            plan,
+            is_tls_report: self.sink.is_some() && report::is_tls_report(&job.message),
+        };
         'mx: for mx in &plan.mx {
             let requirement = match &mx.requirement {
                 Ok(r) => r.clone(),
                 Err(reason) => {
-                    self.observe(
-                        &watch,
-                        &mx.host,
-                        None,
-                        None,
-                        SessionResultRef::Excluded(reason),
-                    );
+                    reporter.skipped(&mx.host, skip_kind(reason), reason);
                     count_tls_policy_failure(plan.level, "policy_excluded");
                     tls_reasons.push(TlsPolicyFailure {
-                        reason: "policy_excluded",
-                        message: reason.clone(),
-                        cert: None,
+                        kind: skip_kind(reason),
+                        message: reason.to_string(),
                     });
                     continue;
                 }
@@ -401,16 +398,10 @@ impl<P: Planner> Delivery<P> {
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
-                let (result, kind) = self.session(key, &params, job, &pending).await;
+                let (result, kind, local_ip) = self.session(key, &params, job, &pending).await;
+                reporter.session(&params, local_ip, &result);
                 match result {
                     Ok(report) => {
-                        self.observe(
-                            &watch,
-                            &mx.host,
-                            Some(addr),
-                            Some(&requirement),
-                            SessionResultRef::Established(&report.tls),
-                        );
                         let auth = report.tls.auth;
                         if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
@@ -433,14 +424,7 @@ impl<P: Planner> Delivery<P> {
                         }
                     }
                     Err(SessionError::TlsPolicy { relay, failure }) => {
-                        self.observe(
-                            &watch,
-                            &mx.host,
-                            Some(addr),
-                            Some(&requirement),
-                            SessionResultRef::TlsPolicy(&failure),
-                        );
-                        count_tls_policy_failure(plan.level, failure.reason);
+                        count_tls_policy_failure(plan.level, failure.reason());
                         tracing::info!(id = %job.id, relay = %relay, "TLS policy not met: {}", failure.message);
                         tls_reasons.push(failure);
                     }
@@ -467,17 +451,71 @@ impl<P: Planner> Transport for Delivery<P> {
     }
 }
 
-/// What every [`SessionEvent`] of one attempt shares.
-struct Watch<'a> {
-    observed: bool,
-    carries_tls_report: bool,
+/// Builds and hands out the [`SessionReport`]s of one attempt.
+struct Reporter<'a> {
+    sink: Option<&'a dyn SessionSink>,
     plan: &'a DeliveryPlan,
+    is_tls_report: bool,
 }
 
-/// Whether the message carries `TLS-Required: No` (RFC 8689 §5; the value is
-/// case-insensitive, and "No" is the only one defined).
-fn tls_required_no(message: &[u8]) -> bool {
-    sink::header_value(message, "TLS-Required").is_some_and(|v| v.eq_ignore_ascii_case("no"))
+impl Reporter<'_> {
+    fn base(&self, mx_host: &str) -> SessionReport {
+        SessionReport {
+            domain: self.plan.domain.clone(),
+            level: self.plan.level,
+            source: self.plan.source,
+            mx_host: mx_host.to_string(),
+            mx_addr: None,
+            local_addr: None,
+            requirement: None,
+            tls: None,
+            result: Ok(()),
+            is_tls_report: self.is_tls_report,
+        }
+    }
+
+    /// An MX host the plan does not dial.
+    fn skipped(&self, mx_host: &str, kind: FailureKind, reason: &SkipReason) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(mx_host);
+        report.result = Err(SessionFailure {
+            kind,
+            reason: decide::bounded(&reason.to_string()),
+        });
+        sink.session(&report);
+    }
+
+    /// One session at `params.addr`.
+    fn session(
+        &self,
+        params: &SessionParams,
+        local_ip: Option<std::net::IpAddr>,
+        result: &Result<Transacted, SessionError>,
+    ) {
+        let Some(sink) = self.sink else { return };
+        let mut report = self.base(&params.mx_host);
+        report.mx_addr = Some(params.addr.ip());
+        report.local_addr = local_ip;
+        report.requirement = Some(params.requirement.clone());
+        match result {
+            Ok(t) => {
+                report.tls = t.tls.version.is_some().then(|| t.tls.clone());
+            }
+            Err(SessionError::TlsPolicy { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: decide::bounded(&failure.message),
+                });
+            }
+            Err(SessionError::Unreachable { failure, .. }) => {
+                report.result = Err(SessionFailure {
+                    kind: failure.kind,
+                    reason: failure.diagnostic.clone(),
+                });
+            }
+        }
+        sink.session(&report);
+    }
 }
 
 /// Cached sessions tried (and found dead) before a job dials afresh.
@@ -493,21 +531,25 @@ fn leftover_outcome(
     if !tls.is_empty() {
         let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
         let message = message.join("; ");
-        let subject_detail = tls.first().map(|f| f.subject_detail()).unwrap_or("7.5");
+        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
+        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
         // Only when every failure was a TLS policy failure may `bounce` apply: an
         // unreachable MX says nothing about policy.
         if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            return Outcome::Failed(local_failure(&format!("5.{subject_detail}"), None, message));
+            let code = EnhancedStatus::permanent(subject, detail);
+            return Outcome::Failed(local_failure(kind, code, None, message));
         }
         let message = match &other {
             Some(o) => format!("{message}; {}", o.diagnostic),
             None => message,
         };
-        return Outcome::Deferred(local_failure(&format!("4.{subject_detail}"), None, message));
+        let code = EnhancedStatus::transient(subject, detail);
+        return Outcome::Deferred(local_failure(kind, code, None, message));
     }
     match other {
         Some(f) => Outcome::Deferred(f),
         None => Outcome::Deferred(local_failure(
+            FailureKind::NoMxHost,
             status::DNS_TEMPORARY,
             None,
             format!("no MX host of {} could be dialled", plan.domain),
@@ -526,13 +568,40 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
 }
 
 fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let code = match e {
+    let (kind, code) = match e {
         // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx(_) => status::NULL_MX,
-        PlanError::NoSuchDomain { .. } => status::NO_SUCH_DOMAIN,
-        PlanError::Temporary(_) => status::DNS_TEMPORARY,
+        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
+        PlanError::NxDomain { .. }
+        | PlanError::NoMailHost { .. }
+        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
     };
-    local_failure(code, None, e.to_string())
+    local_failure(kind, code, None, e.to_string())
+}
+
+/// The failure kind of a DNS lookup that gave no usable answer.
+fn lookup_kind(failure: &LookupFailure) -> FailureKind {
+    match failure {
+        LookupFailure::Bogus => FailureKind::DnssecInvalid,
+        LookupFailure::Indeterminate
+        | LookupFailure::Temporary(_)
+        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
+    }
+}
+
+/// The failure kind of an MX host the plan does not dial.
+fn skip_kind(reason: &SkipReason) -> FailureKind {
+    match reason {
+        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
+        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
+        SkipReason::TlsaLookup { failure, .. } => match failure {
+            LookupFailure::Bogus => FailureKind::DnssecInvalid,
+            _ => FailureKind::TlsaInvalid,
+        },
+        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
+        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
+        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
+    }
 }
 
 fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {

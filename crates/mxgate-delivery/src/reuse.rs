@@ -27,6 +27,7 @@ pub const REUSE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// in its last EHLO (after STARTTLS when TLS is up), and the TLS facts.
 pub struct IdleSession {
     pub(crate) conn: Conn<SmtpStream>,
+    pub(crate) local_ip: Option<std::net::IpAddr>,
     pub(crate) caps: Capabilities,
     pub(crate) tls: TlsFacts,
 }
@@ -47,6 +48,7 @@ pub(crate) async fn deliver_reused(
 ) -> Option<Finished> {
     let IdleSession {
         mut conn,
+        local_ip,
         caps,
         tls,
     } = session;
@@ -60,7 +62,8 @@ pub(crate) async fn deliver_reused(
         tracing::debug!(relay = %params.relay(), "cached session failed RSET; dropped");
         return None;
     }
-    let finished = transaction(conn, params, job, recipients, &caps, tls).await;
+    let mut finished = transaction(conn, params, job, recipients, &caps, tls).await;
+    finished.local_ip = local_ip;
     match &finished.result {
         // The server went away between RSET and the end of the transaction: nothing
         // was decided, so the job starts over on a new connection.

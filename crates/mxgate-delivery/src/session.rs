@@ -7,14 +7,15 @@
 //! [`deliver_to_address`] closes it with `QUIT`. It does not pick MX hosts, addresses or levels, log, or count metrics (the caller in
 //! `lib.rs` does, from the returned facts).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mxgate_policy::TlsRequirement;
-use mxgate_queue::{DeliveryFailure, DeliveryJob, RecipientOutcome};
+use mxgate_queue::{DeliveryFailure, DeliveryJob, FailureKind, RecipientOutcome};
 use mxgate_smtp::client;
 use mxgate_smtp::Capabilities;
+use mxgate_smtp::{EnhancedStatus, StatusClass};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,8 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::conn::{Conn, ConnError, SmtpStream};
 use crate::decide::{
-    local_failure, remote_failure, starttls_step, status, CertProblem, StartTlsStep,
-    TlsPolicyFailure,
+    local_failure, remote_failure, starttls_step, status, StartTlsStep, TlsPolicyFailure,
 };
 use crate::transaction::{transaction, Finished};
 
@@ -87,7 +87,7 @@ impl Default for TlsFacts {
 
 /// A session that reached a transaction: an outcome for every recipient.
 #[derive(Debug, Clone)]
-pub struct SessionReport {
+pub struct Transacted {
     pub relay: String,
     pub tls: TlsFacts,
     pub outcomes: Vec<RecipientOutcome>,
@@ -112,7 +112,7 @@ pub enum SessionError {
 
 /// Internal: a `may` handshake failure that calls for a cleartext retry.
 enum Attempt {
-    Done(Result<SessionReport, SessionError>),
+    Done(Result<Transacted, SessionError>),
     Finished(Box<Finished>),
     RetryCleartext(String),
 }
@@ -124,7 +124,7 @@ pub async fn deliver_to_address(
     params: &SessionParams,
     job: &DeliveryJob,
     recipients: &[usize],
-) -> Result<SessionReport, SessionError> {
+) -> Result<Transacted, SessionError> {
     let finished = deliver_fresh(params, job, recipients).await;
     if let Some(idle) = finished.idle {
         crate::cache::Idle::close(idle).await;
@@ -139,32 +139,44 @@ pub(crate) async fn deliver_fresh(
     job: &DeliveryJob,
     recipients: &[usize],
 ) -> Finished {
-    let done = |result| Finished { result, idle: None };
-    match attempt(params, job, recipients, false).await {
+    let mut local_ip = None;
+    let done = |result| Finished {
+        result,
+        idle: None,
+        local_ip: None,
+    };
+    let mut finished = match attempt(params, job, recipients, false, &mut local_ip).await {
         Attempt::Done(result) => done(result),
         Attempt::Finished(finished) => *finished,
         Attempt::RetryCleartext(detail) => {
             tracing::info!(id = %job.id, relay = %params.relay(), "TLS handshake failed ({detail}); retrying in cleartext");
-            match attempt(params, job, recipients, true).await {
+            match attempt(params, job, recipients, true, &mut local_ip).await {
                 Attempt::Done(result) => done(result),
                 Attempt::Finished(finished) => *finished,
                 // Unreachable: a cleartext retry never tries STARTTLS.
-                Attempt::RetryCleartext(detail) => {
-                    done(Err(unreachable(params, status::BAD_CONNECTION, detail)))
-                }
+                Attempt::RetryCleartext(detail) => done(Err(unreachable(
+                    params,
+                    FailureKind::HandshakeFailed,
+                    status::BAD_CONNECTION,
+                    detail,
+                ))),
             }
         }
-    }
+    };
+    finished.local_ip = local_ip;
+    finished
 }
 
 fn unreachable(
     params: &SessionParams,
-    status: &str,
+    kind: FailureKind,
+    status: EnhancedStatus,
     detail: impl std::fmt::Display,
 ) -> SessionError {
     SessionError::Unreachable {
         relay: params.relay(),
         failure: local_failure(
+            kind,
             status,
             Some(&params.mx_host),
             format!("{}: {detail}", params.relay()),
@@ -173,8 +185,14 @@ fn unreachable(
 }
 
 pub(crate) fn lost(params: &SessionParams, e: ConnError) -> SessionError {
+    let kind = match e {
+        ConnError::Timeout(_) => FailureKind::Timeout,
+        ConnError::Malformed(_) => FailureKind::ProtocolError,
+        ConnError::Io(_) | ConnError::Closed => FailureKind::ConnectionLost,
+    };
     unreachable(
         params,
+        kind,
         status::BAD_CONNECTION,
         format!("lost connection: {e}"),
     )
@@ -182,15 +200,14 @@ pub(crate) fn lost(params: &SessionParams, e: ConnError) -> SessionError {
 
 pub(crate) fn policy_failure(
     params: &SessionParams,
-    reason: &'static str,
+    kind: FailureKind,
     what: String,
 ) -> SessionError {
     SessionError::TlsPolicy {
         relay: params.relay(),
         failure: TlsPolicyFailure {
-            reason,
+            kind,
             message: format!("{}: {what}", params.policy_label),
-            cert: None,
         },
     }
 }
@@ -200,14 +217,19 @@ async fn attempt(
     job: &DeliveryJob,
     recipients: &[usize],
     retry_cleartext: bool,
+    local_ip: &mut Option<IpAddr>,
 ) -> Attempt {
     let connect =
         tokio::time::timeout(params.connect_timeout, TcpStream::connect(params.addr)).await;
     let stream = match connect {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            *local_ip = s.local_addr().ok().map(|a| a.ip());
+            s
+        }
         Ok(Err(e)) => {
             return Attempt::Done(Err(unreachable(
                 params,
+                FailureKind::ConnectFailed,
                 status::NO_ANSWER,
                 format!("connect failed: {e}"),
             )))
@@ -215,6 +237,7 @@ async fn attempt(
         Err(_) => {
             return Attempt::Done(Err(unreachable(
                 params,
+                FailureKind::ConnectTimeout,
                 status::NO_ANSWER,
                 "connect timed out",
             )))
@@ -230,7 +253,8 @@ async fn attempt(
     if !greeting.is_positive() {
         conn.quit().await;
         let mut failure = remote_failure(&greeting, &params.mx_host);
-        failure.status = format!("4{}", failure.status.get(1..).unwrap_or(".0.0"));
+        failure.kind = FailureKind::GreetingRejected;
+        failure.status = failure.status.with_class(StatusClass::Transient);
         return Attempt::Done(Err(SessionError::Unreachable {
             relay: params.relay(),
             failure,
@@ -251,7 +275,11 @@ async fn attempt(
         StartTlsStep::NotOffered => {
             conn.quit().await;
             let what = format!("STARTTLS not offered by {}", params.mx_host);
-            return Attempt::Done(Err(policy_failure(params, "starttls_not_offered", what)));
+            return Attempt::Done(Err(policy_failure(
+                params,
+                FailureKind::StarttlsNotOffered,
+                what,
+            )));
         }
         StartTlsStep::TryOpportunistic => true,
         StartTlsStep::Require => false,
@@ -276,7 +304,11 @@ async fn attempt(
         }
         conn.quit().await;
         let what = format!("STARTTLS refused by {}: {answer}", params.mx_host);
-        return Attempt::Done(Err(policy_failure(params, "starttls_refused", what)));
+        return Attempt::Done(Err(policy_failure(
+            params,
+            FailureKind::StarttlsRefused,
+            what,
+        )));
     }
     // RFC 3207 §4.2: "The client MUST discard any knowledge obtained from the server,
     // such as the list of SMTP service extensions, which was not obtained from the TLS
@@ -290,7 +322,11 @@ async fn attempt(
             "{} sent data after 220 Ready to start TLS (response injection)",
             params.mx_host
         );
-        return Attempt::Done(Err(policy_failure(params, "response_injection", what)));
+        return Attempt::Done(Err(policy_failure(
+            params,
+            FailureKind::ResponseInjection,
+            what,
+        )));
     }
     let stream = conn.into_stream();
     let Some(config) = params.tls_config.clone() else {
@@ -298,7 +334,7 @@ async fn attempt(
             true => Attempt::RetryCleartext("no TLS configuration".into()),
             false => Attempt::Done(Err(policy_failure(
                 params,
-                "handshake_failed",
+                FailureKind::HandshakeFailed,
                 "no TLS configuration".into(),
             ))),
         };
@@ -310,7 +346,7 @@ async fn attempt(
         }
         Err(_) => {
             let what = format!("{} is not a valid TLS server name", params.sni());
-            return Attempt::Done(Err(policy_failure(params, "bad_name", what)));
+            return Attempt::Done(Err(policy_failure(params, FailureKind::BadAddress, what)));
         }
     };
     let handshake = tokio::time::timeout(
@@ -334,7 +370,11 @@ async fn attempt(
         Err(_) => {
             count_handshake_failure("timeout");
             let what = format!("TLS handshake with {} timed out", params.mx_host);
-            return Attempt::Done(Err(policy_failure(params, "handshake_failed", what)));
+            return Attempt::Done(Err(policy_failure(
+                params,
+                FailureKind::HandshakeFailed,
+                what,
+            )));
         }
     };
     let (_, session) = tls.get_ref();
@@ -392,54 +432,80 @@ fn handshake_failure(params: &SessionParams, e: &std::io::Error) -> SessionError
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
         Some(rustls::Error::InvalidCertificate(cert_error)) => {
-            let detail = match cert_error {
-                rustls::CertificateError::UnknownIssuer => "unknown issuer".to_string(),
-                rustls::CertificateError::Expired
-                | rustls::CertificateError::ExpiredContext { .. } => "expired".to_string(),
-                rustls::CertificateError::NotValidYet
-                | rustls::CertificateError::NotValidYetContext { .. } => {
-                    "not yet valid".to_string()
-                }
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. } => {
-                    "name mismatch".to_string()
-                }
-                rustls::CertificateError::BadSignature => "bad signature".to_string(),
-                other => format!("{other:?}"),
-            };
+            let (kind, detail) = certificate_problem(cert_error);
             let what = format!("certificate for {} not valid: {detail}", params.mx_host);
-            let problem = match cert_error {
-                rustls::CertificateError::UnknownIssuer
-                | rustls::CertificateError::BadSignature
-                | rustls::CertificateError::ApplicationVerificationFailure => {
-                    CertProblem::NotTrusted
-                }
-                rustls::CertificateError::Expired
-                | rustls::CertificateError::ExpiredContext { .. }
-                | rustls::CertificateError::NotValidYet
-                | rustls::CertificateError::NotValidYetContext { .. } => CertProblem::Expired,
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. } => {
-                    CertProblem::NameMismatch
-                }
-                _ => CertProblem::Other,
-            };
-            let mut failure = policy_failure(params, "certificate_invalid", what);
-            if let SessionError::TlsPolicy { failure, .. } = &mut failure {
-                failure.cert = Some(problem);
-            }
-            failure
+            policy_failure(params, kind, what)
         }
         Some(other) => policy_failure(
             params,
-            "handshake_failed",
+            FailureKind::HandshakeFailed,
             format!("TLS handshake with {} failed: {other}", params.mx_host),
         ),
         None => policy_failure(
             params,
-            "handshake_failed",
+            FailureKind::HandshakeFailed,
             format!("TLS handshake with {} failed: {e}", params.mx_host),
         ),
+    }
+}
+
+/// What is wrong with a certificate, in words an operator understands (never a Debug
+/// dump of the rustls or webpki error).
+pub fn certificate_problem(e: &rustls::CertificateError) -> (FailureKind, String) {
+    use rustls::CertificateError as C;
+    let text = |s: &str| s.to_string();
+    match e {
+        C::UnknownIssuer => (FailureKind::CertificateNotTrusted, text("unknown issuer")),
+        C::Expired | C::ExpiredContext { .. } => (FailureKind::CertificateExpired, text("expired")),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            (FailureKind::CertificateExpired, text("not yet valid"))
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            (FailureKind::CertificateHostMismatch, text("name mismatch"))
+        }
+        C::BadSignature => (FailureKind::CertificateInvalid, text("bad signature")),
+        C::BadEncoding => (
+            FailureKind::CertificateInvalid,
+            text("malformed certificate"),
+        ),
+        C::Revoked => (FailureKind::CertificateInvalid, text("revoked")),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+            FailureKind::CertificateInvalid,
+            text("not issued for TLS server authentication"),
+        ),
+        C::ApplicationVerificationFailure => (
+            FailureKind::DaneMismatch,
+            text("no TLSA record matches the certificate chain"),
+        ),
+        C::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => (
+                FailureKind::CertificateNotTrusted,
+                text("self-signed certificate (a CA certificate used as the server certificate)"),
+            ),
+            Some(webpki::Error::EndEntityUsedAsCa) => (
+                FailureKind::CertificateNotTrusted,
+                text("a server certificate used as a CA certificate in the chain"),
+            ),
+            Some(
+                webpki::Error::PathLenConstraintViolated | webpki::Error::MaximumPathDepthExceeded,
+            ) => (
+                FailureKind::CertificateNotTrusted,
+                text("the certificate chain is too long"),
+            ),
+            Some(webpki::Error::NameConstraintViolation) => (
+                FailureKind::CertificateNotTrusted,
+                text("the chain violates its CA's name constraints"),
+            ),
+            Some(other) => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+            None => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+        },
+        _ => (FailureKind::CertificateInvalid, text("not valid")),
     }
 }
 
@@ -460,6 +526,7 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
         conn.quit().await;
         return Err(unreachable(
             params,
+            FailureKind::HeloRejected,
             status::BAD_CONNECTION,
             format!("EHLO rejected: {reply}"),
         ));
@@ -474,6 +541,7 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
         conn.quit().await;
         Err(unreachable(
             params,
+            FailureKind::HeloRejected,
             status::BAD_CONNECTION,
             format!("HELO rejected: {reply}"),
         ))

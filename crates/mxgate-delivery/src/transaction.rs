@@ -12,27 +12,33 @@
 
 use std::time::Duration;
 
-use mxgate_queue::{DeliveryJob, Outcome, RecipientOutcome};
+use mxgate_queue::{DeliveryJob, FailureKind, Outcome, RecipientOutcome};
 use mxgate_smtp::client::{self, ClientCommandError};
 use mxgate_smtp::{Capabilities, Recipient, Reply};
 
 use crate::conn::{Conn, SmtpStream};
 use crate::decide::{local_failure, rcpt_verdict, status, RcptVerdict};
 use crate::reuse::IdleSession;
-use crate::session::{lost, policy_failure, SessionError, SessionParams, SessionReport, TlsFacts};
+use crate::session::{lost, policy_failure, SessionError, SessionParams, TlsFacts, Transacted};
 
 /// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
 const DATA_TERMINATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a transaction leaves: its result and, when clean, the session for reuse.
 pub(crate) struct Finished {
-    pub result: Result<SessionReport, SessionError>,
+    pub result: Result<Transacted, SessionError>,
     pub idle: Option<IdleSession>,
+    /// Our address on the connection, when one was made.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Finished {
-    fn closed(result: Result<SessionReport, SessionError>) -> Self {
-        Finished { result, idle: None }
+    fn closed(result: Result<Transacted, SessionError>) -> Self {
+        Finished {
+            result,
+            idle: None,
+            local_ip: None,
+        }
     }
 }
 
@@ -49,7 +55,8 @@ fn verdict_for_all(reply: &Reply, mx_host: &str) -> Outcome {
         RcptVerdict::Deferred(f) => Outcome::Deferred(f),
         // A 2xx where a 354 was expected: protocol confusion, transient.
         RcptVerdict::Accepted => Outcome::Deferred(local_failure(
-            "4.5.0",
+            FailureKind::ProtocolError,
+            status::PROTOCOL,
             Some(mx_host),
             format!("unexpected reply {reply} from {mx_host}"),
         )),
@@ -68,8 +75,10 @@ pub(crate) async fn transaction(
 ) -> Finished {
     match run(&mut conn, params, job, recipients, caps, tls.clone()).await {
         Ok((report, Ending::Reusable)) => Finished {
+            local_ip: None,
             result: Ok(report),
             idle: Some(IdleSession {
+                local_ip: conn.get_ref().local_ip(),
                 conn,
                 caps: caps.clone(),
                 tls,
@@ -102,7 +111,7 @@ async fn run(
     recipients: &[usize],
     caps: &Capabilities,
     tls: TlsFacts,
-) -> Result<(SessionReport, Ending), (SessionError, Ending)> {
+) -> Result<(Transacted, Ending), (SessionError, Ending)> {
     let lost = |e| (lost(params, e), Ending::Reusable);
     let relay = params.relay();
     let mx = params.mx_host.as_str();
@@ -111,11 +120,11 @@ async fn run(
     if tls.version.is_none() && !params.requirement.allows_cleartext() {
         let what = format!("refusing to send the envelope to {mx} in cleartext");
         return Err((
-            policy_failure(params, "handshake_failed", what),
+            policy_failure(params, FailureKind::HandshakeFailed, what),
             Ending::Quit,
         ));
     }
-    let report = |outcomes| SessionReport {
+    let report = |outcomes| Transacted {
         relay: relay.clone(),
         tls: tls.clone(),
         outcomes,
@@ -128,6 +137,7 @@ async fn run(
             outcomes.push(RecipientOutcome {
                 index,
                 outcome: Outcome::Failed(local_failure(
+                    FailureKind::BadAddress,
                     status::BAD_ADDRESS,
                     None,
                     "no such recipient in the envelope",
@@ -140,6 +150,7 @@ async fn run(
             Err(e) => outcomes.push(RecipientOutcome {
                 index,
                 outcome: Outcome::Failed(local_failure(
+                    FailureKind::BadAddress,
                     status::BAD_ADDRESS,
                     Some(mx),
                     e.to_string(),
@@ -159,12 +170,16 @@ async fn run(
     ) {
         Ok(cmd) => cmd,
         Err(e) => {
-            let code = match e {
-                ClientCommandError::SmtpUtf8Required(_) => status::SMTPUTF8_REQUIRED,
-                ClientCommandError::TooBig { .. } => status::TOO_BIG,
-                ClientCommandError::InvalidAddress(_) => status::BAD_SENDER,
+            let (kind, code) = match e {
+                ClientCommandError::SmtpUtf8Required(_) => {
+                    (FailureKind::Smtputf8NotSupported, status::SMTPUTF8_REQUIRED)
+                }
+                ClientCommandError::TooBig { .. } => (FailureKind::MessageTooBig, status::TOO_BIG),
+                ClientCommandError::InvalidAddress(_) => {
+                    (FailureKind::BadAddress, status::BAD_SENDER)
+                }
             };
-            let failure = local_failure(code, Some(mx), format!("{mx}: {e}"));
+            let failure = local_failure(kind, code, Some(mx), format!("{mx}: {e}"));
             outcomes.extend(sendable.iter().map(|(index, _)| RecipientOutcome {
                 index: *index,
                 outcome: Outcome::Failed(failure.clone()),

@@ -95,7 +95,7 @@ async fn dane_mismatch_defers_and_sends_nothing_in_cleartext() {
     let Outcome::Deferred(f) = &out[0].outcome else {
         panic!("{out:?}")
     };
-    assert!(f.status.starts_with("4.7."), "{f:?}");
+    assert!(f.status.to_string().starts_with("4.7."), "{f:?}");
     assert!(f.diagnostic.starts_with("dane"), "{f:?}");
     receiver.wait_sessions(1).await;
     let sent = String::from_utf8_lossy(&receiver.cleartext_transcript()).to_ascii_uppercase();

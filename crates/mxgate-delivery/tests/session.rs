@@ -98,7 +98,7 @@ async fn encrypt_without_starttls_fails_policy_and_sends_no_mail() {
     let SessionError::TlsPolicy { failure, .. } = err else {
         panic!("{err:?}")
     };
-    assert_eq!(failure.reason, "starttls_not_offered");
+    assert_eq!(failure.reason(), "starttls_not_offered");
     assert_eq!(failure.message, "encrypt: STARTTLS not offered by mx.test");
     receiver.wait_sessions(1).await;
     let sent = cleartext_sent(&receiver);
@@ -124,7 +124,7 @@ async fn encrypt_with_forged_554_to_starttls_is_policy_failure_not_bounce() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, SessionError::TlsPolicy { failure, .. } if failure.reason == "starttls_refused"),
+        matches!(&err, SessionError::TlsPolicy { failure, .. } if failure.reason() == "starttls_refused"),
         "{err:?}"
     );
     receiver.wait_sessions(1).await;
@@ -170,7 +170,7 @@ async fn response_injection_after_starttls_is_rejected_at_encrypt() {
     };
     // Either we saw the bytes in our buffer, or they broke the handshake: never delivered.
     assert!(
-        matches!(failure.reason, "response_injection" | "handshake_failed"),
+        matches!(failure.reason(), "response_injection" | "handshake_failed"),
         "{failure:?}"
     );
     assert!(receiver.messages().is_empty());
@@ -229,7 +229,7 @@ async fn may_version_mismatch_falls_back_but_encrypt_defers() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, SessionError::TlsPolicy { failure, .. } if failure.reason == "handshake_failed"),
+        matches!(&err, SessionError::TlsPolicy { failure, .. } if failure.reason() == "handshake_failed"),
         "{err:?}"
     );
 }

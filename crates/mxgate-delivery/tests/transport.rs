@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure};
 use mxgate_delivery::Delivery;
-use mxgate_policy::{PlanError, TlsRequirement};
+use mxgate_policy::{LookupFailure, PlanError, SkipReason, TlsRequirement};
 use mxgate_queue::{Outcome, Transport};
 use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
 
@@ -72,7 +72,9 @@ async fn excluded_mx_is_skipped_and_next_mx_used() {
             (
                 "mx1.dest.test",
                 vec![ip("127.0.0.1")],
-                Err("mta-sts enforce: mx1.dest.test not in policy".into()),
+                Err(SkipReason::NotInMtaStsPolicy {
+                    host: "mx1.dest.test".into(),
+                }),
             ),
             (
                 "mx2.dest.test",
@@ -111,7 +113,10 @@ async fn tls_policy_failure_on_every_mx_defers_with_reasons_or_bounces() {
                 (
                     "mx2.dest.test",
                     vec![ip("127.0.0.1")],
-                    Err("dane: TLSA lookup failed".into()),
+                    Err(SkipReason::TlsaLookup {
+                        host: "mx2.dest.test".into(),
+                        failure: LookupFailure::Temporary("SERVFAIL".into()),
+                    }),
                 ),
             ],
         );
@@ -131,7 +136,8 @@ async fn tls_policy_failure_on_every_mx_defers_with_reasons_or_bounces() {
         assert_eq!(f.status, if want_failed { "5.7.4" } else { "4.7.4" });
         assert_eq!(
             f.diagnostic,
-            "encrypt: STARTTLS not offered by mx1.dest.test; dane: TLSA lookup failed"
+            "encrypt: STARTTLS not offered by mx1.dest.test; \
+             dane: TLSA records of mx2.dest.test: lookup failed: SERVFAIL"
         );
         assert!(!f.remote);
     }
@@ -173,16 +179,28 @@ async fn unreachable_everywhere_defers() {
 #[tokio::test]
 async fn plan_errors_map_to_bounce_or_defer() {
     let rows = [
-        (PlanError::NullMx("dest.test".into()), "5.1.10", true),
         (
-            PlanError::NoSuchDomain {
+            PlanError::NullMx {
                 domain: "dest.test".into(),
-                detail: "NXDOMAIN".into(),
+            },
+            "5.1.10",
+            true,
+        ),
+        (
+            PlanError::NxDomain {
+                domain: "dest.test".into(),
             },
             "5.1.2",
             true,
         ),
-        (PlanError::Temporary("SERVFAIL".into()), "4.4.3", false),
+        (
+            PlanError::MxLookup {
+                domain: "dest.test".into(),
+                failure: LookupFailure::Temporary("SERVFAIL".into()),
+            },
+            "4.4.3",
+            false,
+        ),
     ];
     for (error, status, permanent) in rows {
         let d = delivery(
@@ -202,4 +220,111 @@ async fn plan_errors_map_to_bounce_or_defer() {
             assert_eq!(f.status, status);
         }
     }
+}
+
+/// Collects every [`SessionReport`] delivery hands out.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<mxgate_delivery::SessionReport>>);
+
+impl mxgate_delivery::SessionSink for Collect {
+    fn session(&self, report: &mxgate_delivery::SessionReport) {
+        self.0.lock().unwrap().push(report.clone());
+    }
+}
+
+#[tokio::test]
+async fn every_session_and_skipped_mx_is_reported_to_the_sink() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let p = plan(
+        Level::MtaSts,
+        vec![
+            (
+                "mx0.dest.test",
+                vec![ip("127.0.0.1")],
+                Err(SkipReason::NotInMtaStsPolicy {
+                    host: "mx0.dest.test".into(),
+                }),
+            ),
+            // Refused, then delivered in cleartext (the receiver offers no STARTTLS).
+            (
+                "mx1.dest.test",
+                vec![ip("127.0.0.2"), ip("127.0.0.1")],
+                Ok(TlsRequirement::Opportunistic),
+            ),
+        ],
+    );
+    let sink = Arc::new(Collect::default());
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    )
+    .with_session_sink(sink.clone());
+    let out = d.deliver(job(&["r1@dest.test"])).await;
+    assert!(
+        matches!(out[0].outcome, Outcome::Delivered { .. }),
+        "{out:?}"
+    );
+    let reports = sink.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), 3, "{reports:#?}");
+    let skipped = &reports[0];
+    assert_eq!(skipped.mx_host, "mx0.dest.test");
+    assert_eq!(skipped.mx_addr, None);
+    let f = skipped.result.as_ref().unwrap_err();
+    assert_eq!(f.kind, mxgate_queue::FailureKind::StsMxNotListed);
+    assert_eq!(f.kind.tls_rpt_result(), Some("validation-failure"));
+    assert_eq!(f.reason, "mta-sts enforce: mx0.dest.test not in policy");
+    let refused = &reports[1];
+    assert_eq!(refused.mx_addr, Some(ip("127.0.0.2")));
+    assert_eq!(
+        refused.result.as_ref().unwrap_err().kind,
+        mxgate_queue::FailureKind::ConnectFailed
+    );
+    let ok = &reports[2];
+    assert_eq!(ok.mx_addr, Some(ip("127.0.0.1")));
+    assert_eq!(ok.local_addr, Some(ip("127.0.0.1")));
+    assert_eq!(ok.result, Ok(()));
+    assert_eq!(ok.tls, None, "cleartext session");
+    assert_eq!(ok.domain, "dest.test");
+    assert_eq!(ok.level, Level::MtaSts);
+    assert!(reports.iter().all(|r| !r.is_tls_report));
+}
+
+#[tokio::test]
+async fn a_tls_report_message_is_flagged() {
+    let receiver = SmtpReceiver::start(ReceiverConfig::default())
+        .await
+        .unwrap();
+    let p = plan(
+        Level::May,
+        vec![(
+            "mx.dest.test",
+            vec![ip("127.0.0.1")],
+            Ok(TlsRequirement::Opportunistic),
+        )],
+    );
+    let sink = Arc::new(Collect::default());
+    let d = delivery(
+        receiver.port(),
+        FixedPlanner {
+            plan: Ok(p),
+            tls: insecure_config(),
+        },
+    )
+    .with_session_sink(sink.clone());
+    let message = b"From: tlsrpt@relay.test\r\nTLS-Report-Domain: dest.test\r\n\r\nreport\r\n";
+    let out = d
+        .deliver(job_with(&["rua@dest.test"], message, false))
+        .await;
+    assert!(
+        matches!(out[0].outcome, Outcome::Delivered { .. }),
+        "{out:?}"
+    );
+    let reports = sink.0.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_tls_report);
 }

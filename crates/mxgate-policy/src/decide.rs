@@ -8,6 +8,7 @@ use mxgate_config::Level;
 use mxgate_dns::DnssecStatus;
 
 use crate::plan::{PolicySource, TlsRequirement, TlsaRecord};
+use crate::reason::{LookupFailure, SkipReason};
 use crate::sts::{MtaStsMode, MtaStsPolicy};
 
 /// What the TLSA lookup for one MX host found (RFC 7672 §2.2).
@@ -24,8 +25,8 @@ pub enum TlsaFacts {
     SecureNone,
     /// Insecure TLSA RRset or insecure denial: as good as none.
     Insecure,
-    /// Bogus, indeterminate, SERVFAIL or timeout: the reason.
-    Failed(String),
+    /// Bogus, indeterminate, SERVFAIL or timeout.
+    Failed(LookupFailure),
 }
 
 impl TlsaFacts {
@@ -48,8 +49,26 @@ impl TlsaFacts {
 pub enum AddrFacts {
     /// Addresses found, with the status of their RRsets.
     Found(DnssecStatus),
-    /// The lookup failed (bogus, SERVFAIL, timeout) or found no address: the reason.
-    Failed(String),
+    /// The name has no A/AAAA records (NODATA or NXDOMAIN).
+    NoAddress,
+    /// The lookup failed (bogus, indeterminate, SERVFAIL, timeout).
+    Failed(LookupFailure),
+}
+
+impl AddrFacts {
+    /// Why the host cannot be dialled, if it cannot.
+    pub fn skip_reason(&self, host: &str) -> Option<SkipReason> {
+        match self {
+            AddrFacts::Found(_) => None,
+            AddrFacts::NoAddress => Some(SkipReason::NoAddress {
+                host: host.to_string(),
+            }),
+            AddrFacts::Failed(failure) => Some(SkipReason::AddressLookup {
+                host: host.to_string(),
+                failure: failure.clone(),
+            }),
+        }
+    }
 }
 
 /// The facts about one MX host.
@@ -96,14 +115,14 @@ pub struct Decision {
     pub level: Level,
     pub source: PolicySource,
     /// One entry per `hosts` entry, same order.
-    pub per_host: Vec<Result<TlsRequirement, String>>,
+    pub per_host: Vec<Result<TlsRequirement, SkipReason>>,
 }
 
 /// Per-host DANE outcome, before MTA-STS and fallback are considered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum DaneOutcome {
     Applies(TlsRequirement),
-    Defer(String),
+    Defer(SkipReason),
     NoDane,
 }
 
@@ -113,7 +132,10 @@ fn dane_for_host(h: &HostFacts) -> DaneOutcome {
         // RFC 7672 §2.2.1/§2.2.2 (paraphrased): a failed (bogus, SERVFAIL, timeout) MX or
         // address lookup makes the MX host temporarily unreachable; DANE must not be
         // silently skipped.
-        (AddrFacts::Failed(why), _) => DaneOutcome::Defer(format!("dane: {why}")),
+        (AddrFacts::Failed(_) | AddrFacts::NoAddress, _) => match h.addrs.skip_reason(&h.host) {
+            Some(why) => DaneOutcome::Defer(why),
+            None => DaneOutcome::NoDane,
+        },
         // RFC 7672 §2.2.2 (paraphrased): TLSA records are only looked up when the
         // address records are secure; otherwise delivery continues without DANE.
         (AddrFacts::Found(s), _) if !s.is_secure() => DaneOutcome::NoDane,
@@ -139,7 +161,12 @@ fn dane_for_host(h: &HostFacts) -> DaneOutcome {
         // RFC 7672 §2.2 (paraphrased): a failed TLSA lookup (bogus, SERVFAIL, timeout)
         // makes the MX host temporarily unreachable, and RFC 8461 §2 (paraphrased):
         // MTA-STS never overrides a failing DANE check (contract §2).
-        (AddrFacts::Found(_), TlsaFacts::Failed(why)) => DaneOutcome::Defer(format!("dane: {why}")),
+        (AddrFacts::Found(_), TlsaFacts::Failed(failure)) => {
+            DaneOutcome::Defer(SkipReason::TlsaLookup {
+                host: h.host.clone(),
+                failure: failure.clone(),
+            })
+        }
     }
 }
 
@@ -172,7 +199,7 @@ fn base_level(level: Level) -> Level {
 }
 
 /// MTA-STS (RFC 8461 §4, §5) for one host; `None` = no policy, use the fallback.
-fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, String>> {
+fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, SkipReason>> {
     match sts {
         StsState::NotConsulted | StsState::Absent => None,
         StsState::Policy(p) => match p.mode {
@@ -190,7 +217,9 @@ fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, Str
                     names: vec![host.to_string()],
                 })
             } else {
-                Err(format!("mta-sts enforce: {host} not in policy"))
+                Err(SkipReason::NotInMtaStsPolicy {
+                    host: host.to_string(),
+                })
             }),
         },
     }
@@ -246,18 +275,17 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                     DaneOutcome::Applies(TlsRequirement::Encrypt)
                         if input.level == Level::DaneOnly =>
                     {
-                        Err(format!(
-                            "dane-only: no usable TLSA records for {} (all are unusable)",
-                            h.host
-                        ))
+                        Err(SkipReason::DaneOnlyUnusableTlsa {
+                            host: h.host.clone(),
+                        })
                     }
                     DaneOutcome::Applies(req) => Ok(req),
                     DaneOutcome::Defer(why) => Err(why),
                     DaneOutcome::NoDane => match input.level {
                         // Contract §2: `dane-only`: "no usable secure TLSA record means defer".
-                        Level::DaneOnly => {
-                            Err(format!("dane-only: no secure TLSA records for {}", h.host))
-                        }
+                        Level::DaneOnly => Err(SkipReason::DaneOnlyNoTlsa {
+                            host: h.host.clone(),
+                        }),
                         // Contract §2 `auto`: "otherwise MTA-STS where the domain publishes
                         // a policy"; RFC 8461 §2: only where DANE does not apply.
                         Level::Auto => match sts_for_host(input.sts, &h.host) {
@@ -279,7 +307,13 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                 } else {
                     PolicySource::Config
                 };
-                (Level::Dane, source)
+                // Contract §4: the configured name stays (`dane-only` is not `dane`).
+                let level = if input.level == Level::DaneOnly {
+                    Level::DaneOnly
+                } else {
+                    Level::Dane
+                };
+                (level, source)
             } else if used_sts {
                 (Level::MtaSts, PolicySource::MtaSts)
             } else if per_host.iter().any(Result::is_err) {

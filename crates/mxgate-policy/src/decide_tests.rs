@@ -47,11 +47,11 @@ fn host(s: S) -> (DnssecStatus, HostFacts) {
         S::TlsaBogus => (
             Secure,
             AddrFacts::Found(Secure),
-            TlsaFacts::Failed("bogus".into()),
+            TlsaFacts::Failed(LookupFailure::Bogus),
         ),
         S::AddrFailed => (
             Secure,
-            AddrFacts::Failed("SERVFAIL".into()),
+            AddrFacts::Failed(LookupFailure::Temporary("SERVFAIL".into())),
             TlsaFacts::NotLooked,
         ),
     };
@@ -87,16 +87,18 @@ enum R {
     Skip(&'static str),
 }
 
-fn kind(r: &Result<TlsRequirement, String>) -> R {
+fn kind(r: &Result<TlsRequirement, SkipReason>) -> R {
     match r {
         Ok(TlsRequirement::Cleartext) => R::Clear,
         Ok(TlsRequirement::Opportunistic) => R::May,
         Ok(TlsRequirement::Encrypt) => R::Enc,
         Ok(TlsRequirement::Pkix { .. }) => R::Pkix,
         Ok(TlsRequirement::Dane { .. }) => R::Dane,
-        Err(e) if e.starts_with("dane-only") => R::Skip("dane-only"),
-        Err(e) if e.starts_with("mta-sts") => R::Skip("mta-sts"),
-        Err(e) if e.starts_with("dane:") => R::Skip("dane"),
+        Err(SkipReason::DaneOnlyNoTlsa { .. } | SkipReason::DaneOnlyUnusableTlsa { .. }) => {
+            R::Skip("dane-only")
+        }
+        Err(SkipReason::NotInMtaStsPolicy { .. }) => R::Skip("mta-sts"),
+        Err(SkipReason::TlsaLookup { .. } | SkipReason::AddressLookup { .. }) => R::Skip("dane"),
         Err(e) => panic!("unexpected reason {e}"),
     }
 }
@@ -156,12 +158,12 @@ fn decision_table() {
         (Dane, S::TlsaBogus, none, Dane, P::Dane, R::Skip("dane")),
         (Dane, S::AddrFailed, none, Dane, P::Dane, R::Skip("dane")),
         // dane-only
-        (DaneOnly, S::SecureUsable, none, Dane, P::Dane, R::Dane),
+        (DaneOnly, S::SecureUsable, none, DaneOnly, P::Dane, R::Dane),
         (
             DaneOnly,
             S::SecureUnusable,
             none,
-            Dane,
+            DaneOnly,
             P::Dane,
             R::Skip("dane-only"),
         ),
@@ -169,7 +171,7 @@ fn decision_table() {
             DaneOnly,
             S::SecureNoTlsa,
             none,
-            Dane,
+            DaneOnly,
             P::Config,
             R::Skip("dane-only"),
         ),
@@ -177,7 +179,7 @@ fn decision_table() {
             DaneOnly,
             S::Unsigned,
             none,
-            Dane,
+            DaneOnly,
             P::Config,
             R::Skip("dane-only"),
         ),
@@ -185,7 +187,7 @@ fn decision_table() {
             DaneOnly,
             S::TlsaBogus,
             none,
-            Dane,
+            DaneOnly,
             P::Config,
             R::Skip("dane"),
         ),
@@ -285,7 +287,9 @@ fn mta_sts_enforce_skips_mx_not_in_policy() {
         );
         assert_eq!(
             d.per_host[1],
-            Err("mta-sts enforce: evil.example.net not in policy".into())
+            Err(SkipReason::NotInMtaStsPolicy {
+                host: "evil.example.net".into()
+            })
         );
     }
 }

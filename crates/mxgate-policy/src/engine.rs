@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
 use crate::explain::{Explanation, MxReport, StsReport};
-use crate::plan::{DeliveryPlan, MxPlan, PlanError, TlsRequirement, TlsaRecord};
+use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
+use crate::reason::{LookupFailure, PlanError};
 use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
 use crate::sts::store::{now_unix, PolicyStore, StsLookup};
 use crate::tls;
@@ -134,8 +135,8 @@ impl PolicyEngine {
             .iter()
             .zip(decision.per_host)
             .map(|((mx, addrs, hf, _), req)| {
-                let requirement = match (&hf.addrs, req) {
-                    (AddrFacts::Failed(why), Ok(_)) => Err(why.clone()),
+                let requirement = match (hf.addrs.skip_reason(&mx.host), req) {
+                    (Some(why), Ok(_)) => Err(why),
                     (_, r) => r,
                 };
                 MxPlan {
@@ -208,6 +209,12 @@ impl PolicyEngine {
         config
     }
 
+    /// The configuration this engine was built from (the socketmap server reads the
+    /// `[policy.domains]` entry of a query from the same engine that plans it).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The global `policy.min_tls_version` (for connections outside any destination's
     /// policy, such as the bounce relay).
     /// The MTA-STS policy held for `domain` (memory, else the persistent cache; no
@@ -245,12 +252,15 @@ impl PolicyEngine {
     async fn gather(&self, domain: &str, level: Level) -> Result<Facts, PlanError> {
         let uses_dane = matches!(level, Level::Dane | Level::DaneOnly | Level::Auto);
         let (hosts, mx_status) = match self.dns.mx(domain).await {
-            Err(e) => return Err(dns_error(domain, "MX", e)),
-            Ok(MxLookup::NullMx { .. }) => return Err(PlanError::NullMx(domain.to_string())),
-            Ok(MxLookup::NxDomain { .. }) => {
-                return Err(PlanError::NoSuchDomain {
+            Err(e) => return Err(dns_error(domain, e)),
+            Ok(MxLookup::NullMx { .. }) => {
+                return Err(PlanError::NullMx {
                     domain: domain.to_string(),
-                    detail: "NXDOMAIN".into(),
+                })
+            }
+            Ok(MxLookup::NxDomain { .. }) => {
+                return Err(PlanError::NxDomain {
+                    domain: domain.to_string(),
                 })
             }
             // RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated
@@ -268,9 +278,10 @@ impl PolicyEngine {
         // RFC 7672 §2.2.1: an MX lookup that is neither secure nor insecure cannot be
         // trusted either way; defer where DANE could apply.
         if uses_dane && mx_status == DnssecStatus::Indeterminate {
-            return Err(PlanError::Temporary(format!(
-                "dane: DNSSEC status of the MX records of {domain} is indeterminate"
-            )));
+            return Err(PlanError::MxLookup {
+                domain: domain.to_string(),
+                failure: LookupFailure::Indeterminate,
+            });
         }
         let implicit = hosts.len() == 1 && hosts[0].host == domain && hosts[0].preference == 0;
         let port = self.config.delivery.smtp_port;
@@ -295,7 +306,7 @@ impl PolicyEngine {
                     Vec::new(),
                     HostFacts {
                         host: mx.host.clone(),
-                        addrs: AddrFacts::Failed(format!("lookup of {} aborted", mx.host)),
+                        addrs: AddrFacts::Failed(LookupFailure::Temporary("lookup aborted".into())),
                         tlsa: TlsaFacts::NotLooked,
                     },
                     Vec::new(),
@@ -304,15 +315,11 @@ impl PolicyEngine {
             out.push((mx, r.0, r.1, r.2));
         }
         // The implicit MX of a domain without addresses: the domain does not take mail.
-        if implicit && out.iter().all(|h| h.1.is_empty()) {
-            if let AddrFacts::Failed(why) = &out[0].2.addrs {
-                if why.starts_with("no address") {
-                    return Err(PlanError::NoSuchDomain {
-                        domain: domain.to_string(),
-                        detail: "no MX and no address records".into(),
-                    });
-                }
-            }
+        if implicit && out.iter().all(|h| h.1.is_empty()) && out[0].2.addrs == AddrFacts::NoAddress
+        {
+            return Err(PlanError::NoMailHost {
+                domain: domain.to_string(),
+            });
         }
         let host_facts: Vec<HostFacts> = out.iter().map(|h| h.2.clone()).collect();
         let sts = if needs_sts(level, &host_facts) {
@@ -338,14 +345,14 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
             DnssecStatus::Secure | DnssecStatus::Insecure => (records, AddrFacts::Found(status)),
             other => (
                 Vec::new(),
-                AddrFacts::Failed(format!("address records of {host} are {other}")),
+                AddrFacts::Failed(LookupFailure::from_status(other)),
             ),
         },
-        Ok(_) => (
+        Ok(_) => (Vec::new(), AddrFacts::NoAddress),
+        Err(e) => (
             Vec::new(),
-            AddrFacts::Failed(format!("no address records for {host}")),
+            AddrFacts::Failed(LookupFailure::from_dns_error(&e)),
         ),
-        Err(e) => (Vec::new(), AddrFacts::Failed(e.to_string())),
     };
     let mut all = Vec::new();
     // RFC 7672 §2.2.2: TLSA records are looked up only when the address records are
@@ -373,15 +380,15 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
                         }
                     }
                     DnssecStatus::Insecure => TlsaFacts::Insecure,
-                    other => TlsaFacts::Failed(format!("TLSA records of {host} are {other}")),
+                    other => TlsaFacts::Failed(LookupFailure::from_status(other)),
                 }
             }
             Ok(Answer::NoData { status } | Answer::NxDomain { status }) => match status {
                 DnssecStatus::Secure => TlsaFacts::SecureNone,
                 DnssecStatus::Insecure => TlsaFacts::Insecure,
-                other => TlsaFacts::Failed(format!("TLSA denial for {host} is {other}")),
+                other => TlsaFacts::Failed(LookupFailure::from_status(other)),
             },
-            Err(e) => TlsaFacts::Failed(format!("TLSA lookup for {host} failed: {e}")),
+            Err(e) => TlsaFacts::Failed(LookupFailure::from_dns_error(&e)),
         }
     } else {
         TlsaFacts::NotLooked
@@ -401,16 +408,15 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
     )
 }
 
-fn dns_error(domain: &str, what: &str, e: DnsError) -> PlanError {
+fn dns_error(domain: &str, e: DnsError) -> PlanError {
     match e {
-        DnsError::InvalidName { .. } => PlanError::NoSuchDomain {
+        DnsError::InvalidName { .. } => PlanError::InvalidName {
             domain: domain.to_string(),
-            detail: e.to_string(),
         },
-        DnsError::Bogus { .. } => {
-            PlanError::Temporary(format!("dnssec: {what} lookup for {domain}: {e}"))
-        }
-        DnsError::Temporary { .. } | DnsError::Setup(_) => PlanError::Temporary(e.to_string()),
+        e => PlanError::MxLookup {
+            domain: domain.to_string(),
+            failure: LookupFailure::from_dns_error(&e),
+        },
     }
 }
 

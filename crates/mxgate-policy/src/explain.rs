@@ -53,8 +53,8 @@ impl MxReport {
     ) -> MxReport {
         let dnssec = match &hf.addrs {
             AddrFacts::Found(s) => mx_status.weakest(*s),
-            AddrFacts::Failed(why) if why.contains("bogus") => DnssecStatus::Bogus,
-            AddrFacts::Failed(_) => DnssecStatus::Indeterminate,
+            AddrFacts::NoAddress => mx_status,
+            AddrFacts::Failed(failure) => failure.dnssec_status(),
         };
         MxReport {
             host: mx.host.clone(),
@@ -68,7 +68,7 @@ impl MxReport {
                 TlsaFacts::SecureUnusable => "secure unusable".into(),
                 TlsaFacts::SecureNone => "secure none".into(),
                 TlsaFacts::Insecure => "insecure".into(),
-                TlsaFacts::Failed(why) => format!("failed: {why}"),
+                TlsaFacts::Failed(failure) => format!("failed: {failure}"),
             },
             requirement: match &plan.requirement {
                 Ok(TlsRequirement::Cleartext) => "none".into(),

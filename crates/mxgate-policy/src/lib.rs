@@ -19,6 +19,7 @@ pub mod decide;
 mod engine;
 pub mod explain;
 mod plan;
+pub mod reason;
 pub mod sts;
 pub mod tls;
 
@@ -26,4 +27,5 @@ pub use dane::{Auth, DaneVerifier};
 pub use engine::{PolicyEngine, PolicyInitError};
 pub use explain::Explanation;
 pub use mxgate_config::{Level, OnTlsFailure, TlsVersion};
-pub use plan::{DeliveryPlan, MxPlan, PlanError, PolicySource, TlsRequirement, TlsaRecord};
+pub use plan::{DeliveryPlan, MxPlan, PolicySource, TlsRequirement, TlsaRecord};
+pub use reason::{LookupFailure, PlanError, SkipReason};

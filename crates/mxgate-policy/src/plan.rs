@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use mxgate_config::{Level, OnTlsFailure, TlsVersion};
 
+use crate::reason::SkipReason;
+
 /// Where the level applied to a destination came from (log field `source=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicySource {
@@ -74,17 +76,17 @@ pub struct MxPlan {
     pub preference: u16,
     /// Every address of the host, in dialling order.
     pub addrs: Vec<IpAddr>,
-    /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why
-    /// (`mta-sts enforce: mx2.example.com not in policy`, `dane: TLSA lookup for ...
-    /// failed: SERVFAIL`), which becomes the deferral reason if no MX is left.
-    pub requirement: Result<TlsRequirement, String>,
+    /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why, and
+    /// becomes the deferral reason if no MX is left.
+    pub requirement: Result<TlsRequirement, SkipReason>,
 }
 
 /// The policy for one destination domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryPlan {
     pub domain: String,
-    /// The level applied (`none|may|encrypt|verify|mta-sts|dane`; never `auto`).
+    /// The level applied (`none|may|encrypt|verify|mta-sts|dane|dane-only`; never
+    /// `auto`). `dane-only` stays `dane-only` for people; metrics label it `dane`.
     pub level: Level,
     pub source: PolicySource,
     pub min_tls_version: TlsVersion,
@@ -105,33 +107,16 @@ impl DeliveryPlan {
         }
         self.level = Level::May;
         for mx in &mut self.mx {
-            mx.requirement = Ok(match &mx.requirement {
-                Ok(TlsRequirement::Cleartext) => TlsRequirement::Cleartext,
-                _ => TlsRequirement::Opportunistic,
-            });
+            mx.requirement = match &mx.requirement {
+                Ok(TlsRequirement::Cleartext) => Ok(TlsRequirement::Cleartext),
+                // A host without addresses stays undialable.
+                Err(e @ (SkipReason::AddressLookup { .. } | SkipReason::NoAddress { .. })) => {
+                    Err(e.clone())
+                }
+                _ => Ok(TlsRequirement::Opportunistic),
+            };
         }
         self
-    }
-}
-
-/// No plan could be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// RFC 7505 null MX: the domain accepts no mail.
-    #[error("domain {0} does not accept mail (null MX)")]
-    NullMx(String),
-    /// NXDOMAIN, or no MX and no address records.
-    #[error("domain {domain} not found: {detail}")]
-    NoSuchDomain { domain: String, detail: String },
-    /// DNS temporary failure, DNSSEC bogus/indeterminate where it matters, MTA-STS
-    /// policy unavailable, ...
-    #[error("{0}")]
-    Temporary(String),
-}
-
-impl PlanError {
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, PlanError::NullMx(_) | PlanError::NoSuchDomain { .. })
     }
 }
 
@@ -142,7 +127,7 @@ mod tests {
     fn plan(
         source: PolicySource,
         level: Level,
-        requirement: Result<TlsRequirement, String>,
+        requirement: Result<TlsRequirement, SkipReason>,
     ) -> DeliveryPlan {
         DeliveryPlan {
             domain: "d.example".into(),
@@ -172,7 +157,16 @@ mod tests {
                 names: vec![],
             })
         };
-        let excluded = || Err("mta-sts enforce: mx.d.example not in policy".to_string());
+        let excluded = || {
+            Err(SkipReason::NotInMtaStsPolicy {
+                host: "mx.d.example".into(),
+            })
+        };
+        let no_address = || {
+            Err(SkipReason::NoAddress {
+                host: "mx.d.example".into(),
+            })
+        };
         let cases = [
             (
                 PolicySource::MtaSts,
@@ -194,6 +188,13 @@ mod tests {
                 dane(),
                 Level::May,
                 Ok(TlsRequirement::Opportunistic),
+            ),
+            (
+                PolicySource::MtaSts,
+                Level::MtaSts,
+                no_address(),
+                Level::May,
+                no_address(),
             ),
             (
                 PolicySource::Config,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mxgate_config::{Config, DnsConfig, DnssecMode, DomainPolicy, Level};
 use mxgate_dns::DnsClient;
-use mxgate_policy::{PlanError, PolicyEngine, PolicySource, TlsRequirement};
+use mxgate_policy::{PlanError, PolicyEngine, PolicySource, SkipReason, TlsRequirement};
 use mxgate_testkit::certs::{TestCa, Validity};
 use mxgate_testkit::dns::{DnsWorld, Fault, Signing};
 use mxgate_testkit::https::{HttpResponse, HttpsServer};
@@ -126,7 +126,7 @@ async fn auto_level_in_a_real_world() {
         p.mx[0]
             .requirement
             .as_ref()
-            .is_err_and(|e| e.starts_with("dane:")),
+            .is_err_and(|e| matches!(e, SkipReason::TlsaLookup { .. })),
         "{:?}",
         p.mx[0]
     );
@@ -142,7 +142,9 @@ async fn auto_level_in_a_real_world() {
     );
     assert_eq!(
         p.mx[1].requirement,
-        Err("mta-sts enforce: evil.insecure.test not in policy".into())
+        Err(SkipReason::NotInMtaStsPolicy {
+            host: "evil.insecure.test".into()
+        })
     );
 
     // Neither: fallback `may`; implicit MX; secure MX without TLSA.
@@ -161,7 +163,9 @@ async fn auto_level_in_a_real_world() {
     // DNS outcomes.
     assert_eq!(
         e.plan("null.secure.test").await,
-        Err(PlanError::NullMx("null.secure.test".into()))
+        Err(PlanError::NullMx {
+            domain: "null.secure.test".into()
+        })
     );
     let nx = e.plan("nope.secure.test").await.unwrap_err();
     assert!(nx.is_permanent(), "{nx:?}");
@@ -251,7 +255,7 @@ async fn configured_levels() {
     assert!(p.mx[0]
         .requirement
         .as_ref()
-        .is_err_and(|e| e.starts_with("dane-only")));
+        .is_err_and(|e| matches!(e, SkipReason::DaneOnlyNoTlsa { .. })));
     let p = e.plan("sts.insecure.test").await.unwrap();
     assert!(p
         .mx

@@ -164,7 +164,7 @@ fn headers_of(message: &[u8]) -> &[u8] {
 
 fn human_reason(f: &FailedRecipient, action: DsnAction) -> String {
     let diag = clean(&f.failure.diagnostic);
-    let security = f.failure.status.split('.').nth(1) == Some("7");
+    let security = f.failure.status.is_security();
     let what = if security {
         format!(
             "the TLS security level required for this destination could not be met, so the message was not \
@@ -290,7 +290,7 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
         });
         out.push_str(&format!(
             "Status: {}\r\n",
-            report_status(&f.failure.status, input.action)
+            report_status(&f.failure.status.to_string(), input.action)
         ));
         if let Some(mta) = &f.failure.remote_mta {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
@@ -441,7 +441,8 @@ mod tests {
         let failed = [FailedRecipient {
             index: 0,
             failure: DeliveryFailure {
-                status: "4.7.5".into(),
+                kind: crate::FailureKind::StarttlsNotOffered,
+                status: mxgate_smtp::EnhancedStatus::transient(7, 5),
                 remote_mta: None,
                 diagnostic: "encrypt: STARTTLS not offered by mx.example.com".into(),
                 remote: false,

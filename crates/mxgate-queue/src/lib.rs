@@ -28,6 +28,6 @@ pub use queue::{
 };
 pub use spool::{BounceReason, RecipientStatus};
 pub use transport::{
-    DeliveryFailure, DeliveryJob, MessageStore, Outcome, QueueId, RecipientOutcome, StoreError,
-    Transport,
+    DeliveryFailure, DeliveryJob, FailureKind, MessageStore, Outcome, QueueId, RecipientOutcome,
+    StoreError, Transport, MAX_DIAGNOSTIC,
 };

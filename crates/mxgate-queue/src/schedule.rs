@@ -148,7 +148,8 @@ mod tests {
 
     fn failure(status: &str) -> DeliveryFailure {
         DeliveryFailure {
-            status: status.into(),
+            kind: crate::FailureKind::Other,
+            status: status.parse().unwrap(),
             remote_mta: None,
             diagnostic: "x".into(),
             remote: false,

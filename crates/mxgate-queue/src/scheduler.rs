@@ -24,8 +24,9 @@ use crate::queue::{Entry, Index, Queue, QueueError, Rcpt};
 use crate::schedule::Decision;
 use crate::spool::{self, BounceReason, RecipientStatus, StateLine};
 use crate::transport::{
-    DeliveryFailure, DeliveryJob, Outcome, QueueId, RecipientOutcome, Transport,
+    DeliveryFailure, DeliveryJob, FailureKind, Outcome, QueueId, RecipientOutcome, Transport,
 };
+use mxgate_smtp::EnhancedStatus;
 
 /// How long running deliveries may finish after shutdown before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -346,7 +347,8 @@ impl Queue {
             Err(e) => {
                 tracing::error!(id = %due.id, error = %e, "cannot read message from spool");
                 let failure = DeliveryFailure {
-                    status: "4.3.0".into(),
+                    kind: FailureKind::Local,
+                    status: EnhancedStatus::transient(3, 0),
                     remote_mta: None,
                     diagnostic: format!("cannot read message from spool: {e}"),
                     remote: false,
@@ -401,7 +403,8 @@ impl Queue {
                 }
                 let outcome = by_index.remove(&i).unwrap_or_else(|| {
                     Outcome::Deferred(DeliveryFailure {
-                        status: "4.3.0".into(),
+                        kind: FailureKind::Local,
+                        status: EnhancedStatus::transient(3, 0),
                         remote_mta: None,
                         diagnostic: "delivery returned no outcome for this recipient".into(),
                         remote: false,
@@ -608,7 +611,8 @@ impl Queue {
                     diagnostic.push_str(&format!("; last error: {}", last.diagnostic));
                 }
                 let failure = DeliveryFailure {
-                    status: "5.0.0".into(),
+                    kind: FailureKind::OperatorBounce,
+                    status: EnhancedStatus::permanent(0, 0),
                     remote_mta: None,
                     diagnostic,
                     remote: false,

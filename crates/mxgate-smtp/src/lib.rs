@@ -10,6 +10,7 @@
 //! - [`ehlo`]: [`Capabilities`] from an EHLO reply.
 //! - [`client`]: client command formatting from an [`Envelope`].
 //! - [`data`]: DATA reader (server) and dot-stuffing (client).
+//! - [`status`]: RFC 3463 [`EnhancedStatus`].
 //! - [`xtext`]: RFC 3461 xtext.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
@@ -21,6 +22,7 @@ pub mod ehlo;
 pub mod envelope;
 pub mod line;
 pub mod reply;
+pub mod status;
 pub mod xtext;
 
 pub use client::ClientCommandError;
@@ -30,3 +32,4 @@ pub use ehlo::Capabilities;
 pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 pub use line::{LineError, LineReader};
 pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError};
+pub use status::{EnhancedStatus, StatusClass, StatusParseError};

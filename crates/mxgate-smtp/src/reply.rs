@@ -90,9 +90,14 @@ impl Reply {
 
     /// The enhanced status for logs and DSNs: the server's own, or `X.0.0` derived
     /// from the reply class when it sent none (RFC 3463 §3.1 "Other undefined status").
-    pub fn status(&self) -> String {
-        self.enhanced_string()
-            .unwrap_or_else(|| format!("{}.0.0", self.code / 100))
+    /// A reply of no status class (3yz) gets `4.5.0` ("other or undefined protocol
+    /// status", transient): it is a protocol error, never a success.
+    pub fn status(&self) -> crate::EnhancedStatus {
+        use crate::{EnhancedStatus, StatusClass};
+        self.enhanced
+            .and_then(|(c, s, d)| Some(EnhancedStatus::new(StatusClass::from_digit(c)?, s, d)))
+            .or_else(|| EnhancedStatus::of_reply_code(self.code))
+            .unwrap_or(EnhancedStatus::transient(5, 0))
     }
 
     /// The wire form: `250-...` for every line but the last, `250 ...` for the last,
@@ -372,7 +377,11 @@ mod tests {
         assert!(r(354).is_intermediate());
         assert!(r(421).is_transient() && !r(421).is_permanent());
         assert!(r(554).is_permanent());
-        assert_eq!(r(554).status(), "5.0.0");
-        assert_eq!(Reply::new(450, (4, 7, 1), "x").status(), "4.7.1");
+        assert_eq!(r(554).status().to_string(), "5.0.0");
+        assert_eq!(r(354).status().to_string(), "4.5.0");
+        assert_eq!(
+            Reply::new(450, (4, 7, 1), "x").status().to_string(),
+            "4.7.1"
+        );
     }
 }

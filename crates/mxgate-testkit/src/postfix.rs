@@ -22,6 +22,22 @@ use tokio::process::{Child, Command};
 /// Where Debian installs the `postfix` command.
 const POSTFIX: &str = "/usr/sbin/postfix";
 
+/// How a [`Postfix`] delivers, beyond the defaults of [`Postfix::start`].
+#[derive(Debug, Clone, Default)]
+pub struct PostfixOptions {
+    /// `relayhost = [ip]:port`; `None` = Postfix's own smtp client delivers to the
+    /// recipient domain's MX hosts.
+    pub relayhost: Option<SocketAddr>,
+    /// Extra `main.cf` lines (they override the defaults above them).
+    pub main_cf: String,
+    /// The resolver Postfix uses (glibc reads `/etc/resolv.conf` and takes no port):
+    /// when set, Postfix runs in a private mount namespace (`unshare -m`) where this
+    /// `nameserver` (with `options trust-ad`, so the AD bit of a validating resolver
+    /// reaches Postfix, as DANE needs) is bind-mounted over `/etc/resolv.conf`. The rest
+    /// of the machine keeps its own resolver.
+    pub nameserver: Option<std::net::IpAddr>,
+}
+
 /// A running private Postfix.
 pub struct Postfix {
     dir: tempfile::TempDir,
@@ -39,6 +55,15 @@ impl Postfix {
     /// `relayhost` is `[relayhost.ip]:relayhost.port`. Resolves once `smtpd` accepts
     /// connections.
     pub async fn start(relayhost: SocketAddr) -> io::Result<Postfix> {
+        Self::start_with(PostfixOptions {
+            relayhost: Some(relayhost),
+            ..PostfixOptions::default()
+        })
+        .await
+    }
+
+    /// Starts an instance as [`Postfix::start`] does, configured by `options`.
+    pub async fn start_with(options: PostfixOptions) -> io::Result<Postfix> {
         let dir = tempfile::Builder::new()
             .prefix("mxgate-postfix")
             .tempdir()?;
@@ -50,12 +75,36 @@ impl Postfix {
         chown_postfix(&root.join("data"))?;
         let port = free_port()?;
         let smtpd = SocketAddr::from(([127, 0, 0, 1], port));
-        std::fs::write(root.join("main.cf"), main_cf(&root, relayhost))?;
+        let mut main = main_cf(&root, options.relayhost);
+        main.push_str(&options.main_cf);
+        main.push('\n');
+        std::fs::write(root.join("main.cf"), main)?;
         std::fs::write(root.join("master.cf"), master_cf(smtpd))?;
-        let child = Command::new(POSTFIX)
-            .arg("-c")
-            .arg(&root)
-            .arg("start-fg")
+        let mut command = match options.nameserver {
+            None => {
+                let mut c = Command::new(POSTFIX);
+                c.arg("-c").arg(&root).arg("start-fg");
+                c
+            }
+            Some(ns) => {
+                let resolv = root.join("resolv.conf");
+                std::fs::write(&resolv, format!("nameserver {ns}\noptions trust-ad\n"))?;
+                set_mode(&resolv, 0o644)?;
+                let mut c = Command::new("unshare");
+                c.arg("--mount")
+                    .arg("--propagation")
+                    .arg("private")
+                    .arg("sh")
+                    .arg("-c")
+                    .arg("mount --bind \"$1\" /etc/resolv.conf && exec \"$2\" -c \"$3\" start-fg")
+                    .arg("sh")
+                    .arg(&resolv)
+                    .arg(POSTFIX)
+                    .arg(&root);
+                c
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -157,8 +206,11 @@ impl Drop for Postfix {
     }
 }
 
-fn main_cf(root: &Path, relayhost: SocketAddr) -> String {
+fn main_cf(root: &Path, relayhost: Option<SocketAddr>) -> String {
     let root = root.display();
+    let relayhost = relayhost
+        .map(|r| format!("[{}]:{}", r.ip(), r.port()))
+        .unwrap_or_default();
     format!(
         "compatibility_level = 3.6
 queue_directory = {root}/queue
@@ -173,7 +225,7 @@ local_transport = error:no local delivery
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-relayhost = [{}]:{}
+relayhost = {relayhost}
 smtp_tls_security_level = none
 smtpd_relay_restrictions = permit_mynetworks, reject
 alias_maps =
@@ -185,9 +237,7 @@ smtp_connect_timeout = 5s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 queue_run_delay = 1s
-",
-        relayhost.ip(),
-        relayhost.port()
+"
     )
 }
 
@@ -211,6 +261,7 @@ retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 postlog   unix-dgram n  -       n       -       1       postlogd
 showq     unix  n       -       n       -       -       showq
 "

@@ -228,7 +228,7 @@ pub fn judge_mx(plan: &MxPlan, addresses: &[AddressReport]) -> Judgement {
         return Judgement {
             verdict: Verdict::Skip,
             code: "policy-skip",
-            detail: why.clone(),
+            detail: why.to_string(),
         };
     }
     if let Some(ok) = addresses

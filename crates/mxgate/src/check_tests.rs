@@ -149,7 +149,9 @@ fn mx_passes_when_any_address_passes_and_skips_when_not_dialled() {
     assert_eq!((j.verdict, j.code), (Verdict::Fail, "starttls-missing"));
     assert_eq!(judge_mx(&plan, &[]).code, "no-address");
     let skipped = MxPlan {
-        requirement: Err("mta-sts enforce: mx.example not in policy".into()),
+        requirement: Err(mxgate_policy::SkipReason::NotInMtaStsPolicy {
+            host: "mx.example".into(),
+        }),
         ..plan
     };
     let j = judge_mx(&skipped, &[]);

@@ -10,6 +10,8 @@ mod cli;
 mod control;
 mod inspect;
 mod logging;
+#[cfg(test)]
+mod manpage;
 mod metrics_setup;
 mod reload;
 mod run;

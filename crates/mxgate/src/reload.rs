@@ -38,6 +38,13 @@ impl ReloadablePolicy {
     }
 }
 
+impl mxgate_socketmap::PolicyLookup for ReloadablePolicy {
+    type Engine = PolicyEngine;
+    fn current(&self) -> Arc<PolicyEngine> {
+        ReloadablePolicy::current(self)
+    }
+}
+
 impl Planner for ReloadablePolicy {
     fn plan(&self, domain: &str) -> impl Future<Output = Result<DeliveryPlan, PlanError>> + Send {
         let engine = self.current();

@@ -1,7 +1,8 @@
 //! `mxgate run`: build every part from the configuration and run until SIGTERM.
 //!
 //! Start order: metrics, DNS, policy, queue (recovers the spool), delivery, listener,
-//! control socket, then sd_notify `READY=1`. Stop order on SIGTERM/SIGINT: stop
+//! socketmap server (when `socketmap.listen` is set), control socket, then sd_notify
+//! `READY=1`. Stop order on SIGTERM/SIGINT: stop
 //! accepting (listener), let running deliveries finish within the grace period
 //! (queue), exit. Everything acknowledged is on disk, so a stop at any point loses
 //! nothing; an interrupted delivery is retried after restart.
@@ -16,6 +17,7 @@ use mxgate_dns::DnsClient;
 use mxgate_listener::{Listener, ListenerSettings};
 use mxgate_policy::PolicyEngine;
 use mxgate_queue::{Queue, QueueSettings};
+use mxgate_socketmap::{SocketmapServer, SocketmapSettings};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +42,7 @@ fn startup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> CliErr
 async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
     let metrics_addr = crate::metrics_setup::install(&config.metrics.listen)?;
     mxgate_listener::describe_metrics();
+    mxgate_socketmap::describe_metrics();
     let config = Arc::new(config);
 
     let dns = Arc::new(DnsClient::new(&config.dns).map_err(startup("dns"))?);
@@ -101,6 +104,20 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let listener = Listener::bind(ListenerSettings::from_config(&config), queue.clone())
         .await
         .map_err(startup("listener.listen"))?;
+    let socketmap = match config.socketmap.listen_addr() {
+        Some(addr) => Some(
+            SocketmapServer::bind(
+                addr,
+                SocketmapSettings {
+                    idle_timeout: config.socketmap.idle_timeout,
+                    ..SocketmapSettings::default()
+                },
+            )
+            .await
+            .map_err(startup("socketmap.listen"))?,
+        ),
+        None => None,
+    };
     let control = crate::control::bind(&config.control.socket).map_err(|e| {
         CliError::Startup(format!(
             "control.socket {}: {e}",
@@ -111,6 +128,14 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut tasks = tokio::task::JoinSet::new();
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
+    let socketmap_addr = match socketmap {
+        Some(server) => {
+            let addr = server.local_addr()?;
+            tasks.spawn(server.run(policy.clone(), shutdown.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
     tasks.spawn(queue.clone().run(delivery.clone(), shutdown.clone()));
     tasks.spawn(crate::control::serve(
         control,
@@ -123,6 +148,7 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
 
     tracing::info!(
         listen = ?listen_addrs,
+        socketmap = ?socketmap_addr,
         metrics = ?metrics_addr,
         config = ?config_path,
         queue = %config.queue.path.display(),
@@ -221,6 +247,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics != new.metrics {
         keys.push("metrics");
+    }
+    if old.socketmap != new.socketmap {
+        keys.push("socketmap");
     }
     if old.control != new.control {
         keys.push("control");

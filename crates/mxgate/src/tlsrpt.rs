@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mxgate_config::Config;
-use mxgate_delivery::{
-    CertProblem, Delivery, SessionEvent, SessionResultRef, SessionSink, TlsPolicyFailure,
-};
+use mxgate_delivery::{Delivery, SessionReport, SessionSink};
 use mxgate_dns::DnsClient;
 use mxgate_policy::sts::{MtaStsMode, MtaStsPolicy};
 use mxgate_policy::{PolicySource, TlsRequirement};
-use mxgate_queue::{DeliveryJob, MessageStore, Outcome, Queue, QueueId, Transport};
+use mxgate_queue::{DeliveryJob, FailureKind, MessageStore, Outcome, Queue, QueueId, Transport};
 use mxgate_smtp::{Envelope, Notify, Recipient};
 use mxgate_tlsrpt::{
     Discover, DiscoverError, FailureDetail, MailSink, Policy, ResultType, SessionRecord,
@@ -33,40 +31,41 @@ pub struct TlsRptSink {
 }
 
 impl SessionSink for TlsRptSink {
-    fn session(&self, event: &SessionEvent<'_>) {
+    fn session(&self, report: &SessionReport) {
         // RFC 8460 §5.3 / no report loops: sessions carrying a report are not counted.
-        if event.carries_tls_report {
+        if report.is_tls_report {
             return;
         }
-        let sts = if event.plan.source == PolicySource::MtaSts {
-            self.policy.current().cached_mta_sts(&event.plan.domain)
+        let sts = if report.source == PolicySource::MtaSts {
+            self.policy.current().cached_mta_sts(&report.domain)
         } else {
             None
         };
-        if let Some(record) = map_event(event, sts.as_ref()) {
-            if let SessionResult::Failure(detail) = &record.result {
-                if sts.as_ref().is_some_and(|p| p.mode == MtaStsMode::Testing) {
-                    // RFC 8461 §5: a testing policy is not enforced, but its failures are
-                    // reported; the same words as an enforce failure, for grep.
-                    metrics::counter!("mxgate_tls_policy_failures_total",
-                        "policy" => "mta-sts", "reason" => "testing_mx_mismatch")
-                    .increment(1);
-                    tracing::info!(
-                        domain = %event.plan.domain,
-                        mx = %event.mx_host,
-                        result = detail.result_type.as_str(),
-                        "mta-sts testing: policy not met (delivered anyway, reported)"
-                    );
-                }
+        let Some(record) = map_report(report, sts.as_ref()) else {
+            return;
+        };
+        if let (SessionResult::Failure(detail), Some(p)) = (&record.result, &sts) {
+            if p.mode == MtaStsMode::Testing {
+                // RFC 8461 §5: a testing policy is not enforced, but its failures are
+                // reported (metric, log line, TLS-RPT).
+                metrics::counter!("mxgate_tls_policy_failures_total",
+                    "policy" => "mta-sts", "reason" => "testing_mx_mismatch")
+                .increment(1);
+                tracing::info!(
+                    domain = %report.domain,
+                    mx = %report.mx_host,
+                    result = detail.result_type.as_str(),
+                    "mta-sts testing: policy not met (delivered anyway, reported)"
+                );
             }
-            self.handle.record(record);
         }
+        self.handle.record(record);
     }
 }
 
 /// The policy the session was held to, as RFC 8460 §4.4 describes it.
-fn policy_of(event: &SessionEvent<'_>, sts: Option<&MtaStsPolicy>) -> Policy {
-    if let Some(TlsRequirement::Dane { tlsa, .. }) = event.requirement {
+fn policy_of(report: &SessionReport, sts: Option<&MtaStsPolicy>) -> Policy {
+    if let Some(TlsRequirement::Dane { tlsa, .. }) = &report.requirement {
         let records = tlsa
             .iter()
             .map(|t| {
@@ -74,11 +73,11 @@ fn policy_of(event: &SessionEvent<'_>, sts: Option<&MtaStsPolicy>) -> Policy {
                 format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
             })
             .collect();
-        return Policy::tlsa(event.mx_host, records);
+        return Policy::tlsa(&report.mx_host, records);
     }
-    if event.plan.source == PolicySource::Dane {
-        // The MX was excluded before dialling (e.g. its TLSA lookup failed).
-        return Policy::tlsa(event.mx_host, Vec::new());
+    if report.source == PolicySource::Dane {
+        // The MX was not dialled (e.g. its TLSA lookup failed).
+        return Policy::tlsa(&report.mx_host, Vec::new());
     }
     match sts {
         Some(p) if p.mode != MtaStsMode::None => {
@@ -93,69 +92,49 @@ fn policy_of(event: &SessionEvent<'_>, sts: Option<&MtaStsPolicy>) -> Policy {
     }
 }
 
-/// One session event as a TLS-RPT record; `None` for what is not reported.
-pub fn map_event(event: &SessionEvent<'_>, sts: Option<&MtaStsPolicy>) -> Option<SessionRecord> {
-    let policy = policy_of(event, sts);
+/// RFC 8460 §4.3 result type of a failure kind; `None` for failures that say nothing
+/// about TLS (a refused connection, a rejected recipient): those sessions are not
+/// counted.
+fn result_type(kind: FailureKind) -> Option<ResultType> {
+    let tag = kind.tls_rpt_result()?;
+    ResultType::ALL.into_iter().find(|r| r.as_str() == tag)
+}
+
+/// One session report as a TLS-RPT record; `None` for what is not reported.
+pub fn map_report(report: &SessionReport, sts: Option<&MtaStsPolicy>) -> Option<SessionRecord> {
     let detail = |result_type: ResultType| FailureDetail {
-        receiving_mx_hostname: Some(event.mx_host.to_string()),
-        receiving_ip: event.addr.map(|a| a.ip()),
+        sending_mta_ip: report.local_addr,
+        receiving_mx_hostname: Some(report.mx_host.clone()),
+        receiving_ip: report.mx_addr,
         ..FailureDetail::new(result_type)
     };
-    let result = match event.result {
-        SessionResultRef::Established(_) => match sts {
+    let result = match &report.result {
+        Ok(()) => match sts {
             // RFC 8461 §5 testing mode: delivered, but an MX outside the policy is a
             // failure to report.
-            Some(p) if p.mode == MtaStsMode::Testing && !p.mx_matches(event.mx_host) => {
+            Some(p) if p.mode == MtaStsMode::Testing && !p.mx_matches(&report.mx_host) => {
                 let mut d = detail(ResultType::ValidationFailure);
-                d.failure_reason_code = Some("mx-not-in-policy".into());
+                d.failure_reason_code = Some(FailureKind::StsMxNotListed.as_str().into());
                 d.additional_information = Some(format!(
                     "mta-sts testing: {} matches no mx pattern",
-                    event.mx_host
+                    report.mx_host
                 ));
                 SessionResult::Failure(d)
             }
             _ => SessionResult::Success,
         },
-        SessionResultRef::TlsPolicy(failure) => {
-            let mut d = detail(result_type(&policy, failure));
-            d.failure_reason_code = Some(failure.reason.to_string());
-            d.additional_information = Some(failure.message.clone());
-            SessionResult::Failure(d)
-        }
-        SessionResultRef::Excluded(reason) => {
-            let rt = match event.plan.source {
-                // The TLSA lookup failed or was not DNSSEC-valid (RFC 8460 §4.3.2.1).
-                PolicySource::Dane => ResultType::DnssecInvalid,
-                _ => ResultType::ValidationFailure,
-            };
-            let mut d = detail(rt);
-            d.failure_reason_code = Some("policy_excluded".into());
-            d.additional_information = Some(reason.to_string());
+        Err(failure) => {
+            let mut d = detail(result_type(failure.kind)?);
+            d.failure_reason_code = Some(failure.kind.as_str().to_string());
+            d.additional_information = Some(failure.reason.clone());
             SessionResult::Failure(d)
         }
     };
     Some(SessionRecord {
-        policy_domain: event.plan.domain.clone(),
-        policy,
+        policy_domain: report.domain.clone(),
+        policy: policy_of(report, sts),
         result,
     })
-}
-
-/// RFC 8460 §4.3 result type of a TLS policy failure.
-fn result_type(policy: &Policy, failure: &TlsPolicyFailure) -> ResultType {
-    let dane = policy.policy_type == mxgate_tlsrpt::PolicyType::Tlsa;
-    match (failure.reason, failure.cert) {
-        // §4.3.1 "starttls-not-supported: This indicates that the recipient MX did not
-        // support STARTTLS." A refusal (454) is the same for the sender.
-        ("starttls_not_offered" | "starttls_refused", _) => ResultType::StarttlsNotSupported,
-        // §4.3.2.1 "tlsa-invalid: ... None of the records in the RRset were found to be
-        // valid": the presented certificate matched none of the TLSA records.
-        ("certificate_invalid" | "handshake_failed", _) if dane => ResultType::TlsaInvalid,
-        (_, Some(CertProblem::NotTrusted)) => ResultType::CertificateNotTrusted,
-        (_, Some(CertProblem::Expired)) => ResultType::CertificateExpired,
-        (_, Some(CertProblem::NameMismatch)) => ResultType::CertificateHostMismatch,
-        _ => ResultType::ValidationFailure,
-    }
 }
 
 /// `_smtp._tls` lookups through mxgate's resolver, with the answer's TTL.

@@ -168,7 +168,11 @@ impl Planner for FixedPlanner {
 
 pub fn plan(
     level: Level,
-    mx: Vec<(&str, Vec<IpAddr>, Result<TlsRequirement, String>)>,
+    mx: Vec<(
+        &str,
+        Vec<IpAddr>,
+        Result<TlsRequirement, mxgate_policy::SkipReason>,
+    )>,
 ) -> DeliveryPlan {
     DeliveryPlan {
         domain: "dest.test".into(),

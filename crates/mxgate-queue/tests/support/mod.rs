@@ -60,7 +60,8 @@ pub const MESSAGE: &[u8] = b"Subject: hello\r\nFrom: a@sender.test\r\n\r\nsecret
 
 pub fn failure(status: &str, diagnostic: &str, remote: bool) -> DeliveryFailure {
     DeliveryFailure {
-        status: status.into(),
+        kind: mxgate_queue::FailureKind::Other,
+        status: status.parse().expect("a valid status"),
         remote_mta: remote.then(|| "mx.dest.test".to_string()),
         diagnostic: diagnostic.into(),
         remote,

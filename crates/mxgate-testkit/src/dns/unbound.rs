@@ -75,24 +75,41 @@ impl Unbound {
     pub async fn start(world: &DnsWorld) -> Result<Self, UnboundError> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(world).await {
+            let port = {
+                let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                probe.local_addr()?.port()
+            };
+            match Self::start_once(world, SocketAddr::from(([127, 0, 0, 1], port))).await {
                 Err(UnboundError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
                 result => return result,
             }
         }
     }
 
-    async fn start_once(world: &DnsWorld) -> Result<Self, UnboundError> {
+    /// Starts unbound on port 53 of a random address in 127.53.0.0/16, for clients
+    /// that can only name a resolver by address (glibc's `resolv.conf`, so Postfix).
+    /// Binding port 53 needs root, as Postfix's tests do anyway.
+    pub async fn start_on_port_53(world: &DnsWorld) -> Result<Self, UnboundError> {
+        let mut attempt = 1;
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let seed = nanos ^ std::process::id().rotate_left(16) ^ (attempt as u32 * 7919);
+            let ip = std::net::Ipv4Addr::new(127, 53, (seed >> 8) as u8, (seed as u8).max(1));
+            match Self::start_once(world, SocketAddr::from((ip, 53))).await {
+                Err(UnboundError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(world: &DnsWorld, addr: SocketAddr) -> Result<Self, UnboundError> {
         let dir = tempfile::tempdir()?;
-        let port = {
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            probe.local_addr()?.port()
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let anchor = dir.path().join("root.key");
         std::fs::write(&anchor, world.trust_anchor_text())?;
         let config = dir.path().join("unbound.conf");
-        std::fs::write(&config, configuration(dir.path(), port, world.addr()))?;
+        std::fs::write(&config, configuration(dir.path(), addr, world.addr()))?;
         let log = dir.path().join("unbound.log");
         let mut child = Command::new("unbound")
             .arg("-d")
@@ -136,11 +153,12 @@ impl Drop for Unbound {
     }
 }
 
-fn configuration(dir: &std::path::Path, port: u16, world: SocketAddr) -> String {
+fn configuration(dir: &std::path::Path, addr: SocketAddr, world: SocketAddr) -> String {
     let dir = dir.display();
+    let (ip, port) = (addr.ip(), addr.port());
     format!(
         r#"server:
-    interface: 127.0.0.1
+    interface: {ip}
     port: {port}
     do-ip6: no
     do-daemonize: no
@@ -172,9 +190,9 @@ remote-control:
     control-enable: no
 stub-zone:
     name: "."
-    stub-addr: {ip}@{world_port}
+    stub-addr: {world_ip}@{world_port}
 "#,
-        ip = world.ip(),
+        world_ip = world.ip(),
         world_port = world.port()
     )
 }
