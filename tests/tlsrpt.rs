@@ -821,3 +821,142 @@ async fn reqwest_free_get(addr: SocketAddr) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// One domain without policy that publishes a record pointing at `collector`.
+async fn plain_world(cport: u16) -> (DnsWorld, Mx, u16) {
+    let port = common::free_port();
+    let world = mx_records(
+        DnsWorld::builder()
+            .zone("rpt.test.", Signing::Insecure)
+            .record("reports.rpt.test. 300 IN A 127.0.0.1"),
+        "plain.rpt.test",
+        2,
+    )
+    .record(&tlsrpt_txt("plain.rpt.test", cport))
+    .start()
+    .await
+    .unwrap();
+    let mx = Mx::direct(
+        2,
+        port,
+        tls_config(&TestCert::self_signed(&["mx.plain.rpt.test"])),
+    )
+    .await;
+    (world, mx, port)
+}
+
+fn successes(listed: &Value, domain: &str) -> u64 {
+    listed["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["policies"].as_array().unwrap().iter())
+        .filter(|p| p["policy"]["policy-domain"] == domain)
+        .map(|p| {
+            p["summary"]["total-successful-session-count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// Waits until the saved state mentions `needle` (the file is the only view of what a
+/// crash would keep).
+async fn wait_saved(dir: &std::path::Path, needle: &str) {
+    let path = dir.join("tlsrpt").join("state.json");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|s| s.contains(needle)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("counters saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_kill_9_and_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("TLSRPT Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let collector = Collector::start(&ca.issue(&["reports.rpt.test"], Validity::current())).await;
+    let (world, mx, port) = plain_world(collector.addr.port()).await;
+    let mut s = common::Settings::new(world.addr(), port);
+    s.ca_file = Some(ca_path);
+    s.tlsrpt = "flush_interval = \"1s\"\n".into();
+    let mut gate = Mxgate::start(dir.path(), &s);
+
+    // kill -9 after a flush: the session is kept.
+    submit_to(&gate, "plain.rpt.test").await;
+    mx.receiver.wait_for(1).await;
+    wait_saved(dir.path(), "plain.rpt.test").await;
+    gate.kill9();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("tlsrpt")), 0o700);
+    assert_eq!(mode(&dir.path().join("tlsrpt/state.json")), 0o600);
+
+    // SIGTERM saves at once, long before the next flush would.
+    let config = std::fs::read_to_string(&gate.config_path).unwrap();
+    std::fs::write(
+        &gate.config_path,
+        config.replace("flush_interval = \"1s\"", "flush_interval = \"60s\""),
+    )
+    .unwrap();
+    gate.spawn();
+    assert_eq!(
+        successes(&tlsrpt_list(&gate), "plain.rpt.test"),
+        1,
+        "{}",
+        gate.log()
+    );
+    submit_to(&gate, "plain.rpt.test").await;
+    mx.receiver.wait_for(2).await;
+    log_line(&gate, "plain.rpt.test", "sent").await;
+    gate.signal(libc::SIGTERM);
+    assert!(gate.wait_exit().success());
+    gate.spawn();
+    assert_eq!(
+        successes(&tlsrpt_list(&gate), "plain.rpt.test"),
+        2,
+        "{}",
+        gate.log()
+    );
+
+    // And the restored counts are what gets reported.
+    let (code, out, err) = gate.cli(&["tlsrpt", "send"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let posts = collector.wait_posts(1).await;
+    let report = parse_report(&posts[0].body);
+    assert_eq!(report.policies[0].policy_type, "no-policy-found");
+    assert_eq!(
+        (report.policies[0].successes, report.policies[0].failures),
+        (2, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_period_is_reported_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("TLSRPT Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let collector = Collector::start(&ca.issue(&["reports.rpt.test"], Validity::current())).await;
+    let (world, mx, port) = plain_world(collector.addr.port()).await;
+    let mut s = common::Settings::new(world.addr(), port);
+    s.ca_file = Some(ca_path);
+    s.tlsrpt = "period = \"2s\"\nsend_delay = \"0s\"\n".into();
+    let gate = Mxgate::start(dir.path(), &s);
+    submit_to(&gate, "plain.rpt.test").await;
+    mx.receiver.wait_for(1).await;
+    let posts = collector.wait_posts(1).await;
+    assert_eq!(posts[0].content_type, "application/tlsrpt+gzip");
+    let report = parse_report(&posts[0].body);
+    assert_eq!(report.policies[0].policy_domain, "plain.rpt.test");
+    assert_eq!(report.policies[0].successes, 1);
+    // A 2 s period: start and end two seconds apart (end = last second inside it).
+    assert_ne!(report.start, report.end);
+}
