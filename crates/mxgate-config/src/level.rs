@@ -6,8 +6,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 /// The TLS security level of a destination (contract §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     /// Never STARTTLS.
     None,
@@ -70,8 +69,47 @@ impl FromStr for Level {
         Level::ALL
             .into_iter()
             .find(|l| l.as_str() == s)
-            .ok_or_else(|| format!("unknown level {s:?}"))
+            .ok_or_else(|| unknown_level(s))
     }
+}
+
+/// The error for a word that is not a level: the levels that exist, and what a
+/// Postfix word (smtp_tls_security_level, TLS_README) is called here.
+fn unknown_level(s: &str) -> String {
+    let all: Vec<&str> = Level::ALL.iter().map(|l| l.as_str()).collect();
+    let hint = match s {
+        "secure" => {
+            "; \"secure\" is Postfix's name for \"verify\" (with a `match` list), and for \
+             MTA-STS use \"mta-sts\""
+        }
+        "fingerprint" => "; certificate fingerprints are not supported, use \"dane-only\"",
+        "dane_only" | "daneonly" => "; did you mean \"dane-only\"?",
+        "mta_sts" | "mtasts" | "sts" => "; did you mean \"mta-sts\"?",
+        "" => "; an empty level is only allowed for `shadow`",
+        _ => "",
+    };
+    format!(
+        "unknown level {s:?}: the levels are {}{hint}",
+        all.join(", ")
+    )
+}
+
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `shadow = ""` (none) or a level.
+pub(crate) fn deserialize_optional_level<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Level>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Lowest TLS protocol version negotiated (TLS 1.0/1.1 never are, RFC 8996).

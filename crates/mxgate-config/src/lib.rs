@@ -165,13 +165,17 @@ impl Default for DeliveryConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// `ip:port` list; empty = `/etc/resolv.conf`.
+    /// `ip:port` (or a bare IP, port 53) list; empty = `/etc/resolv.conf`.
+    #[serde(deserialize_with = "deserialize_nameservers")]
     pub nameservers: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
     /// File of DNSKEY records (zone-file syntax); empty = the IANA root anchors.
     pub trust_anchor: PathBuf,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
+    /// `"NAME TYPE"` looked up by the resolver self-test (docs/operations.md), like
+    /// Postfix's `dnssec_probe`.
+    pub dnssec_probe: String,
 }
 
 impl Default for DnsConfig {
@@ -181,8 +185,53 @@ impl Default for DnsConfig {
             dnssec: DnssecMode::Validate,
             trust_anchor: PathBuf::new(),
             timeout: Duration::from_secs(5),
+            dnssec_probe: ". NS".into(),
         }
     }
+}
+
+/// Record types the resolver self-test may ask for.
+pub const DNSSEC_PROBE_TYPES: [&str; 7] = ["NS", "SOA", "A", "AAAA", "MX", "TXT", "DNSKEY"];
+
+impl DnsConfig {
+    /// `dns.dnssec_probe` as (name, type); `None` if it is not `"NAME TYPE"` with a
+    /// type of [`DNSSEC_PROBE_TYPES`].
+    pub fn probe(&self) -> Option<(&str, &str)> {
+        let mut words = self.dnssec_probe.split_whitespace();
+        let (name, rtype) = (words.next()?, words.next()?);
+        if words.next().is_some() {
+            return None;
+        }
+        DNSSEC_PROBE_TYPES
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(rtype))
+            .map(|t| (name, *t))
+    }
+}
+
+/// `"127.0.0.53"`, `"127.0.0.53:5353"`, `"::1"` or `"[::1]:53"`: a bare address means
+/// port 53, as in resolv.conf.
+fn deserialize_nameservers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| parse_nameserver(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// One `dns.nameservers` entry (see [`DnsConfig::nameservers`]).
+pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "{s:?} is not an IP address or \"ip:port\" (\"[v6]:port\" for IPv6)"
+    ))
 }
 
 /// `dns.dnssec`
@@ -212,6 +261,10 @@ pub struct PolicyConfig {
     pub mta_sts_timeout: Duration,
     /// What a message's `TLS-Required: No` header does (RFC 8689 §5).
     pub tls_required_header: TlsRequiredHeader,
+    /// A stricter level checked on every session but never enforced (docs/policy.md,
+    /// "Shadow levels"); `""` = none.
+    #[serde(deserialize_with = "level::deserialize_optional_level")]
+    pub shadow: Option<Level>,
     pub domains: BTreeMap<String, DomainPolicy>,
 }
 
@@ -238,6 +291,7 @@ impl Default for PolicyConfig {
             cache_path: PathBuf::from("/var/lib/mxgate/policy"),
             mta_sts_timeout: Duration::from_secs(60),
             tls_required_header: TlsRequiredHeader::Honor,
+            shadow: None,
             domains: BTreeMap::new(),
         }
     }
@@ -255,9 +309,20 @@ pub struct DomainPolicy {
     pub min_tls_version: Option<TlsVersion>,
     #[serde(default)]
     pub on_tls_failure: Option<OnTlsFailure>,
+    /// The domain's shadow level (absent or `""`: `policy.shadow`).
+    #[serde(default, deserialize_with = "level::deserialize_optional_level")]
+    pub shadow: Option<Level>,
 }
 
 impl PolicyConfig {
+    /// The shadow level for `domain`: its entry's `shadow`, else `policy.shadow`.
+    pub fn shadow_for(&self, domain: &str) -> Option<Level> {
+        match self.domain_entry(domain) {
+            Some((_, e)) if e.shadow.is_some() => e.shadow,
+            _ => self.shadow,
+        }
+    }
+
     /// The `[policy.domains]` entry for `domain`: an exact match first, then the
     /// nearest leading-dot parent (`.example.org` matches `a.b.example.org`, not
     /// `example.org` itself), as Postfix's `smtp_tls_policy_maps` does.

@@ -243,7 +243,17 @@ impl Config {
                 "must be one of none, may, encrypt, verify",
             ));
         }
+        if self.dns.probe().is_none() {
+            return Err(ConfigError::invalid(
+                "dns.dnssec_probe",
+                format!(
+                    "must be \"NAME TYPE\" with TYPE one of {} (e.g. \". NS\")",
+                    crate::DNSSEC_PROBE_TYPES.join(", ")
+                ),
+            ));
+        }
         let dnssec_off = self.dns.dnssec == DnssecMode::Off;
+        check_shadow("policy.shadow", self.policy.shadow, dnssec_off)?;
         if dnssec_off && self.policy.default.needs_dnssec() {
             return Err(ConfigError::invalid(
                 "policy.default",
@@ -270,6 +280,7 @@ impl Config {
                     ),
                 ));
             }
+            check_shadow(&format!("{key}.shadow"), entry.shadow, dnssec_off)?;
             if !entry.match_names.is_empty() && entry.level != Level::Verify {
                 return Err(ConfigError::invalid(
                     format!("{key}.match"),
@@ -288,6 +299,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A shadow level is a level that can fail: `encrypt` and stricter.
+fn check_shadow(key: &str, shadow: Option<Level>, dnssec_off: bool) -> Result<(), ConfigError> {
+    match shadow {
+        None | Some(Level::Encrypt | Level::Verify | Level::MtaSts) => Ok(()),
+        Some(level @ (Level::Dane | Level::DaneOnly)) if dnssec_off => Err(ConfigError::invalid(
+            key,
+            format!("level {level} needs DNSSEC, but dns.dnssec = \"off\""),
+        )),
+        Some(Level::Dane | Level::DaneOnly) => Ok(()),
+        Some(level) => Err(ConfigError::invalid(
+            key,
+            format!(
+                "{level} cannot fail, so it is no shadow level: use encrypt, verify, mta-sts, \
+                 dane or dane-only"
+            ),
+        )),
     }
 }
 
@@ -363,8 +393,39 @@ mod tests {
             err("[listener]\nallowed_clients = [\"10.0.0.0/33\"]\n").contains("allowed_clients")
         );
         assert!(err("[queue]\nbounce_relay = \"nohost\"\n").contains("queue.bounce_relay"));
+        assert!(err("[dns]\ndnssec_probe = \"example.com\"\n").contains("dns.dnssec_probe"));
+        assert!(err("[policy]\nshadow = \"may\"\n").contains("policy.shadow"));
+        assert!(err("[dns]\ndnssec = \"off\"\n[policy.domains]\n\"a.example\" = { level = \"may\", shadow = \"dane-only\" }\n")
+            .contains("shadow"));
         assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
         assert!(err("[socketmap]\nport = 1\n").contains("port"));
+    }
+
+    #[test]
+    fn postfix_level_words_get_a_helpful_error() {
+        let e = err("[policy.domains]\n\"a.example\" = { level = \"secure\" }\n");
+        assert!(
+            e.contains("the levels are none, may, encrypt, verify"),
+            "{e}"
+        );
+        assert!(e.contains("Postfix's name for \"verify\""), "{e}");
+        assert!(!e.contains("variant"), "{e}");
+    }
+
+    #[test]
+    fn nameservers_default_to_port_53_and_shadow_parses() {
+        let c = Config::from_toml_str(
+            "[dns]\nnameservers = [\"127.0.0.53\", \"::1\", \"127.0.0.1:5353\"]\n\
+             [policy]\nshadow = \"verify\"\n\
+             [policy.domains]\n\"a.example\" = { level = \"may\", shadow = \"dane-only\" }\n",
+        )
+        .expect("valid");
+        let ns: Vec<String> = c.dns.nameservers.iter().map(ToString::to_string).collect();
+        assert_eq!(ns, ["127.0.0.53:53", "[::1]:53", "127.0.0.1:5353"]);
+        assert_eq!(c.policy.shadow_for("a.example"), Some(Level::DaneOnly));
+        assert_eq!(c.policy.shadow_for("b.example"), Some(Level::Verify));
+        assert_eq!(c.dns.probe(), Some((".", "NS")));
+        assert!(err("[dns]\nnameservers = [\"resolver\"]\n").contains("nameservers"));
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl<P: Planner> Delivery<P> {
                     Outcome::Deferred(failure)
                 };
                 let outcomes = all(&job.recipients, &outcome);
-                let log = AttemptLog::new(&job, "-", "-", start);
+                let log = AttemptLog::new(&job, None, "-", start);
                 log.emit(&outcomes, "none", &TlsFacts::default(), "none", "none");
                 return outcomes;
             }
@@ -311,7 +311,7 @@ impl<P: Planner> Delivery<P> {
                 format!("queue.bounce_relay {relay}: cannot resolve"),
             );
             let outcomes = all(&job.recipients, &Outcome::Deferred(failure));
-            AttemptLog::new(job, "may", "config", start).emit(
+            AttemptLog::new(job, Some(Level::May), "config", start).emit(
                 &outcomes,
                 relay,
                 &TlsFacts::default(),
@@ -350,7 +350,7 @@ impl<P: Planner> Delivery<P> {
         start: Instant,
         report_sessions: bool,
     ) -> Vec<RecipientOutcome> {
-        let log = AttemptLog::new(job, metric_policy(plan.level), plan.source.as_str(), start);
+        let log = AttemptLog::new(job, Some(plan.level), plan.source.as_str(), start);
         let mut pending: Vec<usize> = job.recipients.clone();
         let mut done: Vec<RecipientOutcome> = Vec::new();
         let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
@@ -614,7 +614,8 @@ fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
         .collect()
 }
 
-/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7).
+/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7;
+/// `unknown` when no level was decided).
 fn metric_policy(level: Level) -> &'static str {
     match level {
         Level::DaneOnly | Level::Dane => "dane",
@@ -631,16 +632,25 @@ fn count_tls_policy_failure(level: Level, reason: &'static str) {
 /// Emits the per-attempt log line and the delivery counters.
 struct AttemptLog<'a> {
     job: &'a DeliveryJob,
+    /// The metric label (`dane` for `dane-only`, contract §7).
     policy: &'static str,
+    /// The level's name for people (`dane-only` stays `dane-only`).
+    policy_name: &'static str,
     source: &'a str,
     start: Instant,
 }
 
 impl<'a> AttemptLog<'a> {
-    fn new(job: &'a DeliveryJob, policy: &'static str, source: &'a str, start: Instant) -> Self {
+    /// `level`: the level applied, `None` when none could be decided (`unknown`).
+    fn new(job: &'a DeliveryJob, level: Option<Level>, source: &'a str, start: Instant) -> Self {
         AttemptLog {
             job,
-            policy,
+            policy: level.map_or("unknown", metric_policy),
+            policy_name: match level {
+                None => "unknown",
+                Some(Level::Auto) => "may",
+                Some(l) => l.as_str(),
+            },
             source,
             start,
         }
@@ -692,7 +702,7 @@ impl<'a> AttemptLog<'a> {
                 self.job.id,
                 to.join(","),
                 relay,
-                self.policy,
+                self.policy_name,
                 self.source,
                 tls_label,
                 tls.cipher.as_deref().unwrap_or("none"),

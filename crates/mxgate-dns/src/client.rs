@@ -1,6 +1,8 @@
 //! [`DnsClient`]: the async lookups, thin over hickory-resolver or the `trust-ad` stub.
 
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use mxgate_config::{DnsConfig, DnssecMode};
 
 use crate::classify::{self, StatusSource};
+use crate::selftest::{self, SelfTest};
 use crate::stub::StubResolver;
 use crate::{AddrAnswer, Answer, DnsError, MxLookup, Tlsa};
 
@@ -26,6 +29,10 @@ pub struct DnsClient {
     /// Bound on one whole lookup, validation chain included.
     deadline: Duration,
     mode: DnssecMode,
+    /// `dns.dnssec_probe`.
+    probe: String,
+    /// The last resolver self-test passed (true until one has run).
+    validates: AtomicBool,
 }
 
 impl DnsClient {
@@ -98,7 +105,52 @@ impl DnsClient {
             backend,
             deadline,
             mode: config.dnssec,
+            probe: config.dnssec_probe.clone(),
+            validates: AtomicBool::new(true),
         })
+    }
+
+    /// Runs the resolver self-test (see [`selftest`]) and remembers its result for
+    /// [`DnsClient::resolver_validates`].
+    pub async fn self_test(&self) -> SelfTest {
+        let probe = self.probe.trim();
+        let (name, rtype) = match probe.split_once(char::is_whitespace) {
+            Some((n, t)) => (n.trim(), t.trim()),
+            None => (probe, "NS"),
+        };
+        let result = if self.mode == DnssecMode::Off {
+            SelfTest::Skipped
+        } else {
+            match RecordType::from_str(&rtype.to_ascii_uppercase()) {
+                Err(_) => SelfTest::LookupFailed {
+                    detail: format!("dns.dnssec_probe {probe:?}: unknown record type"),
+                },
+                Ok(rt) => {
+                    let answer = self.lookup_root_or(name, rt).await;
+                    selftest::judge(self.mode, probe, answer.as_ref().map(|a| a.status()))
+                }
+            }
+        };
+        self.validates.store(result.passed(), Ordering::Relaxed);
+        result
+    }
+
+    /// Whether the last self-test passed (true before the first one): while it is
+    /// false, bogus and indeterminate answers are the resolver's fault.
+    pub fn resolver_validates(&self) -> bool {
+        self.validates.load(Ordering::Relaxed)
+    }
+
+    /// [`DnsClient::lookup`], also for the root name `.`.
+    async fn lookup_root_or(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<Answer<Record>, DnsError> {
+        if name.trim_end_matches('.').is_empty() {
+            return self.lookup_fqdn(".", Name::root(), rtype).await;
+        }
+        self.lookup(name, rtype).await
     }
 
     /// The configured DNSSEC mode.
@@ -108,7 +160,15 @@ impl DnsClient {
 
     /// Records of `rtype` at `name` (CNAMEs followed), with their status.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<Record>, DnsError> {
-        let fqdn = fqdn(name)?;
+        self.lookup_fqdn(name, fqdn(name)?, rtype).await
+    }
+
+    async fn lookup_fqdn(
+        &self,
+        name: &str,
+        fqdn: Name,
+        rtype: RecordType,
+    ) -> Result<Answer<Record>, DnsError> {
         let fut = async {
             match &self.backend {
                 Backend::Hickory(resolver, source) => {

@@ -19,9 +19,11 @@
 
 pub mod classify;
 mod client;
+pub mod selftest;
 pub mod stub;
 
 pub use client::DnsClient;
+pub use selftest::SelfTest;
 
 use std::net::IpAddr;
 

@@ -40,6 +40,7 @@ fn client(w: &DnsWorld, mode: DnssecMode) -> DnsClient {
         dnssec: mode,
         trust_anchor: w.trust_anchor_path().to_path_buf(),
         timeout: Duration::from_millis(500),
+        ..DnsConfig::default()
     })
     .unwrap()
 }
@@ -160,6 +161,7 @@ async fn trust_ad_mode_through_unbound() {
         dnssec: DnssecMode::TrustAd,
         trust_anchor: Default::default(),
         timeout: Duration::from_secs(2),
+        ..DnsConfig::default()
     })
     .unwrap();
     let mx = c.mx("secure.test").await.unwrap();

@@ -35,6 +35,7 @@ fn policy(n: usize) -> PolicyConfig {
         match_names: Vec::new(),
         min_tls_version: None,
         on_tls_failure: None,
+        shadow: None,
     };
     let mut domains = BTreeMap::new();
     for i in 0..n {

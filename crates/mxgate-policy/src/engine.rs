@@ -14,11 +14,11 @@ use rustls::RootCertStore;
 use tokio::task::JoinSet;
 
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
-use crate::explain::{Explanation, MxReport, StsReport};
+use crate::explain::{Configured, Explanation, StatusNames, StsReport};
 use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
 use crate::reason::{LookupFailure, PlanError};
 use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
-use crate::sts::store::{now_unix, PolicyStore, StsLookup};
+use crate::sts::store::{now_unix, CacheWrite, PolicyStore, StsLookup};
 use crate::tls;
 
 /// The engine could not start.
@@ -49,6 +49,18 @@ pub struct PolicyEngine {
 
 /// Addresses, DANE facts and every TLSA record (for reports) of one MX host.
 type HostLookup = (Vec<IpAddr>, HostFacts, Vec<TlsaRecord>);
+
+/// No plan, and the DNSSEC state of the MX lookup that said so (for reports).
+struct GatherFailure {
+    error: PlanError,
+    mx_status: DnssecStatus,
+}
+
+impl GatherFailure {
+    fn new(error: PlanError, mx_status: DnssecStatus) -> Self {
+        GatherFailure { error, mx_status }
+    }
+}
 
 /// Everything the lookups found, kept for [`PolicyEngine::explain`].
 struct Facts {
@@ -111,16 +123,20 @@ impl PolicyEngine {
 
     /// The plan for one destination domain.
     pub async fn plan(&self, domain: &str) -> Result<DeliveryPlan, PlanError> {
-        self.plan_with_facts(domain).await.map(|(plan, _, _)| plan)
+        self.plan_with_facts(domain, CacheWrite::Store)
+            .await
+            .map(|(plan, _, _)| plan)
+            .map_err(|f| f.error)
     }
 
     async fn plan_with_facts(
         &self,
         domain: &str,
-    ) -> Result<(DeliveryPlan, Facts, Level), PlanError> {
+        write: CacheWrite,
+    ) -> Result<(DeliveryPlan, Facts, Level), GatherFailure> {
         let domain = normalise(domain);
         let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
-        let facts = self.gather(&domain, level).await?;
+        let facts = self.gather(&domain, level, write).await?;
         let host_facts: Vec<HostFacts> = facts.hosts.iter().map(|h| h.2.clone()).collect();
         let decision = decide(&DecisionInput {
             level,
@@ -158,31 +174,37 @@ impl PolicyEngine {
         Ok((plan, facts, level))
     }
 
-    /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`).
-    pub async fn explain(&self, domain: &str) -> Result<Explanation, PlanError> {
+    /// The effective policy of `domain` and why (`mxgate policy DOMAIN --json`),
+    /// for every state: a destination whose DNS fails is explained too, with level
+    /// `unknown`. With [`CacheWrite::ReadOnly`] a fetched MTA-STS policy is reported
+    /// but not stored.
+    pub async fn explain(&self, domain: &str, write: CacheWrite) -> Explanation {
         let domain = normalise(domain);
-        let (plan, facts, level) = self.plan_with_facts(&domain).await?;
+        let (level, _, min_tls_version, _) = self.settings(&domain);
+        let configured = Configured {
+            level,
+            shadow: self.config.policy.shadow_for(&domain),
+            min_tls_version,
+        };
+        let names = StatusNames {
+            dnssec_off: self.dns.dnssec_mode() == mxgate_config::DnssecMode::Off,
+        };
         let now = now_unix();
-        Ok(Explanation {
-            domain: domain.clone(),
-            configured_level: level.as_str().to_string(),
-            level: plan.level.as_str().to_string(),
-            source: plan.source.as_str().to_string(),
-            min_tls_version: plan.min_tls_version.as_str().to_string(),
-            mx: facts
-                .hosts
-                .iter()
-                .zip(&plan.mx)
-                .map(|((mx, addrs, hf, tlsa), p)| {
-                    MxReport::new(mx, addrs, hf, tlsa, facts.mx_status, p)
-                })
-                .collect(),
-            mta_sts: self
-                .sts
-                .cached(&domain)
-                .or(facts.sts.cached)
-                .map(|c| StsReport::new(&c, now)),
-        })
+        let stored = self.sts.cached(&domain);
+        match self.plan_with_facts(&domain, write).await {
+            Ok((plan, facts, _)) => {
+                let sts = stored.or(facts.sts.cached).map(|c| StsReport::new(&c, now));
+                Explanation::decided(configured, &plan, &facts.hosts, facts.mx_status, names, sts)
+            }
+            Err(f) => Explanation::undecided(
+                &domain,
+                configured,
+                &f.error,
+                f.mx_status,
+                names,
+                stored.map(|c| StsReport::new(&c, now)),
+            ),
+        }
     }
 
     /// The rustls configuration for one TLS session under `requirement` (cached).
@@ -249,19 +271,35 @@ impl PolicyEngine {
         }
     }
 
-    async fn gather(&self, domain: &str, level: Level) -> Result<Facts, PlanError> {
+    async fn gather(
+        &self,
+        domain: &str,
+        level: Level,
+        write: CacheWrite,
+    ) -> Result<Facts, GatherFailure> {
         let uses_dane = matches!(level, Level::Dane | Level::DaneOnly | Level::Auto);
+        // While the resolver self-test fails, DNSSEC failures are the resolver's.
+        let validates = self.dns.resolver_validates();
         let (hosts, mx_status) = match self.dns.mx(domain).await {
-            Err(e) => return Err(dns_error(domain, e)),
-            Ok(MxLookup::NullMx { .. }) => {
-                return Err(PlanError::NullMx {
-                    domain: domain.to_string(),
-                })
+            Err(e) => {
+                let status = e.status();
+                return Err(GatherFailure::new(dns_error(domain, e, validates), status));
             }
-            Ok(MxLookup::NxDomain { .. }) => {
-                return Err(PlanError::NxDomain {
-                    domain: domain.to_string(),
-                })
+            Ok(MxLookup::NullMx { status }) => {
+                return Err(GatherFailure::new(
+                    PlanError::NullMx {
+                        domain: domain.to_string(),
+                    },
+                    status,
+                ))
+            }
+            Ok(MxLookup::NxDomain { status }) => {
+                return Err(GatherFailure::new(
+                    PlanError::NxDomain {
+                        domain: domain.to_string(),
+                    },
+                    status,
+                ))
             }
             // RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated
             // as if it was associated with an implicit MX RR, with a preference of 0,
@@ -278,10 +316,13 @@ impl PolicyEngine {
         // RFC 7672 §2.2.1: an MX lookup that is neither secure nor insecure cannot be
         // trusted either way; defer where DANE could apply.
         if uses_dane && mx_status == DnssecStatus::Indeterminate {
-            return Err(PlanError::MxLookup {
-                domain: domain.to_string(),
-                failure: LookupFailure::Indeterminate,
-            });
+            return Err(GatherFailure::new(
+                PlanError::MxLookup {
+                    domain: domain.to_string(),
+                    failure: LookupFailure::Indeterminate.blame_resolver(validates),
+                },
+                mx_status,
+            ));
         }
         let implicit = hosts.len() == 1 && hosts[0].host == domain && hosts[0].preference == 0;
         let port = self.config.delivery.smtp_port;
@@ -289,7 +330,9 @@ impl PolicyEngine {
         for (i, mx) in hosts.iter().enumerate() {
             let dns = self.dns.clone();
             let host = mx.host.clone();
-            set.spawn(async move { (i, host_facts(&dns, &host, port, uses_dane).await) });
+            set.spawn(
+                async move { (i, host_facts(&dns, &host, port, uses_dane, validates).await) },
+            );
         }
         let mut results: Vec<Option<HostLookup>> = vec![None; hosts.len()];
         while let Some(joined) = set.join_next().await {
@@ -317,13 +360,16 @@ impl PolicyEngine {
         // The implicit MX of a domain without addresses: the domain does not take mail.
         if implicit && out.iter().all(|h| h.1.is_empty()) && out[0].2.addrs == AddrFacts::NoAddress
         {
-            return Err(PlanError::NoMailHost {
-                domain: domain.to_string(),
-            });
+            return Err(GatherFailure::new(
+                PlanError::NoMailHost {
+                    domain: domain.to_string(),
+                },
+                mx_status,
+            ));
         }
         let host_facts: Vec<HostFacts> = out.iter().map(|h| h.2.clone()).collect();
         let sts = if needs_sts(level, &host_facts) {
-            self.sts.lookup(domain, now_unix()).await
+            self.sts.lookup_with(domain, now_unix(), write).await
         } else {
             StsLookup {
                 state: StsState::NotConsulted,
@@ -339,20 +385,22 @@ impl PolicyEngine {
 }
 
 /// Address and TLSA facts of one MX host. Returns also every TLSA record (for reports).
-async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> HostLookup {
+async fn host_facts(
+    dns: &DnsClient,
+    host: &str,
+    port: u16,
+    uses_dane: bool,
+    validates: bool,
+) -> HostLookup {
+    let from_status = |s| LookupFailure::from_status(s).blame_resolver(validates);
+    let from_error = |e: &DnsError| LookupFailure::from_dns_error(e).blame_resolver(validates);
     let (addrs, addr_facts) = match dns.addresses(host).await {
         Ok(Answer::Found { records, status }) => match status {
             DnssecStatus::Secure | DnssecStatus::Insecure => (records, AddrFacts::Found(status)),
-            other => (
-                Vec::new(),
-                AddrFacts::Failed(LookupFailure::from_status(other)),
-            ),
+            other => (Vec::new(), AddrFacts::Failed(from_status(other))),
         },
         Ok(_) => (Vec::new(), AddrFacts::NoAddress),
-        Err(e) => (
-            Vec::new(),
-            AddrFacts::Failed(LookupFailure::from_dns_error(&e)),
-        ),
+        Err(e) => (Vec::new(), AddrFacts::Failed(from_error(&e))),
     };
     let mut all = Vec::new();
     // RFC 7672 §2.2.2: TLSA records are looked up only when the address records are
@@ -380,15 +428,15 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
                         }
                     }
                     DnssecStatus::Insecure => TlsaFacts::Insecure,
-                    other => TlsaFacts::Failed(LookupFailure::from_status(other)),
+                    other => TlsaFacts::Failed(from_status(other)),
                 }
             }
             Ok(Answer::NoData { status } | Answer::NxDomain { status }) => match status {
                 DnssecStatus::Secure => TlsaFacts::SecureNone,
                 DnssecStatus::Insecure => TlsaFacts::Insecure,
-                other => TlsaFacts::Failed(LookupFailure::from_status(other)),
+                other => TlsaFacts::Failed(from_status(other)),
             },
-            Err(e) => TlsaFacts::Failed(LookupFailure::from_dns_error(&e)),
+            Err(e) => TlsaFacts::Failed(from_error(&e)),
         }
     } else {
         TlsaFacts::NotLooked
@@ -408,14 +456,14 @@ async fn host_facts(dns: &DnsClient, host: &str, port: u16, uses_dane: bool) -> 
     )
 }
 
-fn dns_error(domain: &str, e: DnsError) -> PlanError {
+fn dns_error(domain: &str, e: DnsError, validates: bool) -> PlanError {
     match e {
         DnsError::InvalidName { .. } => PlanError::InvalidName {
             domain: domain.to_string(),
         },
         e => PlanError::MxLookup {
             domain: domain.to_string(),
-            failure: LookupFailure::from_dns_error(&e),
+            failure: LookupFailure::from_dns_error(&e).blame_resolver(validates),
         },
     }
 }
@@ -438,7 +486,7 @@ mod tests {
         #[allow(dead_code)]
         fn check(e: &PolicyEngine) {
             send(&e.plan("example.com"));
-            send(&e.explain("example.com"));
+            send(&e.explain("example.com", CacheWrite::ReadOnly));
         }
     }
 }

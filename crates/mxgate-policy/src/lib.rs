@@ -29,3 +29,4 @@ pub use explain::Explanation;
 pub use mxgate_config::{Level, OnTlsFailure, TlsVersion};
 pub use plan::{DeliveryPlan, MxPlan, PolicySource, TlsRequirement, TlsaRecord};
 pub use reason::{LookupFailure, PlanError, SkipReason};
+pub use sts::store::CacheWrite;

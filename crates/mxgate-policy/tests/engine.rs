@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use mxgate_config::{Config, DnsConfig, DnssecMode, DomainPolicy, Level};
 use mxgate_dns::DnsClient;
-use mxgate_policy::{PlanError, PolicyEngine, PolicySource, SkipReason, TlsRequirement};
+use mxgate_policy::{
+    CacheWrite, PlanError, PolicyEngine, PolicySource, SkipReason, TlsRequirement,
+};
 use mxgate_testkit::certs::{TestCa, Validity};
 use mxgate_testkit::dns::{DnsWorld, Fault, Signing};
 use mxgate_testkit::https::{HttpResponse, HttpsServer};
@@ -89,6 +91,7 @@ fn engine(w: &World, tweak: impl FnOnce(&mut Config)) -> PolicyEngine {
         dnssec: DnssecMode::Validate,
         trust_anchor: w.dns.trust_anchor_path().to_path_buf(),
         timeout: Duration::from_millis(500),
+        ..DnsConfig::default()
     };
     tweak(&mut config);
     let dns = DnsClient::new(&config.dns).unwrap();
@@ -173,12 +176,14 @@ async fn auto_level_in_a_real_world() {
     assert!(!bogus.is_permanent(), "{bogus:?}");
 
     // The report.
-    let x = serde_json::to_value(e.explain("sts.insecure.test").await.unwrap()).unwrap();
+    let x =
+        serde_json::to_value(e.explain("sts.insecure.test", CacheWrite::ReadOnly).await).unwrap();
     assert_eq!(x["source"], "mta-sts");
     assert_eq!(x["mx"][0]["dnssec"], "insecure");
     assert_eq!(x["mta_sts"]["mode"], "enforce");
     assert_eq!(x["mta_sts"]["id"], "20240101");
-    let x = serde_json::to_value(e.explain("dane.secure.test").await.unwrap()).unwrap();
+    let x =
+        serde_json::to_value(e.explain("dane.secure.test", CacheWrite::ReadOnly).await).unwrap();
     assert_eq!(x["mx"][0]["dnssec"], "secure");
     assert_eq!(x["mx"][0]["tlsa"][0], format!("3 1 1 {TLSA_HEX}"));
 }
@@ -232,6 +237,7 @@ async fn configured_levels() {
                     match_names: names.iter().map(|s| s.to_string()).collect(),
                     min_tls_version: None,
                     on_tls_failure: None,
+                    shadow: None,
                 },
             );
         };

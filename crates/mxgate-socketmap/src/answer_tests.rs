@@ -324,6 +324,7 @@ fn parent_domain_entries() {
         match_names: match_names.into_iter().map(String::from).collect(),
         min_tls_version: tls,
         on_tls_failure: None,
+        shadow: None,
     };
     let g = TlsVersion::Tls12;
     assert_eq!(answer_parent(None, g), Reply::NotFound);

@@ -111,6 +111,9 @@ pub(crate) struct Shared {
     zones: Zones,
     faults: Mutex<Vec<FaultRule>>,
     log: Mutex<Vec<(Name, RecordType)>>,
+    /// Answer every query as if its DO bit were clear (see
+    /// [`DnsWorldBuilder::strip_dnssec`]).
+    strip_dnssec: bool,
 }
 
 impl Shared {
@@ -129,6 +132,7 @@ pub struct DnsWorldBuilder {
     zones: Vec<(String, Signing)>,
     records: Vec<String>,
     faults: Vec<(String, Option<RecordType>, Fault)>,
+    strip_dnssec: bool,
 }
 
 impl DnsWorldBuilder {
@@ -160,6 +164,14 @@ impl DnsWorldBuilder {
     /// A fault for `name`, for one record type or (with `None`) all of them.
     pub fn fault(mut self, name: &str, record_type: Option<RecordType>, fault: Fault) -> Self {
         self.faults.push((name.to_owned(), record_type, fault));
+        self
+    }
+
+    /// Serves unsigned copies: every answer leaves out RRSIG and NSEC records, as a
+    /// resolver does that neither validates nor passes DNSSEC records on. A validator
+    /// that trusts the world's anchor then finds every answer bogus.
+    pub fn strip_dnssec(mut self) -> Self {
+        self.strip_dnssec = true;
         self
     }
 
@@ -241,6 +253,7 @@ impl DnsWorldBuilder {
             zones,
             faults: Mutex::new(faults),
             log: Mutex::new(Vec::new()),
+            strip_dnssec: self.strip_dnssec,
         });
         let (addr, tasks) = server::spawn(shared.clone()).await?;
         Ok(DnsWorld {

@@ -536,7 +536,14 @@ pub fn check(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliEr
                 .map_err(|e| CliError::Startup(format!("policy: {e}")))?,
         );
         let (plan, explanation) = match engine.plan(domain).await {
-            Ok(plan) => (plan, engine.explain(domain).await.ok()),
+            Ok(plan) => (
+                plan,
+                Some(
+                    engine
+                        .explain(domain, mxgate_policy::CacheWrite::ReadOnly)
+                        .await,
+                ),
+            ),
             Err(e) => {
                 if json {
                     println!(

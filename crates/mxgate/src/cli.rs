@@ -29,12 +29,16 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Show the effective TLS policy of a domain and why.
+    /// Show the effective TLS policy of a domain and why; exit 1 if mail to it would
+    /// be deferred or bounced. Read-only unless --refresh.
     Policy {
         domain: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Store a freshly fetched MTA-STS policy in policy.cache_path.
+        #[arg(long)]
+        refresh: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -139,8 +143,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Policy {
             domain,
             json,
+            refresh,
             config,
-        } => crate::inspect::policy(config.load()?, &domain, json),
+        } => {
+            let write = if refresh {
+                mxgate_policy::CacheWrite::Store
+            } else {
+                mxgate_policy::CacheWrite::ReadOnly
+            };
+            crate::inspect::policy(config.load()?, &domain, json, write)
+        }
         Command::Check {
             domain,
             json,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mxgate_config::Config;
 use mxgate_dns::DnsClient;
-use mxgate_policy::PolicyEngine;
+use mxgate_policy::{CacheWrite, PolicyEngine};
 use serde_json::Value;
 
 use crate::cli::{CliError, QueueAction, TlsRptAction};
@@ -21,46 +21,49 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .build()?)
 }
 
-/// `mxgate policy DOMAIN [--json]`.
-pub fn policy(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliError> {
+/// `mxgate policy DOMAIN [--json] [--refresh]`: exit 0 when the verdict is deliver, 1
+/// when mail would be deferred or bounced (the explanation is printed either way).
+pub fn policy(
+    config: Config,
+    domain: &str,
+    json: bool,
+    write: CacheWrite,
+) -> Result<ExitCode, CliError> {
     let config = Arc::new(config);
     runtime()?.block_on(async move {
         let dns = Arc::new(
             DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?,
         );
+        // As the daemon does at start: a resolver that cannot validate is named as the
+        // cause of DNSSEC failures, not the destination.
+        match dns.self_test().await {
+            mxgate_dns::SelfTest::NotValidating { seen, fix } => {
+                eprintln!("mxgate: resolver self-test failed: {seen}; fix: {fix}")
+            }
+            mxgate_dns::SelfTest::LookupFailed { detail } => {
+                eprintln!("mxgate: resolver self-test failed: {detail}")
+            }
+            mxgate_dns::SelfTest::Validates | mxgate_dns::SelfTest::Skipped => {}
+        }
         let engine = PolicyEngine::new(config.clone(), dns)
             .map_err(|e| CliError::Startup(format!("policy: {e}")))?;
-        match engine.explain(domain).await {
-            Ok(explanation) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&explanation)
-                            .map_err(|e| CliError::Startup(e.to_string()))?
-                    );
-                } else {
-                    let value = serde_json::to_value(&explanation)
-                        .map_err(|e| CliError::Startup(e.to_string()))?;
-                    print!("{}", explanation_text(&value));
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "domain": domain,
-                            "error": e.to_string(),
-                            "permanent": e.is_permanent(),
-                        })
-                    );
-                } else {
-                    println!("{domain}: {e}");
-                }
-                Ok(ExitCode::from(1))
-            }
+        let explanation = engine.explain(domain, write).await;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&explanation)
+                    .map_err(|e| CliError::Startup(e.to_string()))?
+            );
+        } else {
+            let value =
+                serde_json::to_value(&explanation).map_err(|e| CliError::Startup(e.to_string()))?;
+            print!("{}", explanation_text(&value));
         }
+        Ok(if explanation.deliverable {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })
 }
 
@@ -283,19 +286,24 @@ fn explanation_text(v: &Value) -> String {
     let _ = writeln!(out, "domain:  {}", s(v, "domain"));
     let _ = writeln!(
         out,
-        "level:   {} (source: {}, configured: {}, min TLS {})",
+        "level:   {} (source: {}, configured: {}, shadow: {}, min TLS {})",
         s(v, "level"),
         s(v, "source"),
         s(v, "configured_level"),
+        s(v, "shadow"),
         s(v, "min_tls_version")
     );
+    let _ = writeln!(out, "dnssec:  {} (MX records)", s(v, "dnssec"));
+    let _ = writeln!(out, "verdict: {}", s(v, "verdict"));
     for mx in v.get("mx").and_then(Value::as_array).into_iter().flatten() {
         let _ = writeln!(
             out,
-            "mx:      {} (pref {}) dnssec={} tlsa={} -> {}",
+            "mx:      {} (pref {}) dnssec={} address={} tlsa={} ({}) -> {}",
             s(mx, "host"),
             s(mx, "preference"),
             s(mx, "dnssec"),
+            s(mx, "address_dnssec"),
+            s(mx, "tlsa_dnssec"),
             s(mx, "tlsa_state"),
             s(mx, "requirement")
         );

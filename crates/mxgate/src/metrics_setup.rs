@@ -78,6 +78,14 @@ fn describe() {
         "mxgate_tls_handshake_failures_total",
         "Failed outbound TLS handshakes by reason, at every level (at may they fall back to cleartext). A rise at may points at an attacker or broken servers."
     );
+    describe_gauge!(
+        "mxgate_dnssec_resolver_ok",
+        "1 while the resolver self-test (dns.dnssec_probe, every 5 minutes) passes, else 0; absent under dns.dnssec = \"off\". Alert on 0: mail that needs DNSSEC is deferred with \"resolver does not validate DNSSEC\"."
+    );
+    describe_counter!(
+        "mxgate_shadow_failures_total",
+        "Sessions that met the applied level but would have failed the configured shadow level, by shadow level and reason. Watch it before enforcing a stricter level."
+    );
     describe_histogram!(
         "mxgate_delivery_duration_seconds",
         Unit::Seconds,

@@ -46,6 +46,8 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let config = Arc::new(config);
 
     let dns = Arc::new(DnsClient::new(&config.dns).map_err(startup("dns"))?);
+    // Before anything is delivered, so the first deferrals already name the resolver.
+    let mut resolver_ok = resolver_self_test(&dns, None).await;
     let policy = Arc::new(ReloadablePolicy::new(
         PolicyEngine::new(config.clone(), dns.clone()).map_err(startup("policy"))?,
     ));
@@ -146,11 +148,14 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         shutdown.clone(),
     ));
 
+    let listen_text: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
     tracing::info!(
-        listen = ?listen_addrs,
-        socketmap = ?socketmap_addr,
-        metrics = ?metrics_addr,
-        config = ?config_path,
+        listen = %listen_text.join(","),
+        socketmap = %socketmap_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        config = %config_path
+            .as_ref()
+            .map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string()),
         queue = %config.queue.path.display(),
         "mxgate ready"
     );
@@ -160,11 +165,17 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut probe = tokio::time::interval_at(
+        tokio::time::Instant::now() + SELF_TEST_INTERVAL,
+        SELF_TEST_INTERVAL,
+    );
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => reload(&config_path, &config, &dns, &policy),
+            _ = probe.tick() => resolver_ok = resolver_self_test(&dns, Some(resolver_ok)).await,
         }
     }
 
@@ -193,6 +204,37 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let _ = std::fs::remove_file(&config.control.socket);
     tracing::info!("mxgate stopped");
     Ok(())
+}
+
+/// How often the resolver self-test runs after the one at start.
+const SELF_TEST_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The resolver self-test (docs/operations.md): sets `mxgate_dnssec_resolver_ok` and
+/// logs one line when the state changes (`before` = the previous result; `None` at
+/// start). Returns whether it passed.
+async fn resolver_self_test(dns: &DnsClient, before: Option<bool>) -> bool {
+    use mxgate_dns::SelfTest;
+    let result = dns.self_test().await;
+    let ok = result.passed();
+    if result != SelfTest::Skipped {
+        metrics::gauge!("mxgate_dnssec_resolver_ok").set(if ok { 1.0 } else { 0.0 });
+    }
+    let changed = before != Some(ok);
+    match &result {
+        SelfTest::NotValidating { seen, fix } if changed => tracing::error!(
+            "resolver self-test failed: {seen}; mail whose delivery needs DNSSEC is deferred \
+             (\"resolver does not validate DNSSEC\") until it passes; fix: {fix}"
+        ),
+        SelfTest::LookupFailed { detail } if changed => tracing::error!(
+            "resolver self-test failed: the probe dns.dnssec_probe could not be looked up: \
+             {detail}; mail whose delivery needs DNSSEC is deferred until it passes"
+        ),
+        SelfTest::Validates if before == Some(false) => {
+            tracing::info!("resolver self-test passes again: the resolver validates DNSSEC")
+        }
+        _ => {}
+    }
+    ok
 }
 
 /// SIGHUP: read the file again; an invalid file is logged and the old one stays.

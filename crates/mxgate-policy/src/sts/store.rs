@@ -70,6 +70,15 @@ pub struct StsLookup {
     pub cached: Option<CachedPolicy>,
 }
 
+/// Whether a lookup may write a fetched policy to `policy.cache_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheWrite {
+    /// The daemon: fetched policies are stored (RFC 8461 §5.1).
+    Store,
+    /// `mxgate policy` without `--refresh`: look, fetch if needed, store nothing.
+    ReadOnly,
+}
+
 /// MTA-STS policies by domain.
 pub struct PolicyStore {
     dir: PathBuf,
@@ -150,6 +159,11 @@ impl PolicyStore {
 
     /// The MTA-STS state of `domain` at `now` (unix seconds), fetching as needed.
     pub async fn lookup(&self, domain: &str, now: u64) -> StsLookup {
+        self.lookup_with(domain, now, CacheWrite::Store).await
+    }
+
+    /// As [`PolicyStore::lookup`]; with [`CacheWrite::ReadOnly`] nothing is written.
+    pub async fn lookup_with(&self, domain: &str, now: u64, write: CacheWrite) -> StsLookup {
         let negative = self.mem.get(domain).and_then(|e| match e.value() {
             Entry::Negative { until, backoff } => Some((*until, *backoff)),
             Entry::Policy(..) => None,
@@ -196,6 +210,9 @@ impl PolicyStore {
                             policy,
                             fetched_at: now,
                         };
+                        if write == CacheWrite::ReadOnly {
+                            return found(c);
+                        }
                         self.save(&c);
                         self.mem
                             .insert(domain.to_string(), Entry::Policy(c.clone(), 0));

@@ -117,7 +117,15 @@ fn respond(shared: &Shared, request: &[u8], transport: Transport) -> Option<Vec<
             None => {}
         }
     }
-    let response = shared.zones.answer(&request)?;
+    let response = if shared.strip_dnssec {
+        let mut plain = request.clone();
+        if let Some(edns) = plain.edns.as_mut() {
+            edns.set_dnssec_ok(false);
+        }
+        shared.zones.answer(&plain)?
+    } else {
+        shared.zones.answer(&request)?
+    };
     let bytes = response.to_vec().ok()?;
     let limit = match &request.edns {
         Some(edns) => usize::from(edns.max_payload()).max(CLASSIC_UDP_LIMIT),

@@ -1,0 +1,306 @@
+//! End-to-end: seeing before enforcing, through the real `mxgate` binary and the signed
+//! test DNS world. `mxgate policy --json` explains every state (decided levels, NXDOMAIN,
+//! null MX, bogus and expired zones, `dane-only`, `dnssec = "off"`) with its exit code;
+//! the resolver self-test fails behind a resolver that strips signatures, and says so.
+//!
+//! Not here: the decision table (mxgate-policy's unit tests), the attacks on each level
+//! (tests/tls_policy.rs).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Mxgate, Settings};
+use mxgate_testkit::certs::{sha256, TestCert};
+use mxgate_testkit::dns::{DnsWorld, DnsWorldBuilder, Signing};
+use mxgate_testkit::postfix::submit;
+use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
+use serde_json::Value;
+
+fn settings(world: &DnsWorld, port: u16) -> Settings {
+    let mut s = Settings::new(world.addr(), port);
+    s.dnssec = "validate";
+    s.trust_anchor = Some(world.trust_anchor_path().to_path_buf());
+    s
+}
+
+/// `D MX 10 mx.D` and `mx.D A 127.0.0.n`.
+fn mx(world: DnsWorldBuilder, d: &str, n: u8) -> DnsWorldBuilder {
+    world
+        .record(&format!("{d}. 300 IN MX 10 mx.{d}."))
+        .record(&format!("mx.{d}. 300 IN A 127.0.0.{n}"))
+}
+
+fn tlsa(port: u16, host: &str, spki: &[u8]) -> String {
+    let hex: String = sha256(spki).iter().map(|b| format!("{b:02x}")).collect();
+    format!("_{port}._tcp.{host}. 300 IN TLSA 3 1 1 {hex}")
+}
+
+/// `mxgate ARGS --config PATH`: (exit code, stdout, stderr).
+fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `mxgate policy D --json`: the exit code and the object.
+fn policy(config: &Path, d: &str) -> (i32, Value) {
+    let (code, out, err) = cli(config, &["policy", d, "--json"]);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{d}: {e}: {out} {err}"));
+    (code, v)
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_json_explains_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let key = TestCert::self_signed(&["mx.dane.sec.test"]);
+    let mut w = DnsWorld::builder()
+        .zone("sec.test.", Signing::Secure)
+        .zone("ins.test.", Signing::Insecure)
+        .zone("bog.test.", Signing::BogusSignature)
+        .zone("exp.test.", Signing::BogusExpired);
+    w = mx(w, "dane.sec.test", 2).record(&tlsa(port, "mx.dane.sec.test", &key.spki_der));
+    w = mx(w, "only.sec.test", 3);
+    w = mx(w, "onlyok.sec.test", 4).record(&tlsa(port, "mx.onlyok.sec.test", &key.spki_der));
+    w = mx(w, "plain.ins.test", 5);
+    w = mx(w, "mail.bog.test", 6);
+    w = mx(w, "mail.exp.test", 7);
+    w = w.record("null.sec.test. 300 IN MX 0 .");
+    let world = w.start().await.unwrap();
+    let mut s = settings(&world, port);
+    s.domains = "\"only.sec.test\" = { level = \"dane-only\" }\n\
+                 \"onlyok.sec.test\" = { level = \"dane-only\", shadow = \"verify\" }\n"
+        .into();
+    let gate = Mxgate::start(dir.path(), &s);
+    let config = gate.config_path.clone();
+
+    // A resolver that validates: the self-test passes, the gauge says so.
+    assert_eq!(
+        gauge(&scrape(gate.metrics), "mxgate_dnssec_resolver_ok"),
+        Some(1.0),
+        "{}",
+        gate.log()
+    );
+    assert!(!gate.log().contains("self-test failed"), "{}", gate.log());
+
+    // Secure, DANE.
+    let (code, v) = policy(&config, "dane.sec.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["level"], "dane", "{v}");
+    assert_eq!(v["configured_level"], "auto", "{v}");
+    assert_eq!(v["source"], "dane", "{v}");
+    assert_eq!(v["dnssec"], "secure", "{v}");
+    assert_eq!(v["mx"][0]["host"], "mx.dane.sec.test", "{v}");
+    assert_eq!(v["mx"][0]["dnssec"], "secure", "{v}");
+    assert_eq!(v["mx"][0]["address_dnssec"], "secure", "{v}");
+    assert_eq!(v["mx"][0]["tlsa_dnssec"], "secure", "{v}");
+    assert!(
+        v["mx"][0]["tlsa"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("3 1 1 "),
+        "{v}"
+    );
+    assert!(
+        v["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("deliver to mx.dane.sec.test"),
+        "{v}"
+    );
+    assert_eq!(v["deliverable"], true, "{v}");
+    assert!(v["error"].is_null(), "{v}");
+    assert!(v["mta_sts"].is_null(), "{v}");
+
+    // Insecure: the fallback.
+    let (code, v) = policy(&config, "plain.ins.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["level"].as_str(), v["source"].as_str()),
+        (Some("may"), Some("fallback"))
+    );
+    assert_eq!(v["dnssec"], "insecure", "{v}");
+    assert_eq!(v["mx"][0]["dnssec"], "insecure", "{v}");
+    assert!(v["mx"][0]["tlsa_dnssec"].is_null(), "{v}");
+
+    // dane-only keeps its name; without TLSA it would defer and says why.
+    let (code, v) = policy(&config, "only.sec.test");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["level"], "dane-only", "{v}");
+    assert_eq!(v["configured_level"], "dane-only", "{v}");
+    assert_eq!(v["dnssec"], "secure", "{v}");
+    assert_eq!(v["mx"][0]["tlsa_dnssec"], "secure", "{v}");
+    let verdict = v["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("defer: dane-only: no secure TLSA records for mx.only.sec.test"),
+        "{v}"
+    );
+    let (code, v) = policy(&config, "onlyok.sec.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["level"].as_str(), v["source"].as_str()),
+        (Some("dane-only"), Some("dane"))
+    );
+    assert_eq!(v["shadow"], "verify", "{v}");
+
+    // Bogus and expired signatures: explained, level unknown, exit 1.
+    for d in ["mail.bog.test", "mail.exp.test"] {
+        let (code, v) = policy(&config, d);
+        assert_eq!(code, 1, "{d}: {v}");
+        assert_eq!(v["domain"], d, "{v}");
+        assert_eq!(v["level"], "unknown", "{v}");
+        assert!(v["source"].is_null(), "{v}");
+        assert_eq!(v["dnssec"], "bogus", "{v}");
+        assert_eq!(v["deliverable"], false, "{v}");
+        let verdict = v["verdict"].as_str().unwrap();
+        assert!(verdict.starts_with("defer: MX records of"), "{v}");
+        assert!(verdict.contains("bogus"), "{v}");
+        assert!(v["mx"].as_array().unwrap().is_empty(), "{v}");
+    }
+
+    // NXDOMAIN (securely denied) and null MX: bounce.
+    let (code, v) = policy(&config, "nowhere.sec.test");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["level"], "unknown", "{v}");
+    assert_eq!(v["dnssec"], "secure", "{v}");
+    assert_eq!(
+        v["verdict"], "bounce: domain nowhere.sec.test not found (NXDOMAIN)",
+        "{v}"
+    );
+    let (code, v) = policy(&config, "null.sec.test");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["level"], "unknown", "{v}");
+    assert_eq!(v["dnssec"], "secure", "{v}");
+    assert_eq!(
+        v["verdict"], "bounce: domain null.sec.test does not accept mail (null MX)",
+        "{v}"
+    );
+
+    // Usage errors: exit 2.
+    let (code, _, _) = cli(&config, &["policy"]);
+    assert_eq!(code, 2);
+
+    // Under dnssec = "off" nothing was checked, and the report says `off`.
+    let off = dir.path().join("off.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("dnssec = \"validate\"", "dnssec = \"off\"")
+        .replace("level = \"dane-only\"", "level = \"may\"")
+        .replace("shadow = \"verify\"", "shadow = \"encrypt\"");
+    std::fs::write(&off, text).unwrap();
+    let (code, v) = policy(&off, "plain.ins.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["dnssec"], "off", "{v}");
+    assert_eq!(v["mx"][0]["dnssec"], "off", "{v}");
+    assert_eq!(v["mx"][0]["address_dnssec"], "off", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolver_that_strips_signatures_fails_the_self_test_and_nothing_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cert = TestCert::self_signed(&["mx.dane.sec.test"]);
+    let mut w = DnsWorld::builder()
+        .zone("sec.test.", Signing::Secure)
+        .zone("ins.test.", Signing::Insecure)
+        .strip_dnssec();
+    w = mx(w, "dane.sec.test", 2).record(&tlsa(port, "mx.dane.sec.test", &cert.spki_der));
+    w = mx(w, "plain.ins.test", 3);
+    let world = w.start().await.unwrap();
+    let receiver = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 2], port)),
+        ReceiverConfig::with_starttls(cert.server_config()),
+    )
+    .await
+    .unwrap();
+    let gate = Mxgate::start(dir.path(), &settings(&world, port));
+
+    // One clear startup error that names the fix; no raw dumps of the resolver library.
+    let log = gate.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("self-test failed"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("ERROR"), "{log}");
+    assert!(errors[0].contains("strips DNSSEC signatures"), "{log}");
+    assert!(errors[0].contains("trust-ad"), "{log}");
+    assert!(errors[0].contains("dns.dnssec = \"off\""), "{log}");
+    assert!(!log.contains("hickory"), "{log}");
+    assert_eq!(
+        gauge(&scrape(gate.metrics), "mxgate_dnssec_resolver_ok"),
+        Some(0.0)
+    );
+
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &["u@dane.sec.test"],
+        b"Subject: x\r\n\r\nSECRET\r\n",
+    )
+    .await
+    .unwrap();
+    let line = gate
+        .wait_log(
+            |l| l.contains("to=<u@dane.sec.test>") && l.contains("status="),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(line.contains("status=deferred"), "{line}");
+    assert!(line.contains("resolver does not validate DNSSEC"), "{line}");
+    assert!(line.contains("policy=unknown"), "{line}");
+    assert!(!line.contains("(bogus)"), "{line}");
+    assert_eq!(receiver.connections(), 0, "the DANE MX was dialled");
+    assert!(receiver.messages().is_empty());
+
+    let (code, v) = policy(&gate.config_path, "dane.sec.test");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["level"], "unknown", "{v}");
+    assert!(
+        v["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("resolver does not validate DNSSEC"),
+        "{v}"
+    );
+    let metrics = scrape(gate.metrics);
+    if std::env::var_os("DUMP").is_some() {
+        eprintln!("{}\n{v}", gate.log());
+    }
+    assert!(metrics.contains("policy=\"unknown\""), "{metrics}");
+}
