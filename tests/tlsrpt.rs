@@ -960,3 +960,42 @@ async fn a_short_period_is_reported_without_being_asked() {
     // A 2 s period: start and end two seconds apart (end = last second inside it).
     assert_ne!(report.start, report.end);
 }
+
+/// `tlsrpt.relay`: report mails go to the relay (e.g. Postfix + OpenDKIM), unsigned,
+/// even where the rua domain has no MX at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mails_go_to_the_relay_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("TLSRPT Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let collector = Collector::start(&ca.issue(&["reports.rpt.test"], Validity::current())).await;
+    let (world, mx, port) = plain_world(collector.addr.port()).await;
+    let relay =
+        mxgate_testkit::smtp::SmtpReceiver::start(mxgate_testkit::smtp::ReceiverConfig::default())
+            .await
+            .unwrap();
+    let mut s = common::Settings::new(world.addr(), port);
+    s.ca_file = Some(ca_path);
+    s.tlsrpt = format!("relay = \"{}\"\n", relay.addr());
+    let gate = Mxgate::start(dir.path(), &s);
+    submit_to(&gate, "plain.rpt.test").await;
+    mx.receiver.wait_for(1).await;
+    let (code, out, err) = gate.cli(&["tlsrpt", "send"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", gate.log());
+    assert!(
+        out.contains("plain.rpt.test sent mailto:reports@collect.rpt.test"),
+        "{out}"
+    );
+    let mails = relay.wait_for(1).await;
+    assert_eq!(mails[0].recipients[0].address, "reports@collect.rpt.test");
+    let text = String::from_utf8_lossy(&mails[0].data).to_string();
+    assert!(
+        header(&text, "DKIM-Signature").is_none(),
+        "unsigned without dkim_*"
+    );
+    let (domain, report) = check_mail(&mails[0], "relay.mxgate.test");
+    assert_eq!(domain, "plain.rpt.test");
+    assert_eq!(report.policies[0].successes, 1);
+    collector.wait_posts(1).await;
+}

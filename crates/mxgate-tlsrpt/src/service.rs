@@ -556,3 +556,81 @@ async fn post(http: &reqwest::Client, url: &str, body: &[u8]) -> Result<(), Stri
         Err(format!("HTTP {}", response.status()))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::Policy;
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    fn state_with_report(now: u64) -> State {
+        let mut s = State::new(now, DAY);
+        s.record(
+            SessionRecord {
+                policy_domain: "d.example".into(),
+                policy: Policy::no_policy_found(),
+                result: SessionResult::Success,
+            },
+            now,
+            DAY,
+            Duration::ZERO,
+            "relay.example",
+        );
+        s.close(now + 1, DAY, Duration::ZERO, "relay.example");
+        s
+    }
+
+    fn attempted(s: &State, sent: Vec<Destination>, has_record: bool, all_done: bool) -> Attempted {
+        Attempted {
+            report_id: s.pending[0].report_id.clone(),
+            newly_sent: sent,
+            has_record,
+            all_done,
+            views: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_partly_failed_send_backs_off_and_keeps_what_was_served() {
+        let now = 1_000_000;
+        let mut s = state_with_report(now);
+        let mail = Destination::Mailto("r@d.example".into());
+        let done = attempted(&s, vec![mail.clone()], true, false);
+        apply(&mut s, done, now + 2, DAY);
+        assert_eq!(s.pending.len(), 1);
+        assert_eq!(s.pending[0].sent_to, vec![mail]);
+        assert_eq!(s.pending[0].attempts, 1);
+        assert_eq!(s.pending[0].next_try, now + 2 + 60);
+        let done = attempted(&s, vec![], true, false);
+        apply(&mut s, done, now + 100, DAY);
+        assert_eq!(s.pending[0].next_try, now + 100 + 120, "back-off doubles");
+        // Everything served: the report is done.
+        let done = attempted(
+            &s,
+            vec![Destination::Https("https://c.example/r".into())],
+            true,
+            true,
+        );
+        apply(&mut s, done, now + 300, DAY);
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn no_record_drops_the_report_and_retries_end_with_the_next_period() {
+        let now = 1_000_000;
+        let mut s = state_with_report(now);
+        let done = attempted(&s, vec![], false, false);
+        apply(&mut s, done, now + 2, DAY);
+        assert!(
+            s.pending.is_empty(),
+            "a domain without a record gets no report"
+        );
+        let mut s = state_with_report(now);
+        let give_up = s.pending[0].give_up_at;
+        let done = attempted(&s, vec![], true, false);
+        apply(&mut s, done, give_up, DAY);
+        assert!(s.pending.is_empty(), "given up after the next period");
+    }
+}
