@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
 # installs the system packages the tests drive (Postfix as the submitting MTA, unbound
-# as the validating resolver of dns.dnssec = "trust-ad"; dpkg-dev, lintian, man-db,
+# as the validating resolver of dns.dnssec = "trust-ad", redis-server for [cluster];
+# dpkg-dev, lintian, man-db,
 # bsdextrautils and adduser for the Debian package test), then checks formatting and
 # lints, runs every test, and builds, installs, checks and purges the Debian package
 # (scripts/test-deb.sh, as root only).
@@ -15,6 +16,7 @@ command -v unbound >/dev/null || need+=(unbound)
 # makes the test's RSA key.
 /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 command -v openssl >/dev/null || need+=(openssl)
+command -v redis-server >/dev/null || need+=(redis-server)
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 command -v lintian >/dev/null || need+=(lintian)
 command -v man >/dev/null || need+=(man-db)

@@ -304,3 +304,98 @@ async fn resolver_that_strips_signatures_fails_the_self_test_and_nothing_leaks()
     }
     assert!(metrics.contains("policy=\"unknown\""), "{metrics}");
 }
+
+/// `date -u` of a Unix time in `postqueue -p`'s shape.
+fn date_utc(unix: u64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{unix}"), "+%a %b %e %H:%M:%S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_list_needs_only_the_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the MX: the message stays deferred with a next attempt.
+    let port = common::free_port();
+    let world = mx(
+        DnsWorld::builder().zone("ins.test.", Signing::Insecure),
+        "plain.ins.test",
+        9,
+    )
+    .start()
+    .await
+    .unwrap();
+    let mut s = settings(&world, port);
+    s.queue = "retry_intervals = [\"1h\"]\n".into();
+    let gate = Mxgate::start(dir.path(), &s);
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &["u@plain.ins.test"],
+        b"Subject: x\r\n\r\nbody\r\n",
+    )
+    .await
+    .unwrap();
+    gate.wait_log(
+        |l| l.contains("to=<u@plain.ins.test>") && l.contains("status=deferred"),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // The operator is mid-edit: the file no longer validates.
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&gate.config_path)
+        .unwrap()
+        .replace("max_age = \"1h\"", "max_age = \"soon\"");
+    std::fs::write(&bad, text).unwrap();
+    let (code, _, err) = cli(&bad, &["check-config"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = cli(&bad, &["queue", "list"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(err.contains("warning"), "{err}");
+    assert!(err.contains("max_age"), "{err}");
+    assert!(out.contains("s@origin.test"), "{out}");
+    assert!(
+        out.contains("u@plain.ins.test (pending, 1 attempt(s), next attempt "),
+        "{out}"
+    );
+
+    // Dates, not epochs: arrival and next attempt as `postqueue -p` prints them.
+    let (code, json, err) = cli(&bad, &["queue", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let arrival = v[0]["arrival"].as_u64().unwrap();
+    let next = v[0]["recipients"][0]["next_attempt"].as_u64().unwrap();
+    assert!(next > arrival + 3000, "{v}");
+    assert!(out.contains(&date_utc(arrival)), "{out}");
+    assert!(
+        out.contains(&format!("next attempt {}", date_utc(next))),
+        "{out}"
+    );
+    assert!(!out.contains(&arrival.to_string()), "{out}");
+
+    // --socket skips the file entirely, even one that does not exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .args(["queue", "list", "--socket"])
+        .arg(&gate.control)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("u@plain.ins.test"), "{stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A file that is not TOML at all, and no --socket: a clear error, exit 2.
+    std::fs::write(&bad, "[queue\n").unwrap();
+    let (code, _, err) = cli(&bad, &["queue", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}

@@ -18,6 +18,7 @@ pub use load::ConfigError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub tlsrpt: TlsRptConfig,
     pub socketmap: SocketmapConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`
@@ -144,6 +146,12 @@ pub struct DeliveryConfig {
     pub command_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_domain: usize,
+    /// At most this many MX addresses are dialled in one delivery attempt (Postfix's
+    /// `smtp_mx_address_limit`).
+    pub mx_address_limit: NonZeroUsize,
+    /// At most this many sessions that completed EHLO (and TLS where used) in one
+    /// delivery attempt (Postfix's `smtp_mx_session_limit`).
+    pub mx_session_limit: NonZeroUsize,
     /// Extra PEM roots added to the built-in roots.
     pub ca_file: PathBuf,
 }
@@ -156,6 +164,8 @@ impl Default for DeliveryConfig {
             command_timeout: Duration::from_secs(300),
             max_connections: 200,
             max_connections_per_domain: 20,
+            mx_address_limit: NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+            mx_session_limit: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
             ca_file: PathBuf::new(),
         }
     }
@@ -386,6 +396,14 @@ impl SocketmapConfig {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
     }
+}
+
+/// `[cluster]`: several instances sharing MTA-STS policies (docs/scaling.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT/DB`; empty = nothing shared.
+    pub redis: String,
 }
 
 /// `[control]`

@@ -54,6 +54,44 @@ impl Config {
         Ok(config)
     }
 
+    /// Only `control.socket`, for the commands that talk to a running daemon (`queue`,
+    /// `tlsrpt`): they must work while the rest of the file does not validate (an
+    /// operator mid-edit, mid-incident). Returns the socket and, when the whole file
+    /// is not valid, the error for a warning. Fails only when the file cannot be read
+    /// as TOML or `control.socket` itself is not a string.
+    pub fn control_socket_only(
+        path: Option<&Path>,
+    ) -> Result<(PathBuf, Option<ConfigError>), ConfigError> {
+        let full_error = match Config::load(path) {
+            Ok(c) => return Ok((c.control.socket, None)),
+            Err(e) => e,
+        };
+        let Some(path) = path else {
+            return Err(full_error);
+        };
+        let file_error = |message: String| ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(file_error("no such file".into()));
+        }
+        let raw = config::Config::builder()
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            )
+            .build()
+            .map_err(|e| file_error(e.to_string()))?;
+        let socket = match raw.get_string("control.socket") {
+            Ok(s) => PathBuf::from(s),
+            Err(config::ConfigError::NotFound(_)) => crate::ControlConfig::default().socket,
+            Err(e) => return Err(ConfigError::invalid("control.socket", e.to_string())),
+        };
+        Ok((socket, Some(full_error)))
+    }
+
     /// Domain names are case-insensitive and may be written with a trailing dot
     /// (RFC 1035 §2.3.3): `[policy.domains]` keys and `match` names are stored
     /// lower-case without it. Two keys that become the same are an error.
@@ -223,6 +261,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "socketmap.listen",
                 "must be \"ip:port\" or empty",
+            ));
+        }
+        if !self.cluster.redis.is_empty() && !self.cluster.redis.starts_with("redis://") {
+            return Err(ConfigError::invalid(
+                "cluster.redis",
+                "must be a \"redis://HOST:PORT/DB\" URL or empty",
             ));
         }
         if self.socketmap.idle_timeout.is_zero() {
@@ -399,6 +443,28 @@ mod tests {
             .contains("shadow"));
         assert!(err("[socketmap]\nlisten = \"localhost\"\n").contains("socketmap.listen"));
         assert!(err("[socketmap]\nport = 1\n").contains("port"));
+        assert!(err("[cluster]\nredis = \"localhost:6379\"\n").contains("cluster.redis"));
+    }
+
+    #[test]
+    fn control_socket_survives_an_invalid_file() {
+        let dir = std::env::temp_dir().join(format!("mxgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bad.toml");
+        std::fs::write(
+            &path,
+            "[queue]\nmax_age = \"soon\"\n[control]\nsocket = \"/tmp/x.sock\"\n",
+        )
+        .expect("write");
+        let (socket, warning) = Config::control_socket_only(Some(&path)).expect("socket");
+        assert_eq!(socket, PathBuf::from("/tmp/x.sock"));
+        assert!(warning.expect("warning").to_string().contains("max_age"));
+        std::fs::write(&path, "[queue\n").expect("write");
+        assert!(Config::control_socket_only(Some(&path)).is_err());
+        std::fs::write(&path, "[queue]\nmax_age = \"soon\"\n").expect("write");
+        let (socket, _) = Config::control_socket_only(Some(&path)).expect("default socket");
+        assert_eq!(socket, PathBuf::from("/run/mxgate/control.sock"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -29,12 +29,13 @@
 pub mod cache;
 pub mod conn;
 pub mod decide;
+pub mod drive;
+pub mod machine;
 pub mod report;
 pub mod reuse;
 pub mod session;
-mod transaction;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -58,7 +59,7 @@ pub use reuse::IdleSession;
 pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
 
 use decide::{local_failure, status};
-use transaction::Finished;
+use session::Finished;
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -193,6 +194,7 @@ impl<P: Planner> Delivery<P> {
         Result<Transacted, SessionError>,
         ConnKind,
         Option<std::net::IpAddr>,
+        bool,
     ) {
         // Each failed probe costs at most a round trip (or the probe timeout); a
         // server that lost one session has usually lost them all, so stop early.
@@ -218,7 +220,7 @@ impl<P: Planner> Delivery<P> {
         if let Some(idle) = finished.idle {
             self.cache.put(key, idle);
         }
-        (finished.result, kind, finished.local_ip)
+        (finished.result, kind, finished.local_ip, finished.greeted)
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -355,6 +357,8 @@ impl<P: Planner> Delivery<P> {
         let mut done: Vec<RecipientOutcome> = Vec::new();
         let mut tls_reasons: Vec<TlsPolicyFailure> = Vec::new();
         let mut other_failure: Option<DeliveryFailure> = None;
+        let mut tried: HashSet<SocketAddr> = HashSet::new();
+        let mut greeted = 0usize;
         let reporter = Reporter {
             sink: self.sink.as_deref().filter(|_| report_sessions),
             plan,
@@ -382,6 +386,19 @@ impl<P: Planner> Delivery<P> {
             };
             for ip in &mx.addrs {
                 let addr = SocketAddr::new(*ip, port);
+                // An address listed twice (two MX names, one host) is dialled once: a
+                // session there either decided or may already have delivered.
+                if !tried.insert(addr) {
+                    continue;
+                }
+                if tried.len() > self.settings.mx_address_limit.get()
+                    || greeted >= self.settings.mx_session_limit.get()
+                {
+                    tracing::info!(id = %job.id, domain = %plan.domain,
+                        addresses = tried.len() - 1, sessions = greeted,
+                        "delivery.mx_address_limit or delivery.mx_session_limit reached; the rest waits for the next attempt");
+                    break 'mx;
+                }
                 let key = SessionKey {
                     addr,
                     mx_host: mx.host.clone(),
@@ -398,7 +415,9 @@ impl<P: Planner> Delivery<P> {
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
                 };
-                let (result, kind, local_ip) = self.session(key, &params, job, &pending).await;
+                let (result, kind, local_ip, was_greeted) =
+                    self.session(key, &params, job, &pending).await;
+                greeted += usize::from(was_greeted);
                 reporter.session(&params, local_ip, &result);
                 match result {
                     Ok(report) => {
@@ -429,7 +448,14 @@ impl<P: Planner> Delivery<P> {
                         tls_reasons.push(failure);
                     }
                     Err(SessionError::Unreachable { relay, failure }) => {
-                        tracing::info!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        // RFC 1047: the server may have taken the message; Postfix logs
+                        // the same words. The address is in `tried`: never again in
+                        // this attempt. The next address or MX may be tried.
+                        if failure.kind == FailureKind::LostAfterData {
+                            tracing::warn!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        } else {
+                            tracing::info!(id = %job.id, relay = %relay, "{}", failure.diagnostic);
+                        }
                         other_failure = Some(failure);
                     }
                 }

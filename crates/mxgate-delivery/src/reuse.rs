@@ -1,33 +1,33 @@
 //! Reusing a cached session for the next job: [`IdleSession`] (what the cache holds)
-//! and [`deliver_reused`] (`RSET`, then one transaction).
+//! and [`deliver_reused`] (`RSET`, then one transaction, by the same
+//! [`ClientSession`] machine as a new connection).
 //!
 //! A cached session that does not answer `RSET` with `250` within
-//! [`REUSE_PROBE_TIMEOUT`], or that loses the connection during the transaction, is
-//! dropped silently: the caller falls back to a fresh connection, and nothing counts as
-//! a delivery failure.
+//! [`crate::drive::PROBE_TIMEOUT`], or that loses the connection during the
+//! transaction before the final dot, is dropped silently: the caller falls back to a
+//! fresh connection, and nothing counts as a delivery failure. A connection lost
+//! after the final dot is not "dead": the message may have been delivered, so the
+//! result stands and no fresh connection to that address is made in this attempt.
 //!
-//! Not here: which sessions may be kept (`transaction`), keys, bounds and idle expiry
+//! Not here: which sessions may be kept (`machine`), keys, bounds and idle expiry
 //! (`cache`).
 
-use std::time::Duration;
+use std::net::IpAddr;
 
-use mxgate_queue::DeliveryJob;
+use mxgate_queue::{DeliveryJob, FailureKind};
 use mxgate_smtp::Capabilities;
 
 use crate::cache::Idle;
 use crate::conn::{Conn, SmtpStream};
-use crate::session::{SessionError, SessionParams, TlsFacts};
-use crate::transaction::{reset_within, transaction, Ending, Finished};
-
-/// How long a cached session may take to answer `RSET` before it is given up for a
-/// fresh connection (capped by the command timeout).
-pub const REUSE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::drive::drive;
+use crate::machine::{ClientSession, End};
+use crate::session::{mail_of, Finished, SessionError, SessionParams, TlsFacts};
 
 /// A session parked between transactions: the connection, what the server advertised
 /// in its last EHLO (after STARTTLS when TLS is up), and the TLS facts.
 pub struct IdleSession {
     pub(crate) conn: Conn<SmtpStream>,
-    pub(crate) local_ip: Option<std::net::IpAddr>,
+    pub(crate) local_ip: Option<IpAddr>,
     pub(crate) caps: Capabilities,
     pub(crate) tls: TlsFacts,
 }
@@ -47,30 +47,63 @@ pub(crate) async fn deliver_reused(
     recipients: &[usize],
 ) -> Option<Finished> {
     let IdleSession {
-        mut conn,
+        conn,
         local_ip,
         caps,
         tls,
     } = session;
-    // Defence in depth (contract §2): the cache key already keeps a cleartext session
-    // away from a TLS-required job.
-    if tls.version.is_none() && !params.requirement.allows_cleartext() {
+    // Defence in depth: the cache key already keeps a cleartext session away from a
+    // TLS-required job. Unread input (e.g. a `421` sent while idle) also disqualifies.
+    if (tls.version.is_none() && !params.requirement.allows_cleartext())
+        || conn.has_buffered_input()
+    {
         return None;
     }
-    let timeout = REUSE_PROBE_TIMEOUT.min(conn.timeout());
-    if !matches!(reset_within(&mut conn, timeout).await, Ending::Reusable) {
-        tracing::debug!(relay = %params.relay(), "cached session failed RSET; dropped");
-        return None;
-    }
-    let mut finished = transaction(conn, params, job, recipients, &caps, tls).await;
-    finished.local_ip = local_ip;
-    match &finished.result {
-        // The server went away between RSET and the end of the transaction: nothing
-        // was decided, so the job starts over on a new connection.
-        Err(SessionError::Unreachable { .. }) => {
+    let mut machine = ClientSession::resumed(
+        params.peer(),
+        params.requirement.clone(),
+        caps,
+        tls.version.is_some().then(|| tls.clone()),
+        mail_of(job, recipients),
+    );
+    let first = machine.start();
+    let (end, conn) = drive(&mut machine, first, conn, &params.tls_setup()).await;
+    let finished = |result, idle| {
+        Some(Finished {
+            result,
+            idle,
+            local_ip,
+            greeted: true,
+        })
+    };
+    match end {
+        End::Transacted { report, reusable } => {
+            let idle = match (reusable, conn) {
+                (true, Some(conn)) => Some(IdleSession {
+                    conn,
+                    local_ip,
+                    caps: machine.capabilities().clone(),
+                    tls,
+                }),
+                _ => None,
+            };
+            finished(Ok(report), idle)
+        }
+        // The message may have been delivered: never send it again to this address.
+        End::Failed(SessionError::Unreachable { relay, failure })
+            if failure.kind == FailureKind::LostAfterData =>
+        {
+            finished(Err(SessionError::Unreachable { relay, failure }), None)
+        }
+        End::Failed(SessionError::TlsPolicy { relay, failure }) => {
+            finished(Err(SessionError::TlsPolicy { relay, failure }), None)
+        }
+        // The server went away between RSET and the final dot: nothing was decided,
+        // so the job starts over on a new connection.
+        End::Failed(SessionError::Unreachable { .. }) | End::Stale => {
             tracing::debug!(relay = %params.relay(), "cached session lost; dropped");
             None
         }
-        _ => Some(finished),
+        End::RetryCleartext { .. } | End::Probed => None,
     }
 }

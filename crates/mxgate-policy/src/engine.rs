@@ -231,6 +231,15 @@ impl PolicyEngine {
         config
     }
 
+    /// Shares MTA-STS policies with other instances (docs/scaling.md).
+    pub fn with_shared_cache(
+        mut self,
+        shared: Arc<dyn crate::sts::shared::SharedPolicyCache>,
+    ) -> Self {
+        self.sts.set_shared(shared);
+        self
+    }
+
     /// The configuration this engine was built from (the socketmap server reads the
     /// `[policy.domains]` entry of a query from the same engine that plans it).
     pub fn config(&self) -> &Config {

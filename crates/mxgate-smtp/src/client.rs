@@ -146,6 +146,17 @@ pub fn rcpt_to(recipient: &Recipient, caps: &Capabilities) -> Result<Vec<u8>, Cl
     Ok(cmd.into_bytes())
 }
 
+/// Whether the header section of `message` (up to the first empty line) holds a
+/// non-ASCII byte: such a message needs SMTPUTF8 (RFC 6532 §3, RFC 6531 §3.4), so at a
+/// server that does not offer it the message bounces (5.6.7).
+pub fn headers_need_utf8(message: &[u8]) -> bool {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    !message[..end].is_ascii()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +269,22 @@ mod tests {
             "RCPT TO:<b@example.com> NOTIFY=NEVER\r\n"
         );
         assert_eq!(s(Ok(ehlo("relay.example"))), "EHLO relay.example\r\n");
+    }
+}
+
+#[cfg(test)]
+mod utf8_header_tests {
+    use super::headers_need_utf8;
+
+    #[test]
+    fn only_the_header_section_counts() {
+        assert!(headers_need_utf8(
+            "Subject: caf\u{e9}\r\n\r\nbody".as_bytes()
+        ));
+        assert!(!headers_need_utf8(
+            "Subject: cafe\r\n\r\nbod\u{e9}".as_bytes()
+        ));
+        assert!(!headers_need_utf8(b"Subject: x\r\n\r\n"));
+        assert!(headers_need_utf8("X: \u{e9}".as_bytes()));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Certificates (a private CA and leaf certificates with chosen names and dates), SMTP
 //! receivers with STARTTLS, an authoritative DNS server with really signed zones, an
-//! HTTPS server for MTA-STS policies, a man-in-the-middle SMTP proxy, and a private
-//! Postfix instance. Nothing here is a stub: every piece listens on a socket.
+//! HTTPS server for MTA-STS policies, a man-in-the-middle SMTP proxy, a private
+//! Postfix instance and a private redis-server. Nothing here is a stub: every piece listens on a socket.
 //!
 //! Not for production use; never linked into the `mxgate` binary.
 
@@ -12,4 +12,5 @@ pub mod dns;
 pub mod https;
 pub mod mitm;
 pub mod postfix;
+pub mod redis;
 pub mod smtp;

@@ -24,10 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxgate_config::{Config, TlsVersion};
-use mxgate_delivery::conn::Conn;
+use mxgate_delivery::conn::{Conn, SmtpStream};
+use mxgate_delivery::drive::{self, TlsSetup};
+use mxgate_delivery::machine::{ClientSession, End, Peer, Phase};
+use mxgate_delivery::SessionError;
 use mxgate_dns::DnsClient;
 use mxgate_policy::{Explanation, MxPlan, PolicyEngine, TlsRequirement};
-use mxgate_smtp::ehlo::Capabilities;
+use mxgate_queue::FailureKind;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -60,6 +63,8 @@ pub struct ChainCheck {
 pub struct TlsProbe {
     pub version: String,
     pub cipher: String,
+    /// The server name sent (SNI): the MX host, for DANE the TLSA base domain.
+    pub sni: String,
     pub chain: Vec<CertInfo>,
     pub pkix: ChainCheck,
     /// `None` when the plan has no TLSA records for this MX.
@@ -298,10 +303,32 @@ pub fn cert_info(der: &[u8], now_unix: i64) -> Option<CertInfo> {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         sans,
-        not_before: validity.not_before.to_string(),
-        not_after: validity.not_after.to_string(),
+        not_before: rfc3339(validity.not_before.timestamp()),
+        not_after: rfc3339(validity.not_after.timestamp()),
         expired: validity.not_after.timestamp() < now_unix,
     })
+}
+
+/// RFC 3339 UTC (`2026-12-04T02:10:30Z`) of a Unix time; the civil date from the
+/// day count as in H. Hinnant's `civil_from_days`.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn ip_text(bytes: &[u8]) -> String {
@@ -339,6 +366,10 @@ fn check_pkix(
                     ok: true,
                     detail: format!("valid for {name}"),
                 }
+            }
+            Err(rustls::Error::InvalidCertificate(ce)) => {
+                let (_, words) = mxgate_delivery::session::certificate_problem(&ce);
+                last = format!("not valid for {}: {words}", names.join(", "));
             }
             Err(e) => last = format!("not valid for {}: {e}", names.join(", ")),
         }
@@ -380,6 +411,9 @@ impl Prober {
         report
     }
 
+    /// Connects, then drives the same [`ClientSession`] as delivery in probe mode
+    /// (greeting, EHLO, STARTTLS, EHLO again, QUIT; never `MAIL`). The handshake
+    /// accepts any certificate but keeps the chain, which is judged offline below.
     async fn converse(
         &self,
         plan: &MxPlan,
@@ -394,65 +428,55 @@ impl Prober {
                 Ok(Err(e)) => return Stage::ConnectFailed(e.to_string()),
                 Err(_) => {
                     return Stage::ConnectFailed(format!(
-                        "timed out after {:?}",
-                        self.connect_timeout
+                        "timed out after {}s",
+                        self.connect_timeout.as_secs()
                     ))
                 }
             };
-        let mut conn = Conn::new(stream, self.command_timeout);
-        match conn.reply().await {
-            Ok(r) if r.is_positive() => report.banner = Some(reply_text(&r)),
-            Ok(r) => return Stage::GreetingRejected(reply_text(&r)),
-            Err(e) => return Stage::GreetingRejected(e.to_string()),
-        }
-        let caps = match self.ehlo(&mut conn).await {
-            Ok(caps) => caps,
-            Err(e) => return Stage::EhloFailed(e),
+        let conn = Conn::new(SmtpStream::Plain(stream), self.command_timeout);
+        let peer = Peer {
+            helo_name: self.hostname.clone(),
+            mx_host: plan.host.clone(),
+            relay: format!(
+                "{}[{}]:{}",
+                plan.host,
+                report.address.ip(),
+                report.address.port()
+            ),
+            policy_label: "check".into(),
         };
-        report.ehlo = caps.raw.clone();
-        if !caps.starttls {
-            conn.quit().await;
-            return Stage::StartTlsNotOffered;
-        }
-        if let Err(e) = conn.send(mxgate_smtp::client::STARTTLS).await {
-            return Stage::StartTlsRefused(e.to_string());
-        }
-        match conn.reply().await {
-            Ok(r) if r.code == 220 => {}
-            Ok(r) => {
-                conn.quit().await;
-                return Stage::StartTlsRefused(reply_text(&r));
+        let setup = TlsSetup {
+            config: Some(
+                self.engine
+                    .client_config(&TlsRequirement::Encrypt, self.min_tls_version),
+            ),
+            sni: drive::sni(requirement, &plan.host),
+            requirement: requirement.clone(),
+            mx_host: plan.host.clone(),
+        };
+        // Probe mode always asks for TLS: the verdict for `may` and `none` is judged
+        // from what the server offers, not by skipping the handshake.
+        let mut machine = ClientSession::fresh(peer, TlsRequirement::Encrypt, false, None);
+        let first = machine.start();
+        let (end, conn) = drive::drive(&mut machine, first, conn, &setup).await;
+        report.banner = machine.banner().map(reply_text);
+        report.ehlo = machine.ehlo_keywords().to_vec();
+        let stage = match end {
+            End::Probed => Stage::TlsEstablished,
+            End::Failed(e) => return failed_stage(machine.phase(), &e),
+            End::Transacted { .. } | End::RetryCleartext { .. } | End::Stale => {
+                return Stage::HandshakeFailed("the probe ended unexpectedly".into())
             }
-            Err(e) => return Stage::StartTlsRefused(e.to_string()),
-        }
-        // RFC 3207 §4.2: "The client SHOULD send an EHLO command as the first command
-        // after a successful TLS negotiation" — and nothing the server sent before the
-        // handshake may be used, so buffered bytes here are a protocol error.
-        if conn.has_buffered_input() {
-            return Stage::StartTlsInjection;
-        }
-        let sni = match requirement {
-            TlsRequirement::Dane { names, .. } => names.first().cloned(),
-            _ => None,
-        }
-        .unwrap_or_else(|| plan.host.clone());
-        let Ok(server_name) = ServerName::try_from(sni.clone()) else {
-            return Stage::HandshakeFailed(format!("{sni:?} is not a valid server name"));
         };
-        // Accept any certificate (the handshake signature is still checked), capture
-        // the chain, and judge it below.
-        let config = self
-            .engine
-            .client_config(&TlsRequirement::Encrypt, self.min_tls_version);
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let handshake = connector.connect(server_name, conn.into_stream());
-        let tls = match tokio::time::timeout(self.command_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Stage::HandshakeFailed(e.to_string()),
-            Err(_) => return Stage::HandshakeFailed("timed out".into()),
+        let (Some(facts), Some(conn)) = (machine.tls(), conn) else {
+            return Stage::HandshakeFailed("no TLS session".into());
         };
-        let session = tls.get_ref().1;
-        let chain: Vec<CertificateDer<'static>> = session
+        let SmtpStream::Tls(tls) = conn.get_ref() else {
+            return Stage::HandshakeFailed("no TLS session".into());
+        };
+        let chain: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default();
@@ -465,16 +489,9 @@ impl Prober {
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         report.tls = Some(TlsProbe {
-            version: session
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .replace("TLSv1_", "TLSv1."),
-            cipher: session
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("?")
-                .to_string(),
+            version: facts.version.unwrap_or("?").to_string(),
+            cipher: facts.cipher.clone().unwrap_or_else(|| "?".into()),
+            sni: setup.sni.clone(),
             chain: chain.iter().filter_map(|c| cert_info(c, now)).collect(),
             pkix: check_pkix(&self.pkix, &chain, &pkix_names),
             dane: match requirement {
@@ -493,32 +510,30 @@ impl Prober {
                 _ => None,
             },
         });
-        // The session must work: EHLO again (RFC 3207 §4.2), then QUIT. Never MAIL.
-        let mut conn = Conn::new(tls, self.command_timeout);
-        if let Err(e) = self.ehlo(&mut conn).await {
-            return Stage::HandshakeFailed(format!("EHLO after TLS: {e}"));
-        }
-        conn.quit().await;
-        Stage::TlsEstablished
+        stage
     }
+}
 
-    async fn ehlo<S>(&self, conn: &mut Conn<S>) -> Result<Capabilities, String>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        conn.send(&mxgate_smtp::client::ehlo(&self.hostname))
-            .await
-            .map_err(|e| e.to_string())?;
-        match conn.reply().await {
-            Ok(r) if r.is_positive() => Ok(Capabilities::from_ehlo(&r)),
-            Ok(r) => Err(reply_text(&r)),
-            Err(e) => Err(e.to_string()),
-        }
+/// Where a probe that ended early stopped, from the failure kind and the phase.
+fn failed_stage(phase: Phase, e: &SessionError) -> Stage {
+    let (kind, text) = match e {
+        SessionError::Unreachable { failure, .. } => (failure.kind, failure.diagnostic.clone()),
+        SessionError::TlsPolicy { failure, .. } => (failure.kind, failure.message.clone()),
+    };
+    match (kind, phase) {
+        (FailureKind::StarttlsNotOffered, _) => Stage::StartTlsNotOffered,
+        (FailureKind::StarttlsRefused, _) => Stage::StartTlsRefused(text),
+        (FailureKind::ResponseInjection, _) => Stage::StartTlsInjection,
+        (FailureKind::GreetingRejected, _) | (_, Phase::Greeting) => Stage::GreetingRejected(text),
+        (FailureKind::HeloRejected, _) | (_, Phase::Ehlo) => Stage::EhloFailed(text),
+        (_, Phase::StartTls) => Stage::StartTlsRefused(text),
+        (_, Phase::EhloAfterTls) => Stage::HandshakeFailed(format!("EHLO after TLS: {text}")),
+        (_, Phase::Handshake | Phase::Transaction) => Stage::HandshakeFailed(text),
     }
 }
 
 fn reply_text(r: &mxgate_smtp::reply::Reply) -> String {
-    format!("{} {}", r.code, r.lines.join(" / "))
+    mxgate_delivery::decide::bounded(&format!("{} {}", r.code, r.lines.join(" / ")))
 }
 
 /// `mxgate check DOMAIN [--json]`.

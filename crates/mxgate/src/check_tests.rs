@@ -9,6 +9,7 @@ fn tls(pkix_ok: bool, dane: Option<bool>) -> TlsProbe {
     TlsProbe {
         version: "TLSv1.3".into(),
         cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        sni: "mx".into(),
         chain: Vec::new(),
         pkix: ChainCheck {
             ok: pkix_ok,
@@ -178,4 +179,18 @@ fn cert_info_reads_names_issuer_and_expiry() {
     let old = ca.issue(&["old.example.test"], Validity::expired());
     assert!(cert_info(&old.leaf_der, now).unwrap().expired);
     assert_eq!(cert_info(b"not a certificate", now), None);
+}
+
+#[test]
+fn certificate_dates_are_rfc_3339() {
+    let rows = [
+        (0, "1970-01-01T00:00:00Z"),
+        (951_782_400, "2000-02-29T00:00:00Z"),
+        (1_796_264_430, "2026-12-03T02:20:30Z"),
+        (4_102_444_799, "2099-12-31T23:59:59Z"),
+        (-1, "1969-12-31T23:59:59Z"),
+    ];
+    for (unix, want) in rows {
+        assert_eq!(rfc3339(unix), want, "{unix}");
+    }
 }

@@ -49,7 +49,7 @@ pub fn report_text(r: &CheckReport) -> String {
                 stage_text(&a.stage)
             );
             if let Some(t) = &a.tls {
-                let _ = writeln!(out, "    TLS {} {}", t.version, t.cipher);
+                let _ = writeln!(out, "    TLS {} {} sni={}", t.version, t.cipher, t.sni);
                 for (i, c) in t.chain.iter().enumerate() {
                     let _ = writeln!(
                         out,

@@ -58,6 +58,8 @@ pub enum Command {
         action: TlsRptAction,
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Operate on the queue of a running mxgate (through `control.socket`).
     Queue {
@@ -65,6 +67,8 @@ pub enum Command {
         action: QueueAction,
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        socket: SocketArg,
     },
 }
 
@@ -115,6 +119,33 @@ impl ConfigArg {
     }
 }
 
+/// `--socket PATH` of the commands that talk to a running daemon.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's control socket; skips the configuration file entirely.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// `--socket`, else `control.socket` of the file: only that key is read, so a file
+    /// that no longer validates only earns a warning.
+    pub fn resolve(&self, config: &ConfigArg) -> Result<PathBuf, CliError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let (socket, warning) = Config::control_socket_only(config.path())?;
+        if let Some(w) = warning {
+            eprintln!(
+                "mxgate: warning: the configuration does not validate ({w}); this command \
+                 uses only control.socket = {}",
+                socket.display()
+            );
+        }
+        Ok(socket)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -158,8 +189,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             json,
             config,
         } => crate::check::check(config.load()?, &domain, json),
-        Command::Queue { action, config } => crate::inspect::queue(config.load()?, action),
-        Command::Tlsrpt { action, config } => crate::inspect::tlsrpt(config.load()?, action),
+        Command::Queue {
+            action,
+            config,
+            socket,
+        } => crate::inspect::queue(&socket.resolve(&config)?, action),
+        Command::Tlsrpt {
+            action,
+            config,
+            socket,
+        } => crate::inspect::tlsrpt(&socket.resolve(&config)?, action),
         Command::CheckConfig { config } => {
             let loaded = config.load()?;
             match config.path() {

@@ -68,7 +68,7 @@ pub fn policy(
 }
 
 /// `mxgate queue ACTION`.
-pub fn queue(config: Config, action: QueueAction) -> Result<ExitCode, CliError> {
+pub fn queue(socket: &std::path::Path, action: QueueAction) -> Result<ExitCode, CliError> {
     let (request, json) = match action {
         QueueAction::List { json } => (Request::List, json),
         QueueAction::Show { id } => (Request::Show { id }, true),
@@ -76,8 +76,7 @@ pub fn queue(config: Config, action: QueueAction) -> Result<ExitCode, CliError> 
         QueueAction::Delete { id } => (Request::Delete { id }, false),
         QueueAction::Bounce { id } => (Request::Bounce { id }, false),
     };
-    let socket = config.control.socket.clone();
-    let answer = runtime()?.block_on(async { control::call(&socket, &request).await });
+    let answer = runtime()?.block_on(async { control::call(socket, &request).await });
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
@@ -110,13 +109,12 @@ pub fn queue(config: Config, action: QueueAction) -> Result<ExitCode, CliError> 
 }
 
 /// `mxgate tlsrpt list|send`.
-pub fn tlsrpt(config: Config, action: TlsRptAction) -> Result<ExitCode, CliError> {
+pub fn tlsrpt(socket: &std::path::Path, action: TlsRptAction) -> Result<ExitCode, CliError> {
     let (request, json) = match action {
         TlsRptAction::List { json } => (Request::TlsrptList, json),
         TlsRptAction::Send => (Request::TlsrptSend, false),
     };
-    let socket = config.control.socket.clone();
-    let answer = match runtime()?.block_on(async { control::call(&socket, &request).await }) {
+    let answer = match runtime()?.block_on(async { control::call(socket, &request).await }) {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("mxgate: {e}");
@@ -240,18 +238,20 @@ fn print_list(messages: &Value) {
         return;
     }
     println!(
-        "{:<20} {:>9} {:>12}  Sender/Recipient",
-        "Queue ID", "Size", "Arrival"
+        "{:<20} {:>9} {:<20} Sender/Recipient",
+        "Queue ID", "Size", "Arrival Time (UTC)"
     );
     for m in messages {
         let field = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
         let sender = field("sender");
         let sender = sender.as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
         println!(
-            "{:<20} {:>9} {:>12}  {}",
+            "{:<20} {:>9} {:<20} {}",
             field("id").as_str().unwrap_or("?"),
             field("size").as_u64().unwrap_or(0),
-            field("arrival").as_u64().unwrap_or(0),
+            field("arrival")
+                .as_u64()
+                .map_or_else(|| "?".into(), postqueue_date),
             sender
         );
         for r in field("recipients").as_array().into_iter().flatten() {
@@ -261,17 +261,49 @@ fn print_list(messages: &Value) {
                 other => other.to_string(),
             });
             let attempts = r.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+            let next = r
+                .get("next_attempt")
+                .and_then(Value::as_u64)
+                .map(|t| format!(", next attempt {}", postqueue_date(t)))
+                .unwrap_or_default();
             println!(
-                "{:<44}{address} ({}, {attempts} attempt(s))",
+                "{:<52}{address} ({}, {attempts} attempt(s){next})",
                 "",
                 state.unwrap_or_default()
             );
             if let Some(err) = r.get("last_error").filter(|e| !e.is_null()) {
                 let diag = err.get("diagnostic").and_then(Value::as_str).unwrap_or("");
-                println!("{:<48}({diag})", "");
+                println!("{:<56}({diag})", "");
             }
         }
     }
+}
+
+/// Unix seconds as `postqueue -p` prints an arrival time (`Fri Dec  4 02:47:35`), in UTC
+/// so that every instance and the log agree.
+fn postqueue_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!(
+        "{} {} {day:>2} {:02}:{:02}:{:02}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// The human form of `mxgate policy DOMAIN`, from the same fields as `--json`.
@@ -341,4 +373,20 @@ fn explanation_text(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postqueue_date;
+
+    #[test]
+    fn dates_read_like_postqueue() {
+        assert_eq!(postqueue_date(0), "Thu Jan  1 00:00:00");
+        // 2026-12-04T02:47:35Z, a Friday.
+        assert_eq!(postqueue_date(1_796_352_455), "Fri Dec  4 02:47:35");
+        // 2024-02-29T23:59:59Z, a leap day.
+        assert_eq!(postqueue_date(1_709_251_199), "Thu Feb 29 23:59:59");
+        // 2000-03-01T12:00:00Z.
+        assert_eq!(postqueue_date(951_912_000), "Wed Mar  1 12:00:00");
+    }
 }

@@ -1,6 +1,6 @@
 //! `mxgate run`: build every part from the configuration and run until SIGTERM.
 //!
-//! Start order: metrics, DNS, policy, queue (recovers the spool), delivery, listener,
+//! Start order: metrics, DNS, cluster (Redis is connected in the background), policy, queue (recovers the spool), delivery, listener,
 //! socketmap server (when `socketmap.listen` is set), control socket, then sd_notify
 //! `READY=1`. Stop order on SIGTERM/SIGINT: stop
 //! accepting (listener), let running deliveries finish within the grace period
@@ -11,11 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mxgate_cluster::policy::RedisPolicyCache;
+use mxgate_cluster::Cluster;
 use mxgate_config::Config;
 use mxgate_delivery::Delivery;
 use mxgate_dns::DnsClient;
 use mxgate_listener::{Listener, ListenerSettings};
-use mxgate_policy::PolicyEngine;
+use mxgate_policy::sts::shared::SharedPolicyCache;
+use mxgate_policy::{PolicyEngine, PolicyInitError};
 use mxgate_queue::{Queue, QueueSettings};
 use mxgate_socketmap::{SocketmapServer, SocketmapSettings};
 use tokio::signal::unix::{signal, SignalKind};
@@ -48,8 +51,21 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let dns = Arc::new(DnsClient::new(&config.dns).map_err(startup("dns"))?);
     // Before anything is delivered, so the first deferrals already name the resolver.
     let mut resolver_ok = resolver_self_test(&dns, None).await;
+    let cluster = match config.cluster.redis.as_str() {
+        "" => None,
+        url => Some(Cluster::new(url).map_err(startup("cluster"))?),
+    };
+    let shared = cluster
+        .as_ref()
+        .map(|c| Arc::new(RedisPolicyCache::new(c.clone())) as Arc<dyn SharedPolicyCache>);
+    let engine = |config: Arc<Config>| {
+        PolicyEngine::new(config, dns.clone()).map(|engine| match &shared {
+            Some(shared) => engine.with_shared_cache(shared.clone()),
+            None => engine,
+        })
+    };
     let policy = Arc::new(ReloadablePolicy::new(
-        PolicyEngine::new(config.clone(), dns.clone()).map_err(startup("policy"))?,
+        engine(config.clone()).map_err(startup("policy"))?,
     ));
     let queue = Queue::open(QueueSettings::from_config(&config))
         .await
@@ -130,6 +146,9 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let mut tasks = tokio::task::JoinSet::new();
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
+    if let Some(cluster) = &cluster {
+        tasks.spawn(cluster.clone().run(shutdown.clone()));
+    }
     let socketmap_addr = match socketmap {
         Some(server) => {
             let addr = server.local_addr()?;
@@ -174,7 +193,7 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => reload(&config_path, &config, &dns, &policy),
+            _ = sighup.recv() => reload(&config_path, &config, &engine, &policy),
             _ = probe.tick() => resolver_ok = resolver_self_test(&dns, Some(resolver_ok)).await,
         }
     }
@@ -241,7 +260,7 @@ async fn resolver_self_test(dns: &DnsClient, before: Option<bool>) -> bool {
 fn reload(
     path: &Option<PathBuf>,
     running: &Config,
-    dns: &Arc<DnsClient>,
+    engine: &impl Fn(Arc<Config>) -> Result<PolicyEngine, PolicyInitError>,
     policy: &ReloadablePolicy,
 ) {
     // systemd ≥ 253 wants the monotonic time right after RELOADING=1.
@@ -258,7 +277,7 @@ fn reload(
             if !restart_keys.is_empty() {
                 tracing::warn!(keys = ?restart_keys, "these changes take effect only after a restart");
             }
-            match PolicyEngine::new(Arc::new(new), dns.clone()) {
+            match engine(Arc::new(new)) {
                 Ok(engine) => {
                     policy.replace(engine);
                     tracing::info!("configuration reloaded");
@@ -289,6 +308,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics != new.metrics {
         keys.push("metrics");
+    }
+    if old.cluster != new.cluster {
+        keys.push("cluster");
     }
     if old.socketmap != new.socketmap {
         keys.push("socketmap");

@@ -1,11 +1,13 @@
 //! MTA-STS (RFC 8461): the TXT record and policy parsers (pure), the HTTPS fetch
-//! ([`fetch`]) and the persistent policy store ([`store`]).
+//! ([`fetch`]), the persistent policy store ([`store`]) and the trait of a cache shared
+//! between instances ([`shared`]).
 //!
 //! The parsers are strict where the RFC is normative and lenient only where it says
 //! to ignore (unknown fields). They do not do I/O and do not decide delivery: that is
 //! [`crate::decide`].
 
 pub mod fetch;
+pub mod shared;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::fetch::{StsSource, TxtOutcome};
+use super::shared::SharedPolicyCache;
 use super::MtaStsPolicy;
 use crate::decide::StsState;
 
@@ -84,6 +85,7 @@ pub struct PolicyStore {
     dir: PathBuf,
     mem: DashMap<String, Entry>,
     source: Arc<dyn StsSource>,
+    shared: Option<Arc<dyn SharedPolicyCache>>,
 }
 
 pub fn now_unix() -> u64 {
@@ -99,6 +101,43 @@ impl PolicyStore {
             dir,
             mem: DashMap::new(),
             source,
+            shared: None,
+        }
+    }
+
+    /// Shares policies with other instances through `shared` (docs/scaling.md).
+    pub fn set_shared(&mut self, shared: Arc<dyn SharedPolicyCache>) {
+        self.shared = Some(shared);
+    }
+
+    /// The newer of the local copy and the shared one (by `fetched_at`), asked only
+    /// when the local copy cannot answer by itself; a shared policy that wins is kept
+    /// locally (memory and disk).
+    async fn with_shared(
+        &self,
+        domain: &str,
+        local: Option<CachedPolicy>,
+        now: u64,
+    ) -> Option<CachedPolicy> {
+        let Some(shared) = &self.shared else {
+            return local;
+        };
+        if local.as_ref().is_some_and(|p| now < p.refresh_at()) {
+            return local;
+        }
+        let remote = shared
+            .get(domain)
+            .await
+            .filter(|p| p.domain == domain && p.is_fresh(now));
+        match (local, remote) {
+            (Some(l), Some(r)) if r.fetched_at <= l.fetched_at => Some(l),
+            (_, Some(r)) => {
+                self.save(&r);
+                self.mem
+                    .insert(domain.to_string(), Entry::Policy(r.clone(), 0));
+                Some(r)
+            }
+            (local, None) => local,
         }
     }
 
@@ -182,7 +221,8 @@ impl PolicyStore {
                 };
             }
         }
-        let cached = self.cached(domain).filter(|p| p.is_fresh(now));
+        let local = self.cached(domain).filter(|p| p.is_fresh(now));
+        let cached = self.with_shared(domain, local, now).await;
         let result = if cached.as_ref().is_some_and(|p| now < p.refresh_at()) {
             "hit"
         } else {
@@ -216,6 +256,9 @@ impl PolicyStore {
                         self.save(&c);
                         self.mem
                             .insert(domain.to_string(), Entry::Policy(c.clone(), 0));
+                        if let Some(shared) = &self.shared {
+                            shared.put(&c).await;
+                        }
                         found(c)
                     }
                     Err(e) => {
@@ -383,6 +426,91 @@ mod tests {
         // After expiry, nothing is left.
         let l = store2.lookup("example.com", 1000 + 86400).await;
         assert_eq!(l.state, StsState::Absent);
+    }
+
+    /// Another instance's view of the shared cache (the Redis one is tested end to end
+    /// in tests/cluster.rs).
+    #[derive(Default)]
+    struct SharedMap(Mutex<std::collections::HashMap<String, CachedPolicy>>);
+
+    impl SharedPolicyCache for SharedMap {
+        fn get<'a>(
+            &'a self,
+            domain: &'a str,
+        ) -> crate::sts::shared::SharedFuture<'a, Option<CachedPolicy>> {
+            let p = self.0.lock().unwrap().get(domain).cloned();
+            Box::pin(async move { p })
+        }
+        fn put<'a>(&'a self, p: &'a CachedPolicy) -> crate::sts::shared::SharedFuture<'a, ()> {
+            let mut map = self.0.lock().unwrap();
+            let newer = map
+                .get(&p.domain)
+                .is_none_or(|old| old.fetched_at < p.fetched_at);
+            if newer {
+                map.insert(p.domain.clone(), p.clone());
+            }
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_fetched_by_one_instance_protects_another() {
+        let shared = Arc::new(SharedMap::default());
+        let dir_a = tempfile::tempdir().unwrap();
+        let mut a = PolicyStore::new(
+            dir_a.path().into(),
+            fake(TxtOutcome::Id("1".into()), Ok(policy(86400))),
+        );
+        a.set_shared(shared.clone());
+        assert!(enforce(&a.lookup("example.com", 1000).await));
+        assert_eq!(shared.0.lock().unwrap()["example.com"].fetched_at, 1000);
+
+        // B never fetched it, and the policy host is down: the shared copy applies,
+        // and B keeps it in its own cache (memory and disk).
+        let dir_b = tempfile::tempdir().unwrap();
+        let down = fake(TxtOutcome::Id("1".into()), Err(FetchError::Timeout));
+        let mut b = PolicyStore::new(dir_b.path().into(), down.clone());
+        b.set_shared(shared.clone());
+        assert!(enforce(&b.lookup("example.com", 2000).await));
+        assert_eq!(*down.fetches.lock().unwrap(), 0);
+        assert!(dir_b.path().join("example.com.json").exists());
+        shared.0.lock().unwrap().clear();
+        assert!(enforce(&b.lookup("example.com", 3000).await));
+
+        // Without the shared cache, the same B has no policy (RFC 8461 §5).
+        let dir_c = tempfile::tempdir().unwrap();
+        let c = PolicyStore::new(dir_c.path().into(), down.clone());
+        assert_eq!(c.lookup("example.com", 2000).await.state, StsState::Absent);
+    }
+
+    #[tokio::test]
+    async fn the_newer_fetched_at_wins() {
+        let shared = Arc::new(SharedMap::default());
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("1".into()), Ok(policy(1000)));
+        let mut store = PolicyStore::new(dir.path().into(), src.clone());
+        store.set_shared(shared.clone());
+        store.lookup("example.com", 100).await;
+        // An older shared copy (another instance fetched before us) never replaces ours.
+        let mut older = shared.0.lock().unwrap()["example.com"].clone();
+        older.fetched_at = 50;
+        older.policy.mode = MtaStsMode::Testing;
+        shared.0.lock().unwrap().insert("example.com".into(), older);
+        // Past our refresh point the store asks the shared cache, keeps its own newer
+        // copy, then refreshes from the source.
+        let l = store.lookup("example.com", 800).await;
+        assert!(enforce(&l));
+        assert_eq!(l.cached.as_ref().map(|c| c.fetched_at), Some(800));
+        // Past our refresh point again (at most 75 % of max_age after 800), a newer
+        // shared copy with the current id is taken instead of a fetch.
+        let mut newer = l.cached.clone().unwrap();
+        newer.fetched_at = 1400;
+        newer.policy.mx = vec!["mx2.example.com".into()];
+        shared.0.lock().unwrap().insert("example.com".into(), newer);
+        let before = *src.fetches.lock().unwrap();
+        let l = store.lookup("example.com", 1560).await;
+        assert_eq!(l.cached.map(|c| c.fetched_at), Some(1400));
+        assert_eq!(*src.fetches.lock().unwrap(), before);
     }
 
     #[tokio::test]
