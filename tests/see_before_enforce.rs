@@ -399,3 +399,75 @@ async fn queue_list_needs_only_the_control_socket() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.toml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_verify_on_a_may_domain_counts_and_logs_but_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cert = TestCert::self_signed(&["mx.shadow.ins.test"]);
+    let world = mx(
+        DnsWorld::builder().zone("ins.test.", Signing::Insecure),
+        "shadow.ins.test",
+        5,
+    )
+    .start()
+    .await
+    .unwrap();
+    let receiver = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 5], port)),
+        ReceiverConfig::with_starttls(cert.server_config()),
+    )
+    .await
+    .unwrap();
+    let mut s = settings(&world, port);
+    s.domains = "\"shadow.ins.test\" = { level = \"may\", shadow = \"verify\" }\n".into();
+    let gate = Mxgate::start(dir.path(), &s);
+
+    // `policy` shows both levels, and what the shadow level asks of the MX.
+    let (code, v) = policy(&gate.config_path, "shadow.ins.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["level"].as_str(), v["shadow"].as_str()),
+        (Some("may"), Some("verify"))
+    );
+    assert_eq!(v["mx"][0]["requirement"], "may", "{v}");
+    assert_eq!(
+        v["mx"][0]["shadow_requirement"], "pkix (mx.shadow.ins.test)",
+        "{v}"
+    );
+
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &["u@shadow.ins.test"],
+        b"Subject: x\r\n\r\nshadowed\r\n",
+    )
+    .await
+    .unwrap();
+    let line = gate
+        .wait_log(
+            |l| l.contains("to=<u@shadow.ins.test>") && l.contains("status="),
+            Duration::from_secs(30),
+        )
+        .await;
+    // Delivered at `may` over TLS; `verify` would have failed on the self-signed chain.
+    assert!(line.contains("status=sent"), "{line}");
+    assert!(line.contains("policy=may"), "{line}");
+    assert!(line.contains("tls=TLSv1."), "{line}");
+    assert!(
+        line.contains("shadow=verify:certificate-not-trusted"),
+        "{line}"
+    );
+    assert_eq!(receiver.messages().len(), 1);
+    let metrics = scrape(gate.metrics);
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("mxgate_shadow_failures_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(counted.contains("level=\"verify\""), "{counted}");
+    assert!(
+        counted.contains("reason=\"certificate-not-trusted\""),
+        "{counted}"
+    );
+    assert!(counted.ends_with(" 1"), "{counted}");
+}

@@ -71,6 +71,13 @@ pub fn tls_facts(session: &rustls::ClientConnection, requirement: &TlsRequiremen
             session.peer_certificates().unwrap_or_default(),
         )
         .as_str(),
+        peer_chain: session
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect(),
+        shadow: None,
     }
 }
 

@@ -56,7 +56,10 @@ pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
 pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
+pub use session::{
+    deliver_to_address, SessionError, SessionParams, ShadowCheck, ShadowVerdict, TlsFacts,
+    Transacted,
+};
 
 use decide::{local_failure, status};
 use session::Finished;
@@ -79,6 +82,12 @@ pub trait Planner: Send + Sync + 'static {
     fn honours_tls_required_no(&self) -> bool {
         true
     }
+
+    /// The PKIX verifier of the trust roots, to judge shadow requirements (`None`: no
+    /// shadow checks).
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        None
+    }
 }
 
 impl Planner for PolicyEngine {
@@ -100,6 +109,10 @@ impl Planner for PolicyEngine {
 
     fn honours_tls_required_no(&self) -> bool {
         PolicyEngine::honours_tls_required_no(self)
+    }
+
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        Some(PolicyEngine::pkix_verifier(self))
     }
 }
 
@@ -338,6 +351,7 @@ impl<P: Planner> Delivery<P> {
                 preference: 0,
                 addrs: resolved.iter().map(SocketAddr::ip).collect(),
                 requirement: Ok(TlsRequirement::Opportunistic),
+                shadow: None,
             }],
         };
         // The relay is not the destination's MX: nothing to report about its TLS.
@@ -414,14 +428,29 @@ impl<P: Planner> Delivery<P> {
                     policy_label: reason_label(plan.level, &requirement).to_string(),
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
+                    shadow: mx
+                        .shadow
+                        .clone()
+                        .zip(self.policy.pkix_verifier())
+                        .map(|(requirement, pkix)| ShadowCheck { requirement, pkix }),
                 };
                 let (result, kind, local_ip, was_greeted) =
                     self.session(key, &params, job, &pending).await;
                 greeted += usize::from(was_greeted);
                 reporter.session(&params, local_ip, &result);
                 match result {
-                    Ok(report) => {
+                    Ok(mut report) => {
+                        report.tls.shadow = session::shadow_verdict(&params, &report.tls);
                         let auth = report.tls.auth;
+                        if let Some(ShadowVerdict {
+                            level,
+                            result: Err(failure),
+                        }) = &report.tls.shadow
+                        {
+                            metrics::counter!("mxgate_shadow_failures_total",
+                                "level" => metric_policy(*level), "reason" => failure.as_str())
+                            .increment(1);
+                        }
                         if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
                                 "version" => version,
@@ -723,8 +752,14 @@ impl<'a> AttemptLog<'a> {
                 Outcome::Delivered { reply, .. } => reply.as_str(),
                 Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
             };
+            // `shadow=LEVEL:ok|LEVEL:REASON` only when a shadow level is configured.
+            let shadow = tls
+                .shadow
+                .as_ref()
+                .map(|v| format!(" shadow={}", v.log_word()))
+                .unwrap_or_default();
             tracing::info!(
-                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} reply=\"{}\" delay={:.2} conn={}",
+                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} reply=\"{}\" delay={:.2} conn={}{}",
                 self.job.id,
                 to.join(","),
                 relay,
@@ -738,6 +773,7 @@ impl<'a> AttemptLog<'a> {
                 reply.replace('"', "'"),
                 delay,
                 conn,
+                shadow,
             );
         }
     }
@@ -790,6 +826,7 @@ mod tests {
                     // Nothing listens on 127.0.0.2:1: refused at once.
                     addrs: vec!["127.0.0.2".parse().unwrap()],
                     requirement: Ok(TlsRequirement::Cleartext),
+                    shadow: None,
                 }],
             })
         }

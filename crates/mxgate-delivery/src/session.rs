@@ -38,6 +38,54 @@ pub struct SessionParams {
     pub policy_label: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// The shadow level to check on this session, never enforced (docs/policy.md).
+    pub shadow: Option<ShadowCheck>,
+}
+
+/// A shadow requirement and the PKIX verifier to judge it with.
+#[derive(Clone)]
+pub struct ShadowCheck {
+    pub requirement: mxgate_policy::ShadowRequirement,
+    pub pkix: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+}
+
+/// What the shadow level said about a session (log field `shadow=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowVerdict {
+    pub level: mxgate_policy::Level,
+    pub result: Result<(), mxgate_policy::RequirementFailure>,
+}
+
+impl ShadowVerdict {
+    /// `verify:ok` or `verify:certificate-not-trusted`.
+    pub fn log_word(&self) -> String {
+        match self.result {
+            Ok(()) => format!("{}:ok", self.level.as_str()),
+            Err(f) => format!("{}:{}", self.level.as_str(), f.as_str()),
+        }
+    }
+}
+
+/// Judges the session that `params` established (`facts`: TLS or not, the peer's
+/// chain) against the shadow requirement, if any, with the pure
+/// [`mxgate_policy::evaluate`]. Never changes the outcome.
+pub(crate) fn shadow_verdict(params: &SessionParams, facts: &TlsFacts) -> Option<ShadowVerdict> {
+    let check = params.shadow.as_ref()?;
+    let result = match &check.requirement.requirement {
+        Err(skip) => Err(skip.into()),
+        Ok(requirement) => {
+            let session = mxgate_policy::SessionFacts {
+                tls: facts.version.is_some(),
+                peer_chain: &facts.peer_chain,
+                now: rustls_pki_types::UnixTime::now(),
+            };
+            mxgate_policy::evaluate(requirement, &session, check.pkix.as_ref()).map(|_| ())
+        }
+    };
+    Some(ShadowVerdict {
+        level: check.requirement.level,
+        result,
+    })
 }
 
 impl SessionParams {
@@ -75,6 +123,11 @@ pub struct TlsFacts {
     pub cipher: Option<String>,
     /// How the server was authenticated (`auth=`): `none`, `pkix`, `dane-ee`, `dane-ta`.
     pub auth: &'static str,
+    /// The certificates the peer presented, leaf first (empty in cleartext), for the
+    /// shadow check.
+    pub peer_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The shadow level's verdict on this session, if one is configured.
+    pub shadow: Option<ShadowVerdict>,
 }
 
 impl Default for TlsFacts {
@@ -84,6 +137,8 @@ impl Default for TlsFacts {
             version: None,
             cipher: None,
             auth: "none",
+            peer_chain: Vec::new(),
+            shadow: None,
         }
     }
 }

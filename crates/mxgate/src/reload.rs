@@ -67,4 +67,8 @@ impl Planner for ReloadablePolicy {
     fn honours_tls_required_no(&self) -> bool {
         self.current().honours_tls_required_no()
     }
+
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        Some(self.current().pkix_verifier())
+    }
 }
