@@ -26,10 +26,12 @@
 //! the verifier), retry scheduling and DSNs (`mxgate-queue`), SMTP parsing
 //! (`mxgate-smtp`).
 
+mod attempt;
 pub mod cache;
 pub mod conn;
 pub mod decide;
 pub mod drive;
+mod facts;
 pub mod machine;
 pub mod report;
 pub mod reuse;
@@ -58,8 +60,8 @@ pub use session::{
     Transacted,
 };
 
+use attempt::Finished;
 use decide::{leftover_outcome, local_failure, plan_outcome, skip_kind, status};
-use session::Finished;
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -432,7 +434,7 @@ impl<P: Planner> Delivery<P> {
                 reporter.session(&params, local_ip, &result);
                 match result {
                     Ok(mut report) => {
-                        report.tls.shadow = session::shadow_verdict(&params, &report.tls);
+                        report.tls.shadow = attempt::shadow_verdict(&params, &report.tls);
                         let auth = report.tls.auth;
                         if let Some(ShadowVerdict {
                             level,

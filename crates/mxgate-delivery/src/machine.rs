@@ -43,7 +43,7 @@ use crate::decide::{
     bounded, greeting_failure, local_failure, rcpt_verdict, refused, reply_outcome, starttls_step,
     status, RcptVerdict, StartTlsStep, TlsPolicyFailure,
 };
-use crate::session::{SessionError, TlsFacts, Transacted};
+use crate::facts::{SessionError, TlsFacts, Transacted};
 
 /// Who we are and whom we talk to, for commands and reasons.
 #[derive(Debug, Clone)]
