@@ -18,7 +18,7 @@ pub use load::ConfigError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -405,6 +405,57 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             socket: PathBuf::from("/run/mxgate/control.sock"),
+        }
+    }
+}
+
+/// A `host:port` (`queue.bounce_relay`), parsed once: the host without brackets
+/// (`[::1]:25` → `::1`), a non-zero port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: NonZeroU16,
+}
+
+impl HostPort {
+    /// `None` unless `s` is `host:port` with a non-empty host and a port 1–65535.
+    pub fn parse(s: &str) -> Option<HostPort> {
+        let (host, port) = s.rsplit_once(':')?;
+        let port = NonZeroU16::new(port.parse::<u16>().ok()?)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return None;
+        }
+        Some(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use super::HostPort;
+
+    #[test]
+    fn host_port_parses_once() {
+        let hp = HostPort::parse("[::1]:2525").map(|h| (h.host, h.port.get()));
+        assert_eq!(hp, Some(("::1".to_string(), 2525)));
+        let hp = HostPort::parse("relay.example:25").map(|h| (h.host, h.port.get()));
+        assert_eq!(hp, Some(("relay.example".to_string(), 25)));
+        for bad in [
+            "",
+            "relay",
+            ":25",
+            "relay:0",
+            "relay:x",
+            "[]:25",
+            "relay:70000",
+        ] {
+            assert_eq!(HostPort::parse(bad), None, "{bad}");
         }
     }
 }

@@ -312,10 +312,7 @@ fn check_shadow(key: &str, shadow: Option<Level>, dnssec_off: bool) -> Result<()
 }
 
 fn is_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
-    }
+    crate::HostPort::parse(s).is_some()
 }
 
 fn is_domain_key(s: &str) -> bool {

@@ -311,11 +311,9 @@ impl<P: Planner> Delivery<P> {
             );
             return outcomes;
         };
-        let host = relay
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(relay)
-            .to_string();
+        let host = mxgate_config::HostPort::parse(relay)
+            .map(|hp| hp.host)
+            .unwrap_or_else(|| relay.to_string());
         let plan = DeliveryPlan {
             domain: job.domain.clone(),
             level: Level::May,
