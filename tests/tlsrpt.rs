@@ -517,6 +517,21 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
     )
     .await;
 
+    // STS testing, MX listed, self-signed certificate: delivered, certificate-not-trusted.
+    let testcert = "testcert.rpt.test";
+    world = sts_records(mx_records(world, testcert, 10), testcert, "u1")
+        .record(&tlsrpt_txt(testcert, cport));
+    policies.push((
+        testcert.into(),
+        sts_policy("testing", &["mx.testcert.rpt.test"]),
+    ));
+    let testcert_mx = Mx::direct(
+        10,
+        port,
+        tls_config(&TestCert::self_signed(&["mx.testcert.rpt.test"])),
+    )
+    .await;
+
     // The mail collector's own domain enforces MTA-STS but its MX has a self-signed
     // certificate: report mails get through only thanks to `TLS-Required: No`.
     let collect = "collect.rpt.test";
@@ -568,13 +583,16 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
     );
     let gate = Mxgate::start(dir.path(), &s);
 
-    for d in [good, good, bad, strip, dane, plain, plain, testing] {
+    for d in [
+        good, good, bad, strip, dane, plain, plain, testing, testcert,
+    ] {
         submit_to(&gate, d).await;
     }
     submit_with(&gate, verify, "TLS-Required: No\r\n").await;
     good_mx.receiver.wait_for(2).await;
     plain_mx.receiver.wait_for(2).await;
     testing_mx.receiver.wait_for(1).await;
+    testcert_mx.receiver.wait_for(1).await;
     for d in [bad, strip, dane, verify] {
         log_line(&gate, d, "deferred").await;
     }
@@ -604,7 +622,7 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
 
     let (code, out, err) = gate.cli(&["tlsrpt", "send"]);
     assert_eq!(code, 0, "tlsrpt send: {out}{err}\n{}", gate.log());
-    let reporting = [good, bad, strip, dane, plain, testing];
+    let reporting = [good, bad, strip, dane, plain, testing, testcert];
     for d in reporting {
         assert!(
             out.contains(&format!("{d} sent mailto:reports@collect.rpt.test")),
@@ -768,6 +786,20 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
         )]
     );
 
+    let p = &by_https[testcert].policies[0];
+    assert_eq!(
+        (p.policy_type.as_str(), p.successes, p.failures),
+        ("sts", 0, 1)
+    );
+    assert_eq!(
+        p.details,
+        vec![failure(
+            "mx.testcert.rpt.test",
+            "127.0.0.10",
+            "certificate-not-trusted"
+        )]
+    );
+
     // No report loops: the report deliveries were not counted anywhere.
     let listed = tlsrpt_list(&gate);
     assert!(
@@ -780,11 +812,11 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
     );
     let metrics = reqwest_free_get(gate.metrics).await;
     assert!(
-        metrics.contains("mxgate_tlsrpt_reports_total{via=\"https\",result=\"sent\"} 6"),
+        metrics.contains("mxgate_tlsrpt_reports_total{via=\"https\",result=\"sent\"} 7"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mxgate_tlsrpt_reports_total{via=\"mailto\",result=\"sent\"} 6"),
+        metrics.contains("mxgate_tlsrpt_reports_total{via=\"mailto\",result=\"sent\"} 7"),
         "{metrics}"
     );
     assert!(
@@ -792,7 +824,7 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("policy=\"mta-sts\",reason=\"testing_mx_mismatch\""),
+        metrics.contains("policy=\"mta-sts\",reason=\"testing\""),
         "{metrics}"
     );
     // The testing failure is logged.

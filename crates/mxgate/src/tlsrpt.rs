@@ -41,7 +41,9 @@ impl SessionSink for TlsRptSink {
         } else {
             None
         };
-        let Some(record) = map_report(report, sts.as_ref()) else {
+        let engine = self.policy.current();
+        let pkix = engine.pkix_verifier();
+        let Some(record) = map_report(report, sts.as_ref(), pkix.as_ref()) else {
             return;
         };
         if let (SessionResult::Failure(detail), Some(p)) = (&record.result, &sts) {
@@ -49,7 +51,7 @@ impl SessionSink for TlsRptSink {
                 // RFC 8461 §5: a testing policy is not enforced, but its failures are
                 // reported (metric, log line, TLS-RPT).
                 metrics::counter!("mxgate_tls_policy_failures_total",
-                    "policy" => "mta-sts", "reason" => "testing_mx_mismatch")
+                    "policy" => "mta-sts", "reason" => "testing")
                 .increment(1);
                 tracing::info!(
                     domain = %report.domain,
@@ -101,7 +103,11 @@ fn result_type(kind: FailureKind) -> Option<ResultType> {
 }
 
 /// One session report as a TLS-RPT record; `None` for what is not reported.
-pub fn map_report(report: &SessionReport, sts: Option<&MtaStsPolicy>) -> Option<SessionRecord> {
+pub fn map_report(
+    report: &SessionReport,
+    sts: Option<&MtaStsPolicy>,
+    pkix: &dyn rustls::client::danger::ServerCertVerifier,
+) -> Option<SessionRecord> {
     let detail = |result_type: ResultType| FailureDetail {
         sending_mta_ip: report.local_addr,
         receiving_mx_hostname: Some(report.mx_host.clone()),
@@ -121,6 +127,28 @@ pub fn map_report(report: &SessionReport, sts: Option<&MtaStsPolicy>) -> Option<
                 ));
                 SessionResult::Failure(d)
             }
+            // RFC 8461 §5: in testing mode the certificate is still checked as enforce
+            // would, on the same session (the mail was delivered as `may`).
+            Some(p) if p.mode == MtaStsMode::Testing => {
+                let chain = report.tls.as_ref().map_or(&[][..], |t| &t.peer_chain[..]);
+                let facts = mxgate_policy::SessionFacts {
+                    tls: report.tls.is_some(),
+                    peer_chain: chain,
+                    now: rustls::pki_types::UnixTime::now(),
+                };
+                let enforce = TlsRequirement::Pkix {
+                    names: vec![report.mx_host.clone()],
+                };
+                match mxgate_policy::evaluate(&enforce, &facts, pkix) {
+                    Ok(_) => SessionResult::Success,
+                    Err(why) => {
+                        let mut d = detail(testing_result_type(why));
+                        d.failure_reason_code = Some(why.as_str().to_string());
+                        d.additional_information = Some(format!("mta-sts testing: {why}"));
+                        SessionResult::Failure(d)
+                    }
+                }
+            }
             _ => SessionResult::Success,
         },
         Err(failure) => {
@@ -135,6 +163,18 @@ pub fn map_report(report: &SessionReport, sts: Option<&MtaStsPolicy>) -> Option<
         policy: policy_of(report, sts),
         result,
     })
+}
+
+/// RFC 8460 §4.3 result type of what an enforce policy would have failed on.
+fn testing_result_type(why: mxgate_policy::RequirementFailure) -> ResultType {
+    use mxgate_policy::RequirementFailure as F;
+    match why {
+        F::NoTls => ResultType::StarttlsNotSupported,
+        F::CertificateExpired => ResultType::CertificateExpired,
+        F::CertificateNotTrusted => ResultType::CertificateNotTrusted,
+        F::CertificateHostMismatch => ResultType::CertificateHostMismatch,
+        _ => ResultType::ValidationFailure,
+    }
 }
 
 /// `_smtp._tls` lookups through mxgate's resolver, with the answer's TTL.
