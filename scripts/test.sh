@@ -5,7 +5,8 @@
 # dpkg-dev, lintian, man-db,
 # bsdextrautils and adduser for the Debian package test), then checks formatting and
 # lints, runs every test, and builds, installs, checks and purges the Debian package
-# (scripts/test-deb.sh, as root only).
+# (scripts/test-deb.sh, as root only). The fuzz corpora (fuzz/corpus/) are replayed by
+# the owning crates' tests/fuzz_corpus.rs (docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,13 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licences, sources (crates.io only) and duplicate versions (deny.toml). cargo-deny
+# from crates.io, pinned; about 3 CPU-minutes to install, once per machine.
+cargo_deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qF "$cargo_deny_version"; then
+    cargo install --locked --quiet cargo-deny --version "$cargo_deny_version"
+fi
+cargo deny --locked check bans licenses sources
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"

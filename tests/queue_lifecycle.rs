@@ -593,16 +593,20 @@ async fn a_full_disk_answers_4xx_loses_nothing_and_recovers_by_itself() {
     }
 }
 
-/// The length of a spool file's header line plus metadata line, and its body length
-/// (layout in crates/mxgate-queue/src/spool.rs).
-fn spool_layout(file: &[u8]) -> (usize, usize) {
-    let nl = file.iter().position(|&b| b == b'\n').expect("header line");
-    let header = std::str::from_utf8(&file[..nl]).expect("ascii");
-    let mut parts = header.split(' ');
-    assert_eq!(parts.next(), Some("MXGATE-Q1"));
-    let meta: usize = parts.next().expect("meta len").parse().expect("number");
-    let body: usize = parts.next().expect("body len").parse().expect("number");
-    (nl + 1 + meta + 1, body)
+/// The message records of a spool segment as `(offset, length)` (record layout in
+/// crates/mxgate-queue/src/log/record.rs: 32-byte header, metadata, body).
+fn message_records(seg: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 16; // the segment magic
+    while pos + 32 <= seg.len() && &seg[pos..pos + 4] == b"MXR2" {
+        let meta = u32::from_le_bytes(seg[pos + 8..pos + 12].try_into().expect("4")) as usize;
+        let body = u64::from_le_bytes(seg[pos + 12..pos + 20].try_into().expect("8")) as usize;
+        if seg[pos + 4] == 1 {
+            out.push((pos, 32 + meta + body));
+        }
+        pos += 32 + meta + body;
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,44 +628,54 @@ async fn a_corrupted_spool_file_is_quarantined_and_the_rest_delivered() {
     }
     gate.kill9();
 
-    let msg_dir = dir.path().join("queue").join("msg");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&msg_dir)
-        .expect("msg dir")
+    let log_dir = dir.path().join("queue").join("log");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+        .expect("log dir")
         .map(|e| e.expect("entry").path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
-    // Torn in the middle of the body: the header promises more than is there.
-    let torn = std::fs::read(&files[1]).expect("read");
-    let (head, body) = spool_layout(&torn);
-    std::fs::write(&files[1], &torn[..head + body / 2]).expect("truncate");
-    // Plain garbage under a valid-looking queue id.
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut seg = std::fs::read(&files[0]).expect("read");
+    let records = message_records(&seg);
+    assert_eq!(records.len(), 3, "three message records");
+    // Garbage over the middle of the second message's record (metadata and body).
+    let (pos, len) = records[1];
+    for b in &mut seg[pos + 8..pos + len - 8] {
+        *b = 0xA5;
+    }
+    std::fs::write(&files[0], &seg).expect("corrupt");
+    // Plain garbage under a valid-looking segment name.
     std::fs::write(
-        msg_dir.join("0000000000FFFFF"),
-        b"\x00\xffnot a spool file\n",
+        log_dir.join("0000000000000000.seg"),
+        b"\x00\xffnot a spool segment\n",
     )
     .expect("garbage");
 
     let dest = receiver(27, port, ReceiverConfig::default()).await;
     tokio::task::block_in_place(|| gate.spawn());
     let line = gate
-        .wait_log(
-            |l| l.contains("quarantined") && l.contains("truncated"),
-            WAIT,
-        )
+        .wait_log(|l| l.contains("damaged spool record quarantined"), WAIT)
         .await;
     assert!(
-        line.contains(&*files[1].file_name().expect("name").to_string_lossy()),
+        line.contains(&*files[0].file_name().expect("name").to_string_lossy()),
         "{line}"
     );
     queue_is_empty(&gate).await;
     let mut delivered: Vec<String> = dest.messages().iter().map(message_id).collect();
     delivered.sort();
-    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert_eq!(
+        delivered,
+        ["c1", "c3"],
+        "only the damaged message is missing"
+    );
     let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("queue").join("quarantine"))
         .expect("quarantine dir")
         .collect();
-    assert_eq!(quarantine.len(), 2, "the torn file and the garbage file");
+    assert_eq!(
+        quarantine.len(),
+        2,
+        "the damaged record and the garbage file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

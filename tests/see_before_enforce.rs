@@ -399,3 +399,166 @@ async fn queue_list_needs_only_the_control_socket() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.toml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_verify_on_a_may_domain_counts_and_logs_but_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cert = TestCert::self_signed(&["mx.shadow.ins.test"]);
+    let world = mx(
+        DnsWorld::builder().zone("ins.test.", Signing::Insecure),
+        "shadow.ins.test",
+        5,
+    )
+    .start()
+    .await
+    .unwrap();
+    let receiver = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 5], port)),
+        ReceiverConfig::with_starttls(cert.server_config()),
+    )
+    .await
+    .unwrap();
+    let mut s = settings(&world, port);
+    s.domains = "\"shadow.ins.test\" = { level = \"may\", shadow = \"verify\" }\n".into();
+    let gate = Mxgate::start(dir.path(), &s);
+
+    // `policy` shows both levels, and what the shadow level asks of the MX.
+    let (code, v) = policy(&gate.config_path, "shadow.ins.test");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["level"].as_str(), v["shadow"].as_str()),
+        (Some("may"), Some("verify"))
+    );
+    assert_eq!(v["mx"][0]["requirement"], "may", "{v}");
+    assert_eq!(
+        v["mx"][0]["shadow_requirement"], "pkix (mx.shadow.ins.test)",
+        "{v}"
+    );
+
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &["u@shadow.ins.test"],
+        b"Subject: x\r\n\r\nshadowed\r\n",
+    )
+    .await
+    .unwrap();
+    let line = gate
+        .wait_log(
+            |l| l.contains("to=<u@shadow.ins.test>") && l.contains("status="),
+            Duration::from_secs(30),
+        )
+        .await;
+    // Delivered at `may` over TLS; `verify` would have failed on the self-signed chain.
+    assert!(line.contains("status=sent"), "{line}");
+    assert!(line.contains("policy=may"), "{line}");
+    assert!(line.contains("tls=TLSv1."), "{line}");
+    assert!(
+        line.contains("shadow=verify:certificate-not-trusted"),
+        "{line}"
+    );
+    assert_eq!(receiver.messages().len(), 1);
+    let metrics = scrape(gate.metrics);
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("mxgate_shadow_failures_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(counted.contains("level=\"verify\""), "{counted}");
+    assert!(
+        counted.contains("reason=\"certificate-not-trusted\""),
+        "{counted}"
+    );
+    assert!(counted.ends_with(" 1"), "{counted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_domain_that_moved_its_mx_and_bumped_its_id_is_delivered_at_once() {
+    use mxgate_testkit::certs::{TestCa, Validity};
+    use mxgate_testkit::https::{HttpResponse, HttpsServer};
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let d = "moved.sts.test";
+    let ca = TestCa::new("Moved CA");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    // The domain moved from mx1 to mx2 and published policy id v2 listing mx2 only.
+    let world = DnsWorld::builder()
+        .zone("sts.test.", Signing::Insecure)
+        .record(&format!("{d}. 300 IN MX 10 mx2.{d}."))
+        .record(&format!("mx2.{d}. 300 IN A 127.0.0.6"))
+        .record(&format!("_mta-sts.{d}. 300 IN TXT \"v=STSv1; id=v2\""))
+        .record(&format!("mta-sts.{d}. 300 IN A 127.0.0.1"))
+        .start()
+        .await
+        .unwrap();
+    let https = HttpsServer::start(
+        ca.issue(&[&format!("mta-sts.{d}")], Validity::current())
+            .server_config(),
+    )
+    .await
+    .unwrap();
+    https.serve_policy(
+        d,
+        HttpResponse::policy(&format!(
+            "version: STSv1\r\nmode: enforce\r\nmx: mx2.{d}\r\nmax_age: 86400\r\n"
+        )),
+    );
+    let receiver = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        ReceiverConfig::with_starttls(
+            ca.issue(&[&format!("mx2.{d}")], Validity::current())
+                .server_config(),
+        ),
+    )
+    .await
+    .unwrap();
+    // mxgate still holds the old policy (id v1, mx1 only), fetched a minute ago and
+    // valid for another day: without a TXT id check it would never dial mx2.
+    let cache = dir.path().join("policy");
+    std::fs::create_dir_all(&cache).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = serde_json::json!({
+        "domain": d,
+        "id": "v1",
+        "policy": {"mode": "enforce", "mx": [format!("mx1.{d}")], "max_age": 86400},
+        "fetched_at": now - 60,
+    });
+    // The very format the store reads (a file it could not read would hide the test).
+    serde_json::from_value::<mxgate_policy::sts::store::CachedPolicy>(old.clone()).unwrap();
+    std::fs::write(cache.join(format!("{d}.json")), old.to_string()).unwrap();
+    let mut s = settings(&world, port);
+    s.ca_file = Some(ca_path);
+    s.mta_sts_port = https.port();
+    let gate = Mxgate::start(dir.path(), &s);
+
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &[&format!("u@{d}")],
+        b"Subject: moved\r\n\r\nbody\r\n",
+    )
+    .await
+    .unwrap();
+    let line = gate
+        .wait_log(
+            |l| l.contains(&format!("to=<u@{d}>")) && l.contains("status="),
+            Duration::from_secs(30),
+        )
+        .await;
+    // The first attempt already used the new policy.
+    assert!(line.contains("status=sent"), "{line}\n{}", gate.log());
+    assert!(line.contains("policy=mta-sts"), "{line}");
+    assert!(line.contains("auth=pkix"), "{line}");
+    assert!(
+        line.contains(&format!("relay=mx2.{d}[127.0.0.6]")),
+        "{line}"
+    );
+    assert_eq!(receiver.messages().len(), 1);
+    assert!(!gate.log().contains("mta-sts cache:"), "{}", gate.log());
+    let stored = std::fs::read_to_string(cache.join(format!("{d}.json"))).unwrap();
+    assert!(stored.contains("\"v2\""), "{stored}");
+}

@@ -115,6 +115,9 @@ pub struct QueueConfig {
     /// Send one "delayed" DSN after this long; `None` (the default, or `""`) = never.
     #[serde(deserialize_with = "duration::deserialize_opt")]
     pub delay_warning: Option<Duration>,
+    /// Bytes of message bodies kept in memory from the `250` to their first delivery
+    /// attempt; beyond it, bodies are read back from the spool.
+    pub memory_budget: u64,
 }
 
 impl Default for QueueConfig {
@@ -128,6 +131,7 @@ impl Default for QueueConfig {
             max_age: Duration::from_secs(5 * 86400),
             bounce_relay: String::new(),
             delay_warning: None,
+            memory_budget: 268_435_456,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mxgate_smtp::reply::{parse_reply, Reply, ReplyError};
+use mxgate_smtp::reply::{parse_reply, reply_complete, Reply, ReplyError, ReplyScan};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -92,6 +92,8 @@ pub enum ConnError {
 pub struct Conn<S> {
     stream: S,
     buf: BytesMut,
+    /// How far `buf` is known to hold only continuation lines of the next reply.
+    scan: ReplyScan,
     timeout: Duration,
 }
 
@@ -100,6 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn {
             stream,
             buf: BytesMut::with_capacity(4096),
+            scan: ReplyScan::default(),
             timeout,
         }
     }
@@ -126,8 +129,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub async fn reply_within(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
         let read = async {
             loop {
-                if let Some(reply) = parse_reply(&mut self.buf)? {
-                    return Ok(reply);
+                // Parse only once the reply is complete: a server trickling bytes
+                // does not make us rescan the buffer on every read.
+                if reply_complete(&self.buf, &mut self.scan) {
+                    self.scan = ReplyScan::default();
+                    if let Some(reply) = parse_reply(&mut self.buf)? {
+                        return Ok(reply);
+                    }
                 }
                 let n = self.stream.read_buf(&mut self.buf).await?;
                 if n == 0 {
@@ -166,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn {
             stream: wrap(self.stream),
             buf: self.buf,
+            scan: self.scan,
             timeout: self.timeout,
         }
     }

@@ -1,11 +1,17 @@
 //! Pure decisions of the SMTP client: what to do about STARTTLS for a requirement, what
-//! a reply means for a recipient, which status code a failure gets, and dot-stuffing.
+//! a reply means for a recipient, which status code and kind a failure gets — and
+//! **defer or bounce**: this is the one module where an [`Outcome`] is chosen as
+//! `Deferred` or `Failed` ([`rcpt_verdict`] for a server's reply, [`plan_outcome`] for a
+//! destination without a plan, [`leftover_outcome`] for recipients no session decided,
+//! including `on_tls_failure`; the machine's own refusals — SMTPUTF8, SIZE, addresses —
+//! go through [`refused`]).
 //!
 //! Nothing here does I/O; the async driver in `session` asks these functions and acts.
 //! This module does not choose the TLS level (that is `mxgate-policy`).
 
-use mxgate_policy::TlsRequirement;
-use mxgate_queue::{DeliveryFailure, FailureKind, MAX_DIAGNOSTIC};
+use mxgate_config::OnTlsFailure;
+use mxgate_policy::{DeliveryPlan, LookupFailure, PlanError, SkipReason, TlsRequirement};
+use mxgate_queue::{DeliveryFailure, FailureKind, Outcome, MAX_DIAGNOSTIC};
 use mxgate_smtp::reply::Reply;
 use mxgate_smtp::EnhancedStatus;
 
@@ -190,6 +196,38 @@ pub fn metric_reason(kind: FailureKind) -> &'static str {
     }
 }
 
+/// A greeting other than `220` (RFC 5321 §3.1): try elsewhere. It never bounces — it
+/// comes before TLS at every level — so its class is made transient.
+pub fn greeting_failure(reply: &Reply, mx_host: &str) -> DeliveryFailure {
+    let mut failure = remote_failure(reply, mx_host);
+    failure.kind = FailureKind::GreetingRejected;
+    failure.status = failure
+        .status
+        .with_class(mxgate_smtp::StatusClass::Transient);
+    failure
+}
+
+/// A recipient this server cannot be sent to at all (SMTPUTF8 needed, message too
+/// big, an address that cannot be written): permanent for this destination.
+pub fn refused(failure: DeliveryFailure) -> Outcome {
+    Outcome::Failed(failure)
+}
+
+/// What a MAIL, DATA or final reply means for every accepted recipient: the reply's
+/// class; a `2xx` where `354` was expected is protocol confusion, transient.
+pub fn reply_outcome(reply: &Reply, mx: &str) -> Outcome {
+    match rcpt_verdict(reply, mx) {
+        RcptVerdict::Failed(f) => Outcome::Failed(f),
+        RcptVerdict::Deferred(f) => Outcome::Deferred(f),
+        RcptVerdict::Accepted => Outcome::Deferred(local_failure(
+            FailureKind::ProtocolError,
+            status::PROTOCOL,
+            Some(mx),
+            format!("unexpected reply {} from {mx}", bounded(&reply.to_string())),
+        )),
+    }
+}
+
 /// What a sequence of replies in one transaction means for each recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptVerdict {
@@ -212,6 +250,86 @@ pub fn rcpt_verdict(reply: &Reply, mx_host: &str) -> RcptVerdict {
             f.status = status::PROTOCOL;
         }
         RcptVerdict::Deferred(f)
+    }
+}
+
+/// The outcome of recipients no session decided: TLS reasons first (they are what the
+/// operator must see), else the last connection failure, else "no MX".
+pub fn leftover_outcome(
+    plan: &DeliveryPlan,
+    tls: &[TlsPolicyFailure],
+    other: Option<DeliveryFailure>,
+) -> Outcome {
+    if !tls.is_empty() {
+        let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
+        let message = message.join("; ");
+        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
+        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
+        // Only when every failure was a TLS policy failure may `bounce` apply: an
+        // unreachable MX says nothing about policy.
+        if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
+            let code = EnhancedStatus::permanent(subject, detail);
+            return Outcome::Failed(local_failure(kind, code, None, message));
+        }
+        let message = match &other {
+            Some(o) => format!("{message}; {}", o.diagnostic),
+            None => message,
+        };
+        let code = EnhancedStatus::transient(subject, detail);
+        return Outcome::Deferred(local_failure(kind, code, None, message));
+    }
+    match other {
+        Some(f) => Outcome::Deferred(f),
+        None => Outcome::Deferred(local_failure(
+            FailureKind::NoMxHost,
+            status::DNS_TEMPORARY,
+            None,
+            format!("no MX host of {} could be dialled", plan.domain),
+        )),
+    }
+}
+
+/// No plan for the destination: a permanent error (null MX, no such domain) bounces,
+/// a DNS failure defers.
+pub fn plan_outcome(e: &PlanError) -> Outcome {
+    let (kind, code) = match e {
+        // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
+        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
+        PlanError::NxDomain { .. }
+        | PlanError::NoMailHost { .. }
+        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
+        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
+    };
+    let failure = local_failure(kind, code, None, e.to_string());
+    if e.is_permanent() {
+        Outcome::Failed(failure)
+    } else {
+        Outcome::Deferred(failure)
+    }
+}
+
+/// The failure kind of a DNS lookup that gave no usable answer.
+fn lookup_kind(failure: &LookupFailure) -> FailureKind {
+    match failure {
+        LookupFailure::Bogus => FailureKind::DnssecInvalid,
+        LookupFailure::Indeterminate
+        | LookupFailure::Temporary(_)
+        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
+    }
+}
+
+/// The failure kind of an MX host the plan does not dial.
+pub fn skip_kind(reason: &SkipReason) -> FailureKind {
+    match reason {
+        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
+        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
+        SkipReason::TlsaLookup { failure, .. } => match failure {
+            LookupFailure::Bogus => FailureKind::DnssecInvalid,
+            _ => FailureKind::TlsaInvalid,
+        },
+        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
+        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
+        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
     }
 }
 

@@ -15,8 +15,8 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use crate::conn::{Conn, ConnError, SmtpStream};
+use crate::facts::TlsFacts;
 use crate::machine::{ClientSession, End, Input, Lost, Step, Wait};
-use crate::session::{certificate_problem, TlsFacts};
 
 /// RFC 5321 §4.5.3.2.6: "DATA Termination: 10 minutes."
 pub const DATA_TERMINATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -71,6 +71,13 @@ pub fn tls_facts(session: &rustls::ClientConnection, requirement: &TlsRequiremen
             session.peer_certificates().unwrap_or_default(),
         )
         .as_str(),
+        peer_chain: session
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect(),
+        shadow: None,
     }
 }
 
@@ -219,5 +226,65 @@ fn handshake_failure(mx_host: &str, e: &std::io::Error) -> (FailureKind, String)
             FailureKind::HandshakeFailed,
             format!("TLS handshake with {mx_host} failed: {e}"),
         ),
+    }
+}
+
+/// What is wrong with a certificate, in words an operator understands (never a Debug
+/// dump of the rustls or webpki error).
+pub fn certificate_problem(e: &rustls::CertificateError) -> (FailureKind, String) {
+    use rustls::CertificateError as C;
+    let text = |s: &str| s.to_string();
+    match e {
+        C::UnknownIssuer => (FailureKind::CertificateNotTrusted, text("unknown issuer")),
+        C::Expired | C::ExpiredContext { .. } => (FailureKind::CertificateExpired, text("expired")),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            (FailureKind::CertificateExpired, text("not yet valid"))
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            (FailureKind::CertificateHostMismatch, text("name mismatch"))
+        }
+        C::BadSignature => (FailureKind::CertificateInvalid, text("bad signature")),
+        C::BadEncoding => (
+            FailureKind::CertificateInvalid,
+            text("malformed certificate"),
+        ),
+        C::Revoked => (FailureKind::CertificateInvalid, text("revoked")),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+            FailureKind::CertificateInvalid,
+            text("not issued for TLS server authentication"),
+        ),
+        C::ApplicationVerificationFailure => (
+            FailureKind::DaneMismatch,
+            text("no TLSA record matches the certificate chain"),
+        ),
+        C::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => (
+                FailureKind::CertificateNotTrusted,
+                text("self-signed certificate (a CA certificate used as the server certificate)"),
+            ),
+            Some(webpki::Error::EndEntityUsedAsCa) => (
+                FailureKind::CertificateNotTrusted,
+                text("a server certificate used as a CA certificate in the chain"),
+            ),
+            Some(
+                webpki::Error::PathLenConstraintViolated | webpki::Error::MaximumPathDepthExceeded,
+            ) => (
+                FailureKind::CertificateNotTrusted,
+                text("the certificate chain is too long"),
+            ),
+            Some(webpki::Error::NameConstraintViolation) => (
+                FailureKind::CertificateNotTrusted,
+                text("the chain violates its CA's name constraints"),
+            ),
+            Some(other) => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+            None => (
+                FailureKind::CertificateInvalid,
+                format!("rejected: {other}"),
+            ),
+        },
+        _ => (FailureKind::CertificateInvalid, text("not valid")),
     }
 }

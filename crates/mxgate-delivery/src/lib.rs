@@ -26,10 +26,12 @@
 //! the verifier), retry scheduling and DSNs (`mxgate-queue`), SMTP parsing
 //! (`mxgate-smtp`).
 
+mod attempt;
 pub mod cache;
 pub mod conn;
 pub mod decide;
 pub mod drive;
+mod facts;
 pub mod machine;
 pub mod report;
 pub mod reuse;
@@ -42,13 +44,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mxgate_config::{DeliveryConfig, Level, OnTlsFailure, TlsVersion};
-use mxgate_policy::{
-    DeliveryPlan, LookupFailure, PlanError, PolicyEngine, SkipReason, TlsRequirement,
-};
+use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, SkipReason, TlsRequirement};
 use mxgate_queue::{
     DeliveryFailure, DeliveryJob, FailureKind, Outcome, RecipientOutcome, Transport,
 };
-use mxgate_smtp::EnhancedStatus;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 
@@ -56,10 +55,13 @@ pub use cache::{SessionCache, SessionKey};
 pub use decide::TlsPolicyFailure;
 pub use report::{SessionFailure, SessionReport, SessionSink};
 pub use reuse::IdleSession;
-pub use session::{deliver_to_address, SessionError, SessionParams, TlsFacts, Transacted};
+pub use session::{
+    deliver_to_address, SessionError, SessionParams, ShadowCheck, ShadowVerdict, TlsFacts,
+    Transacted,
+};
 
-use decide::{local_failure, status};
-use session::Finished;
+use attempt::Finished;
+use decide::{leftover_outcome, local_failure, plan_outcome, skip_kind, status};
 
 /// What delivery needs from the policy engine; implemented by [`PolicyEngine`] (tests
 /// may plug in a fixed plan).
@@ -73,6 +75,11 @@ pub trait Planner: Send + Sync + 'static {
     /// The global `policy.min_tls_version`, for the bounce relay.
     fn min_tls_version(&self) -> TlsVersion {
         TlsVersion::Tls12
+    }
+    /// The PKIX verifier of the trust roots, to judge shadow requirements (`None`: no
+    /// shadow checks).
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        None
     }
 }
 
@@ -91,6 +98,10 @@ impl Planner for PolicyEngine {
 
     fn min_tls_version(&self) -> TlsVersion {
         PolicyEngine::min_tls_version(self)
+    }
+
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        Some(PolicyEngine::pkix_verifier(self))
     }
 }
 
@@ -232,12 +243,7 @@ impl<P: Planner> Delivery<P> {
         let plan = match self.policy.plan(&job.domain).await {
             Ok(plan) => plan,
             Err(e) => {
-                let failure = plan_failure(&e);
-                let outcome = if e.is_permanent() {
-                    Outcome::Failed(failure)
-                } else {
-                    Outcome::Deferred(failure)
-                };
+                let outcome = plan_outcome(&e);
                 let outcomes = all(&job.recipients, &outcome);
                 let log = AttemptLog::new(&job, None, "-", start);
                 log.emit(&outcomes, "none", &TlsFacts::default(), "none", "none");
@@ -321,6 +327,7 @@ impl<P: Planner> Delivery<P> {
                 preference: 0,
                 addrs: resolved.iter().map(SocketAddr::ip).collect(),
                 requirement: Ok(TlsRequirement::Opportunistic),
+                shadow: None,
             }],
         };
         // The relay is not the destination's MX: nothing to report about its TLS.
@@ -397,14 +404,29 @@ impl<P: Planner> Delivery<P> {
                     policy_label: reason_label(plan.level, &requirement).to_string(),
                     connect_timeout: self.settings.connect_timeout,
                     command_timeout: self.settings.command_timeout,
+                    shadow: mx
+                        .shadow
+                        .clone()
+                        .zip(self.policy.pkix_verifier())
+                        .map(|(requirement, pkix)| ShadowCheck { requirement, pkix }),
                 };
                 let (result, kind, local_ip, was_greeted) =
                     self.session(key, &params, job, &pending).await;
                 greeted += usize::from(was_greeted);
                 reporter.session(&params, local_ip, &result);
                 match result {
-                    Ok(report) => {
+                    Ok(mut report) => {
+                        report.tls.shadow = attempt::shadow_verdict(&params, &report.tls);
                         let auth = report.tls.auth;
+                        if let Some(ShadowVerdict {
+                            level,
+                            result: Err(failure),
+                        }) = &report.tls.shadow
+                        {
+                            metrics::counter!("mxgate_shadow_failures_total",
+                                "level" => metric_policy(*level), "reason" => failure.as_str())
+                            .increment(1);
+                        }
                         if let (Some(version), ConnKind::New) = (report.tls.version, kind) {
                             metrics::counter!("mxgate_tls_connections_total",
                                 "version" => version,
@@ -530,42 +552,6 @@ impl Reporter<'_> {
 /// Cached sessions tried (and found dead) before a job dials afresh.
 const MAX_REUSE_TRIES: usize = 2;
 
-/// The outcome of recipients no session decided: TLS reasons first (they are what the
-/// operator must see), else the last connection failure, else "no MX".
-fn leftover_outcome(
-    plan: &DeliveryPlan,
-    tls: &[TlsPolicyFailure],
-    other: Option<DeliveryFailure>,
-) -> Outcome {
-    if !tls.is_empty() {
-        let message: Vec<&str> = tls.iter().map(|f| f.message.as_str()).collect();
-        let message = message.join("; ");
-        let (subject, detail) = tls.first().map(|f| f.subject_detail()).unwrap_or((7, 5));
-        let kind = tls.first().map(|f| f.kind).unwrap_or(FailureKind::Other);
-        // Only when every failure was a TLS policy failure may `bounce` apply: an
-        // unreachable MX says nothing about policy.
-        if plan.on_tls_failure == OnTlsFailure::Bounce && other.is_none() {
-            let code = EnhancedStatus::permanent(subject, detail);
-            return Outcome::Failed(local_failure(kind, code, None, message));
-        }
-        let message = match &other {
-            Some(o) => format!("{message}; {}", o.diagnostic),
-            None => message,
-        };
-        let code = EnhancedStatus::transient(subject, detail);
-        return Outcome::Deferred(local_failure(kind, code, None, message));
-    }
-    match other {
-        Some(f) => Outcome::Deferred(f),
-        None => Outcome::Deferred(local_failure(
-            FailureKind::NoMxHost,
-            status::DNS_TEMPORARY,
-            None,
-            format!("no MX host of {} could be dialled", plan.domain),
-        )),
-    }
-}
-
 /// The level word that opens a TLS failure reason (`encrypt: ...`, `mta-sts enforce: ...`).
 fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
     match (level, requirement) {
@@ -573,43 +559,6 @@ fn reason_label(level: Level, requirement: &TlsRequirement) -> &'static str {
         // under a PKIX requirement is enforce mode.
         (Level::MtaSts, TlsRequirement::Pkix { .. }) => "mta-sts enforce",
         (level, _) => level.as_str(),
-    }
-}
-
-fn plan_failure(e: &PlanError) -> DeliveryFailure {
-    let (kind, code) = match e {
-        // RFC 7505 §4.2: "SMTP clients ... SHOULD use ... 556 5.1.10".
-        PlanError::NullMx { .. } => (FailureKind::NullMx, status::NULL_MX),
-        PlanError::NxDomain { .. }
-        | PlanError::NoMailHost { .. }
-        | PlanError::InvalidName { .. } => (FailureKind::NoSuchDomain, status::NO_SUCH_DOMAIN),
-        PlanError::MxLookup { failure, .. } => (lookup_kind(failure), status::DNS_TEMPORARY),
-    };
-    local_failure(kind, code, None, e.to_string())
-}
-
-/// The failure kind of a DNS lookup that gave no usable answer.
-fn lookup_kind(failure: &LookupFailure) -> FailureKind {
-    match failure {
-        LookupFailure::Bogus => FailureKind::DnssecInvalid,
-        LookupFailure::Indeterminate
-        | LookupFailure::Temporary(_)
-        | LookupFailure::ResolverNotValidating => FailureKind::DnsTemporary,
-    }
-}
-
-/// The failure kind of an MX host the plan does not dial.
-fn skip_kind(reason: &SkipReason) -> FailureKind {
-    match reason {
-        SkipReason::AddressLookup { failure, .. } => lookup_kind(failure),
-        SkipReason::NoAddress { .. } => FailureKind::NoMxHost,
-        SkipReason::TlsaLookup { failure, .. } => match failure {
-            LookupFailure::Bogus => FailureKind::DnssecInvalid,
-            _ => FailureKind::TlsaInvalid,
-        },
-        SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
-        SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
-        SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
     }
 }
 
@@ -699,16 +648,25 @@ impl<'a> AttemptLog<'a> {
                         .get(o.index)
                         .map(|r| r.address.as_str())
                         .unwrap_or("?");
-                    format!("<{address}>")
+                    format!("<{}>", log_value(address))
                 })
                 .collect();
-            let reply = match &first.outcome {
-                Outcome::Delivered { reply, .. } => reply.as_str(),
-                Outcome::Deferred(f) | Outcome::Failed(f) => f.diagnostic.as_str(),
+            let (reply, dsn) = match &first.outcome {
+                Outcome::Delivered { reply, .. } => (reply.as_str(), "2.0.0".to_string()),
+                Outcome::Deferred(f) | Outcome::Failed(f) => {
+                    (f.diagnostic.as_str(), f.status.to_string())
+                }
             };
+            // `shadow=LEVEL:ok|LEVEL:REASON` only when a shadow level is configured.
+            let shadow = tls
+                .shadow
+                .as_ref()
+                .map(|v| format!(" shadow={}", v.log_word()))
+                .unwrap_or_default();
             tracing::info!(
-                "id={} to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} reply=\"{}\" delay={:.2} conn={}",
+                "id={} from=<{}> to={} relay={} policy={} source={} tls={} cipher={} auth={} trust={} status={} dsn={} reply=\"{}\" delay={:.2} conn={}{}",
                 self.job.id,
+                log_value(&self.job.envelope.sender),
                 to.join(","),
                 relay,
                 self.policy_name,
@@ -718,12 +676,52 @@ impl<'a> AttemptLog<'a> {
                 auth,
                 postfix_trust_word(tls.version.is_some(), auth),
                 status,
-                reply.replace('"', "'"),
+                dsn,
+                log_quoted(reply),
                 delay,
                 conn,
+                shadow,
             );
         }
     }
+}
+
+/// A value from outside (an address) made safe for an unquoted `key=value` field:
+/// no space, quote, comma or control character can end the field or forge another
+/// (`"x\" status=sent"@d` stays one value). Escapes are `\xNN`.
+fn log_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, ' ' | '"' | '\\' | ',') {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value from outside (a reply) for a `key="..."` field: `"` becomes `'`, control
+/// characters and `\` are escaped, so the quoted value cannot end early.
+fn log_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push('\''),
+            '\\' => out.push_str("\\x5c"),
+            c if c.is_control() => {
+                let mut utf8 = [0u8; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The word Postfix logs for the same session ("Verified TLS connection established
@@ -773,6 +771,7 @@ mod tests {
                     // Nothing listens on 127.0.0.2:1: refused at once.
                     addrs: vec!["127.0.0.2".parse().unwrap()],
                     requirement: Ok(TlsRequirement::Cleartext),
+                    shadow: None,
                 }],
             })
         }
@@ -832,6 +831,20 @@ mod tests {
             delivery.domain_semaphore("other.test").available_permits(),
             1
         );
+    }
+
+    #[test]
+    fn log_values_cannot_forge_fields() {
+        assert_eq!(
+            log_value("\"x\\\" status=sent\"@d"),
+            "\\x22x\\x5c\\x22\\x20status=sent\\x22@d"
+        );
+        assert_eq!(log_value("plain@d.test"), "plain@d.test");
+        assert_eq!(log_value("a,b\r\n"), "a\\x2cb\\x0d\\x0a");
+        assert_eq!(log_quoted("550 \"no\" \\ x\x1b"), "550 'no' \\x5c x\\x1b");
+        for forged in ["\"x\\\" status=sent\"@d", "a status=sent b"] {
+            assert!(!log_value(forged).contains(' '));
+        }
     }
 
     #[test]

@@ -37,13 +37,13 @@ use bytes::Bytes;
 use mxgate_policy::TlsRequirement;
 use mxgate_queue::{DeliveryFailure, FailureKind, Outcome, RecipientOutcome};
 use mxgate_smtp::client::{self, ClientCommandError};
-use mxgate_smtp::{Capabilities, Envelope, Recipient, Reply, StatusClass};
+use mxgate_smtp::{Capabilities, Envelope, Recipient, Reply};
 
 use crate::decide::{
-    bounded, local_failure, rcpt_verdict, remote_failure, starttls_step, status, RcptVerdict,
-    StartTlsStep, TlsPolicyFailure,
+    bounded, greeting_failure, local_failure, rcpt_verdict, refused, reply_outcome, starttls_step,
+    status, RcptVerdict, StartTlsStep, TlsPolicyFailure,
 };
-use crate::session::{SessionError, TlsFacts, Transacted};
+use crate::facts::{SessionError, TlsFacts, Transacted};
 
 /// Who we are and whom we talk to, for commands and reasons.
 #[derive(Debug, Clone)]
@@ -443,9 +443,7 @@ impl ClientSession {
         // RFC 5321 §3.1: a 554 greeting means no service here; try elsewhere. A
         // greeting never bounces (it comes before TLS at every level).
         if !r.is_positive() {
-            let mut failure = remote_failure(&r, &self.peer.mx_host);
-            failure.kind = FailureKind::GreetingRejected;
-            failure.status = failure.status.with_class(StatusClass::Transient);
+            let failure = greeting_failure(&r, &self.peer.mx_host);
             return self.quit_then(End::Failed(SessionError::Unreachable {
                 relay: self.peer.relay.clone(),
                 failure,
@@ -562,7 +560,7 @@ impl ClientSession {
             let Some(rcpt) = mail.envelope.recipients.get(index) else {
                 self.txn.outcomes.push(RecipientOutcome {
                     index,
-                    outcome: Outcome::Failed(local_failure(
+                    outcome: refused(local_failure(
                         FailureKind::BadAddress,
                         status::BAD_ADDRESS,
                         None,
@@ -575,7 +573,7 @@ impl ClientSession {
                 Ok(cmd) => self.txn.sendable.push((index, cmd)),
                 Err(e) => self.txn.outcomes.push(RecipientOutcome {
                     index,
-                    outcome: Outcome::Failed(local_failure(
+                    outcome: refused(local_failure(
                         FailureKind::BadAddress,
                         status::BAD_ADDRESS,
                         Some(&mx),
@@ -631,7 +629,7 @@ impl ClientSession {
                 for index in all {
                     self.txn.outcomes.push(RecipientOutcome {
                         index,
-                        outcome: Outcome::Failed(failure.clone()),
+                        outcome: refused(failure.clone()),
                     });
                 }
                 return self.quit_then_transacted();
@@ -698,20 +696,8 @@ impl ClientSession {
         send(client::DATA.to_vec(), Wait::Command)
     }
 
-    /// What a MAIL/DATA/final reply means for every accepted recipient.
     fn verdict_for_all(&self, reply: &Reply) -> Outcome {
-        let mx = &self.peer.mx_host;
-        match rcpt_verdict(reply, mx) {
-            RcptVerdict::Failed(f) => Outcome::Failed(f),
-            RcptVerdict::Deferred(f) => Outcome::Deferred(f),
-            // A 2xx where a 354 was expected: protocol confusion, transient.
-            RcptVerdict::Accepted => Outcome::Deferred(local_failure(
-                FailureKind::ProtocolError,
-                status::PROTOCOL,
-                Some(mx),
-                format!("unexpected reply {} from {mx}", bounded(&reply.to_string())),
-            )),
-        }
+        reply_outcome(reply, &self.peer.mx_host)
     }
 
     fn decide_accepted(&mut self, outcome: Outcome) {

@@ -76,6 +76,8 @@ fn facts() -> TlsFacts {
         version: Some("TLSv1.3"),
         cipher: Some("TLS13_AES_128_GCM_SHA256".into()),
         auth: "none",
+        peer_chain: Vec::new(),
+        shadow: None,
     }
 }
 

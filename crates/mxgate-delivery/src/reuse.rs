@@ -12,31 +12,14 @@
 //! Not here: which sessions may be kept (`machine`), keys, bounds and idle expiry
 //! (`cache`).
 
-use std::net::IpAddr;
-
 use mxgate_queue::{DeliveryJob, FailureKind};
-use mxgate_smtp::Capabilities;
 
-use crate::cache::Idle;
-use crate::conn::{Conn, SmtpStream};
+pub use crate::attempt::IdleSession;
+
+use crate::attempt::{mail_of, Finished, SessionParams};
 use crate::drive::drive;
+use crate::facts::SessionError;
 use crate::machine::{ClientSession, End};
-use crate::session::{mail_of, Finished, SessionError, SessionParams, TlsFacts};
-
-/// A session parked between transactions: the connection, what the server advertised
-/// in its last EHLO (after STARTTLS when TLS is up), and the TLS facts.
-pub struct IdleSession {
-    pub(crate) conn: Conn<SmtpStream>,
-    pub(crate) local_ip: Option<IpAddr>,
-    pub(crate) caps: Capabilities,
-    pub(crate) tls: TlsFacts,
-}
-
-impl Idle for IdleSession {
-    async fn close(mut self) {
-        self.conn.quit().await;
-    }
-}
 
 /// `RSET`, then one transaction on `session`. `None`: the session was dead or
 /// misbehaving and has been dropped; deliver on a fresh connection instead.

@@ -8,141 +8,17 @@
 //! or levels, log, or count metrics (the caller in `lib.rs` does, from the returned
 //! facts).
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
-
-use mxgate_policy::TlsRequirement;
-use mxgate_queue::{DeliveryFailure, DeliveryJob, FailureKind, RecipientOutcome};
-use rustls::ClientConfig;
+use mxgate_queue::{DeliveryJob, FailureKind};
 use tokio::net::TcpStream;
 
+pub use crate::attempt::{SessionParams, ShadowCheck};
+pub use crate::facts::{SessionError, ShadowVerdict, TlsFacts, Transacted};
+
+use crate::attempt::{mail_of, Finished, IdleSession};
 use crate::conn::{Conn, SmtpStream};
-use crate::decide::{local_failure, status, TlsPolicyFailure};
-use crate::drive::{drive, TlsSetup};
-use crate::machine::{ClientSession, End, Mail, Peer};
-use crate::reuse::IdleSession;
-
-/// Everything one session needs to know.
-#[derive(Clone)]
-pub struct SessionParams {
-    /// Our name in EHLO/HELO.
-    pub helo_name: String,
-    /// The MX host name: SNI, reasons, `relay=`.
-    pub mx_host: String,
-    pub addr: SocketAddr,
-    pub requirement: TlsRequirement,
-    /// The rustls configuration (verifier) for STARTTLS; `None` only for `Cleartext`.
-    pub tls_config: Option<Arc<ClientConfig>>,
-    /// The level word used in reasons (`encrypt`, `verify`, `mta-sts`, `dane`).
-    pub policy_label: String,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-}
-
-impl SessionParams {
-    /// `host[addr]:port`, as Postfix logs it.
-    pub fn relay(&self) -> String {
-        format!("{}[{}]:{}", self.mx_host, self.addr.ip(), self.addr.port())
-    }
-
-    /// Who the machine talks to.
-    pub(crate) fn peer(&self) -> Peer {
-        Peer {
-            helo_name: self.helo_name.clone(),
-            mx_host: self.mx_host.clone(),
-            relay: self.relay(),
-            policy_label: self.policy_label.clone(),
-        }
-    }
-
-    /// What the handshake needs.
-    pub(crate) fn tls_setup(&self) -> TlsSetup {
-        TlsSetup {
-            config: self.tls_config.clone(),
-            sni: crate::drive::sni(&self.requirement, &self.mx_host),
-            requirement: self.requirement.clone(),
-            mx_host: self.mx_host.clone(),
-        }
-    }
-}
-
-/// The TLS facts of a session, for logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFacts {
-    /// `TLSv1.2` / `TLSv1.3`; `None` = cleartext.
-    pub version: Option<&'static str>,
-    pub cipher: Option<String>,
-    /// How the server was authenticated (`auth=`): `none`, `pkix`, `dane-ee`, `dane-ta`.
-    pub auth: &'static str,
-}
-
-impl Default for TlsFacts {
-    /// A cleartext session: no version, no cipher, `auth=none`.
-    fn default() -> Self {
-        TlsFacts {
-            version: None,
-            cipher: None,
-            auth: "none",
-        }
-    }
-}
-
-/// A session that reached a transaction: an outcome for every recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transacted {
-    pub relay: String,
-    pub tls: TlsFacts,
-    pub outcomes: Vec<RecipientOutcome>,
-}
-
-/// A session that decided nothing about the recipients.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    /// Connect, greeting, EHLO or the conversation failed: try the next address / MX.
-    #[error("{relay}: {}", failure.diagnostic)]
-    Unreachable {
-        relay: String,
-        failure: DeliveryFailure,
-    },
-    /// The required TLS level was not met on this MX.
-    #[error("{relay}: {}", failure.message)]
-    TlsPolicy {
-        relay: String,
-        failure: TlsPolicyFailure,
-    },
-}
-
-/// What one session leaves: its result, the connection when it may be kept, and
-/// facts for limits and reports.
-pub(crate) struct Finished {
-    pub result: Result<Transacted, SessionError>,
-    pub idle: Option<IdleSession>,
-    /// Our address on the connection, when one was made.
-    pub local_ip: Option<IpAddr>,
-    /// EHLO (and TLS where used) completed: counts against `mx_session_limit`.
-    pub greeted: bool,
-}
-
-impl Finished {
-    fn failed(e: SessionError, local_ip: Option<IpAddr>) -> Self {
-        Finished {
-            result: Err(e),
-            idle: None,
-            local_ip,
-            greeted: false,
-        }
-    }
-}
-
-/// The transaction's part of the job, for the machine.
-pub(crate) fn mail_of(job: &DeliveryJob, recipients: &[usize]) -> Mail {
-    Mail {
-        envelope: job.envelope.clone(),
-        recipients: recipients.to_vec(),
-        message: job.message.clone(),
-    }
-}
+use crate::decide::{local_failure, status};
+use crate::drive::drive;
+use crate::machine::{ClientSession, End};
 
 /// Delivers `recipients` (indices into `job.envelope.recipients`) over one session to
 /// `params.addr`, then `QUIT`. At `may`, a failed TLS handshake is retried once in
@@ -284,65 +160,5 @@ fn unreachable(
             Some(&params.mx_host),
             format!("{}: {detail}", params.relay()),
         ),
-    }
-}
-
-/// What is wrong with a certificate, in words an operator understands (never a Debug
-/// dump of the rustls or webpki error).
-pub fn certificate_problem(e: &rustls::CertificateError) -> (FailureKind, String) {
-    use rustls::CertificateError as C;
-    let text = |s: &str| s.to_string();
-    match e {
-        C::UnknownIssuer => (FailureKind::CertificateNotTrusted, text("unknown issuer")),
-        C::Expired | C::ExpiredContext { .. } => (FailureKind::CertificateExpired, text("expired")),
-        C::NotValidYet | C::NotValidYetContext { .. } => {
-            (FailureKind::CertificateExpired, text("not yet valid"))
-        }
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            (FailureKind::CertificateHostMismatch, text("name mismatch"))
-        }
-        C::BadSignature => (FailureKind::CertificateInvalid, text("bad signature")),
-        C::BadEncoding => (
-            FailureKind::CertificateInvalid,
-            text("malformed certificate"),
-        ),
-        C::Revoked => (FailureKind::CertificateInvalid, text("revoked")),
-        C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
-            FailureKind::CertificateInvalid,
-            text("not issued for TLS server authentication"),
-        ),
-        C::ApplicationVerificationFailure => (
-            FailureKind::DaneMismatch,
-            text("no TLSA record matches the certificate chain"),
-        ),
-        C::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
-            Some(webpki::Error::CaUsedAsEndEntity) => (
-                FailureKind::CertificateNotTrusted,
-                text("self-signed certificate (a CA certificate used as the server certificate)"),
-            ),
-            Some(webpki::Error::EndEntityUsedAsCa) => (
-                FailureKind::CertificateNotTrusted,
-                text("a server certificate used as a CA certificate in the chain"),
-            ),
-            Some(
-                webpki::Error::PathLenConstraintViolated | webpki::Error::MaximumPathDepthExceeded,
-            ) => (
-                FailureKind::CertificateNotTrusted,
-                text("the certificate chain is too long"),
-            ),
-            Some(webpki::Error::NameConstraintViolation) => (
-                FailureKind::CertificateNotTrusted,
-                text("the chain violates its CA's name constraints"),
-            ),
-            Some(other) => (
-                FailureKind::CertificateInvalid,
-                format!("rejected: {other}"),
-            ),
-            None => (
-                FailureKind::CertificateInvalid,
-                format!("rejected: {other}"),
-            ),
-        },
-        _ => (FailureKind::CertificateInvalid, text("not valid")),
     }
 }

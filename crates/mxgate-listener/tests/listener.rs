@@ -375,3 +375,24 @@ async fn shutdown_lets_the_open_transaction_finish() {
     // No longer accepting.
     assert!(TcpStream::connect(server.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn body_lines_over_998_octets_are_kept_byte_exact() {
+    // Postfix with `smtp_line_length_limit = 0` sends long lines as they are, to keep
+    // DKIM signatures valid: accepted and stored unchanged, never a 554 (a bounce).
+    let server = start(|_| {}).await;
+    let mut c = Client::greeted(server.addr).await;
+    c.send(b"EHLO c\r\n").await;
+    c.reply().await;
+    transaction(&mut c, &["b@y.example"]).await;
+    let mut body = b"Subject: long\r\n\r\n".to_vec();
+    body.extend_from_slice(&[b'l'; 5000]);
+    body.extend_from_slice(b"\r\nshort\r\n");
+    let mut data = body.clone();
+    data.extend_from_slice(b".\r\n");
+    c.send(&data).await;
+    assert_eq!(c.replies(1).await, ["250 2.0.0"]);
+    let msgs = server.store.messages();
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].1.ends_with(&body), "the message was changed");
+}

@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
 use crate::explain::{Configured, Explanation, StatusNames, StsReport};
-use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
-use crate::reason::{LookupFailure, PlanError};
+use crate::plan::{DeliveryPlan, MxPlan, ShadowRequirement, TlsRequirement, TlsaRecord};
+use crate::reason::{LookupFailure, PlanError, SkipReason};
 use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
 use crate::sts::store::{now_unix, CacheWrite, PolicyStore, StsLookup};
 use crate::tls;
@@ -44,6 +44,7 @@ pub struct PolicyEngine {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     configs: DashMap<(TlsRequirement, TlsVersion), Arc<rustls::ClientConfig>>,
+    pkix: std::sync::OnceLock<Arc<rustls::client::WebPkiServerVerifier>>,
     sts: PolicyStore,
 }
 
@@ -117,6 +118,7 @@ impl PolicyEngine {
             provider: tls::provider(),
             roots,
             configs: DashMap::new(),
+            pkix: std::sync::OnceLock::new(),
             sts,
         })
     }
@@ -136,30 +138,46 @@ impl PolicyEngine {
     ) -> Result<(DeliveryPlan, Facts, Level), GatherFailure> {
         let domain = normalise(domain);
         let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
-        let facts = self.gather(&domain, level, write).await?;
+        let shadow = self.config.policy.shadow_for(&domain);
+        let facts = self.gather(&domain, level, shadow, write).await?;
         let host_facts: Vec<HostFacts> = facts.hosts.iter().map(|h| h.2.clone()).collect();
-        let decision = decide(&DecisionInput {
-            level,
-            fallback: self.config.policy.fallback,
-            match_names: &match_names,
-            mx_status: facts.mx_status,
-            hosts: &host_facts,
-            sts: &facts.sts.state,
-        });
+        let decide_at = |level| {
+            decide(&DecisionInput {
+                level,
+                fallback: self.config.policy.fallback,
+                match_names: &match_names,
+                mx_status: facts.mx_status,
+                hosts: &host_facts,
+                sts: &facts.sts.state,
+            })
+        };
+        let decision = decide_at(level);
+        // The shadow level, decided from the same facts (docs/policy.md).
+        let mut shadow_per_host = shadow.map(|l| (l, decide_at(l).per_host.into_iter()));
         let mx = facts
             .hosts
             .iter()
             .zip(decision.per_host)
             .map(|((mx, addrs, hf, _), req)| {
-                let requirement = match (hf.addrs.skip_reason(&mx.host), req) {
+                let with_addrs = |req: Result<TlsRequirement, SkipReason>| match (
+                    hf.addrs.skip_reason(&mx.host),
+                    req,
+                ) {
                     (Some(why), Ok(_)) => Err(why),
                     (_, r) => r,
                 };
+                let shadow = shadow_per_host.as_mut().and_then(|(level, per_host)| {
+                    per_host.next().map(|r| ShadowRequirement {
+                        level: *level,
+                        requirement: with_addrs(r),
+                    })
+                });
                 MxPlan {
                     host: mx.host.clone(),
                     preference: mx.preference,
                     addrs: addrs.clone(),
-                    requirement,
+                    requirement: with_addrs(req),
+                    shadow,
                 }
             })
             .collect();
@@ -231,6 +249,23 @@ impl PolicyEngine {
         config
     }
 
+    /// The PKIX verifier of the trust roots (webpki-roots and `delivery.ca_file`), for
+    /// [`crate::evaluate::evaluate`] on sessions built for another requirement.
+    pub fn pkix_verifier(&self) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+        self.pkix
+            .get_or_init(|| {
+                let built = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    self.roots.clone(),
+                    self.provider.clone(),
+                )
+                .build();
+                // Fails only for an empty root store; webpki-roots never is.
+                #[allow(clippy::expect_used)]
+                built.expect("webpki-roots is not empty")
+            })
+            .clone()
+    }
+
     /// Shares MTA-STS policies with other instances (docs/scaling.md).
     pub fn with_shared_cache(
         mut self,
@@ -273,9 +308,13 @@ impl PolicyEngine {
         &self,
         domain: &str,
         level: Level,
+        shadow: Option<Level>,
         write: CacheWrite,
     ) -> Result<Facts, GatherFailure> {
-        let uses_dane = matches!(level, Level::Dane | Level::DaneOnly | Level::Auto);
+        let dane_level = |l| matches!(l, Level::Dane | Level::DaneOnly | Level::Auto);
+        let enforces_dane = dane_level(level);
+        // A DANE shadow level needs the TLSA facts too; only the applied level defers.
+        let uses_dane = enforces_dane || shadow.is_some_and(dane_level);
         // While the resolver self-test fails, DNSSEC failures are the resolver's.
         let validates = self.dns.resolver_validates();
         let (hosts, mx_status) = match self.dns.mx(domain).await {
@@ -313,7 +352,7 @@ impl PolicyEngine {
         };
         // RFC 7672 §2.2.1: an MX lookup that is neither secure nor insecure cannot be
         // trusted either way; defer where DANE could apply.
-        if uses_dane && mx_status == DnssecStatus::Indeterminate {
+        if enforces_dane && mx_status == DnssecStatus::Indeterminate {
             return Err(GatherFailure::new(
                 PlanError::MxLookup {
                     domain: domain.to_string(),
@@ -366,14 +405,15 @@ impl PolicyEngine {
             ));
         }
         let host_facts: Vec<HostFacts> = out.iter().map(|h| h.2.clone()).collect();
-        let sts = if needs_sts(level, &host_facts) {
-            self.sts.lookup_with(domain, now_unix(), write).await
-        } else {
-            StsLookup {
-                state: StsState::NotConsulted,
-                cached: None,
-            }
-        };
+        let sts =
+            if needs_sts(level, &host_facts) || shadow.is_some_and(|l| needs_sts(l, &host_facts)) {
+                self.sts.lookup_with(domain, now_unix(), write).await
+            } else {
+                StsLookup {
+                    state: StsState::NotConsulted,
+                    cached: None,
+                }
+            };
         Ok(Facts {
             hosts: out,
             mx_status,

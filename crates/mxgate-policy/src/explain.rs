@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::decide::{AddrFacts, HostFacts, TlsaFacts};
 use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
-use crate::reason::PlanError;
+use crate::reason::{PlanError, SkipReason};
 use crate::sts::store::CachedPolicy;
 
 /// `level` when no level could be decided (the destination's own DNS failed).
@@ -199,6 +199,9 @@ pub struct MxReport {
     pub tlsa_state: String,
     /// `dane`, `pkix`, `encrypt`, `may`, `none`, or `skip: reason`.
     pub requirement: String,
+    /// What the shadow level would require of this host (same words), `null` without
+    /// a shadow level.
+    pub shadow_requirement: Option<String>,
 }
 
 impl MxReport {
@@ -240,15 +243,23 @@ impl MxReport {
                 TlsaFacts::Insecure => "insecure".into(),
                 TlsaFacts::Failed(failure) => format!("failed: {failure}"),
             },
-            requirement: match &plan.requirement {
-                Ok(TlsRequirement::Cleartext) => "none".into(),
-                Ok(TlsRequirement::Opportunistic) => "may".into(),
-                Ok(TlsRequirement::Encrypt) => "encrypt".into(),
-                Ok(TlsRequirement::Pkix { names }) => format!("pkix ({})", names.join(", ")),
-                Ok(TlsRequirement::Dane { names, .. }) => format!("dane ({})", names.join(", ")),
-                Err(why) => format!("skip: {why}"),
-            },
+            requirement: requirement_tag(&plan.requirement),
+            shadow_requirement: plan
+                .shadow
+                .as_ref()
+                .map(|s| requirement_tag(&s.requirement)),
         }
+    }
+}
+
+fn requirement_tag(r: &Result<TlsRequirement, SkipReason>) -> String {
+    match r {
+        Ok(TlsRequirement::Cleartext) => "none".into(),
+        Ok(TlsRequirement::Opportunistic) => "may".into(),
+        Ok(TlsRequirement::Encrypt) => "encrypt".into(),
+        Ok(TlsRequirement::Pkix { names }) => format!("pkix ({})", names.join(", ")),
+        Ok(TlsRequirement::Dane { names, .. }) => format!("dane ({})", names.join(", ")),
+        Err(why) => format!("skip: {why}"),
     }
 }
 

@@ -10,13 +10,15 @@
 //! case); [`dane`] matches TLSA records and verifies chains; [`tls`] builds rustls
 //! configurations; [`sts`] parses, fetches and stores MTA-STS policies; the engine
 //! (`engine.rs`) gathers the facts through mxgate-dns and calls the core; [`explain`]
-//! is the `mxgate policy DOMAIN --json` report.
+//! is the `mxgate policy DOMAIN --json` report; [`evaluate`] judges an established
+//! session against a requirement it was not built for (shadow levels, MTA-STS testing).
 //!
 //! This crate does not speak SMTP, open SMTP connections, or count deliveries.
 
 pub mod dane;
 pub mod decide;
 mod engine;
+pub mod evaluate;
 pub mod explain;
 mod plan;
 pub mod reason;
@@ -25,8 +27,9 @@ pub mod tls;
 
 pub use dane::{Auth, DaneVerifier};
 pub use engine::{PolicyEngine, PolicyInitError};
+pub use evaluate::{evaluate, RequirementFailure, SessionFacts};
 pub use explain::Explanation;
 pub use mxgate_config::{Level, OnTlsFailure, TlsVersion};
-pub use plan::{DeliveryPlan, MxPlan, PolicySource, TlsRequirement, TlsaRecord};
+pub use plan::{DeliveryPlan, MxPlan, PolicySource, ShadowRequirement, TlsRequirement, TlsaRecord};
 pub use reason::{LookupFailure, PlanError, SkipReason};
 pub use sts::store::CacheWrite;

@@ -79,6 +79,18 @@ pub struct MxPlan {
     /// `Ok`: dial with this requirement. `Err`: never dial; the reason says why, and
     /// becomes the deferral reason if no MX is left.
     pub requirement: Result<TlsRequirement, SkipReason>,
+    /// The shadow level's requirement for this host (`shadow =` in the configuration),
+    /// decided from the same facts: checked on the session that `requirement` built
+    /// with [`crate::evaluate::evaluate`], never enforced (docs/policy.md).
+    pub shadow: Option<ShadowRequirement>,
+}
+
+/// What a shadow level would have required of one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowRequirement {
+    pub level: Level,
+    /// `Err`: the shadow level would not have dialled this host at all.
+    pub requirement: Result<TlsRequirement, SkipReason>,
 }
 
 /// The policy for one destination domain.

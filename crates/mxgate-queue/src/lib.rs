@@ -1,8 +1,9 @@
 //! Durable spool, scheduling, retry, expiry and DSN generation (contract §5).
 //!
 //! The listener hands a message over through [`MessageStore::store`]; it returns only
-//! once message and envelope are on stable storage (file fsync, rename, directory
-//! fsync shared by all stores waiting at that moment). The scheduler
+//! once message and envelope are on stable storage: a record in the log-structured
+//! spool, covered by a group commit (one `fdatasync` for every record appended since
+//! the previous one) on the spool's own writer thread. The scheduler
 //! ([`Queue::run`]) hands due work to a [`Transport`] (implemented by
 //! `mxgate-delivery`), records each recipient's [`Outcome`] durably, retries deferred
 //! recipients along `queue.retry_intervals`, bounces after `queue.max_age`, and queues
@@ -16,6 +17,7 @@
 //! does not serve the control socket (the binary does, calling these methods).
 
 pub mod dsn;
+mod log;
 mod queue;
 mod recover;
 mod schedule;
@@ -23,6 +25,7 @@ mod scheduler;
 mod spool;
 pub mod transport;
 
+pub use log::writer::Tuning;
 pub use queue::{
     FinalEvent, MessageSummary, Queue, QueueCounts, QueueError, QueueSettings, RecipientSummary,
 };

@@ -1,8 +1,11 @@
-//! The [`Queue`]: opening and recovering the spool, durable stores with group-committed
-//! directory fsyncs, the in-memory index, and the operator/test API.
+//! The [`Queue`]: opening and recovering the spool, durable stores through the log
+//! writer's group commit, the in-memory index, segment reference counts and
+//! compaction, and the operator/test API.
 //!
-//! Only an index lives in memory (envelope, recipient states, arrival, size); bodies
-//! stay on disk until a delivery starts. The scheduler is in `scheduler.rs`.
+//! An index lives in memory (envelope, recipient states, arrival, size, where the body
+//! is); a new message's body also stays in memory until its first attempt, within
+//! `queue.memory_budget`, else it is read back from its segment. The scheduler is in
+//! `scheduler.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -13,10 +16,12 @@ use bytes::Bytes;
 use mxgate_config::{Config, QueueConfig};
 use mxgate_smtp::Envelope;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
+use crate::log::record::{self, Kind, StateRec};
+use crate::log::writer::{LogWriter, Tuning, Written};
 use crate::schedule::{Clock, IdGen, RetryPolicy};
-use crate::spool::{self, BounceReason, Meta, RecipientStatus, SpoolPaths, StateLine};
+use crate::spool::{BounceReason, RecipientStatus, SpoolPaths};
 use crate::transport::{DeliveryFailure, MessageStore, QueueId, StoreError};
 
 /// What [`Queue::open`] needs.
@@ -105,11 +110,39 @@ pub(crate) struct Rcpt {
     pub in_flight: bool,
 }
 
+/// Where a message's body is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyLoc {
+    pub seg: u64,
+    pub offset: u64,
+    pub crc: u32,
+}
+
+/// An operator action that waits for the message's running attempt to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Bounce,
+    Delete,
+}
+
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub envelope: Arc<Envelope>,
     pub arrival_ms: u64,
-    pub body_offset: u64,
+    pub loc: BodyLoc,
+    /// Segments holding records of this message (each counted once in `Index::segs`).
+    pub segs: Vec<u64>,
+    /// The body, kept from the `250` to the end of the first attempt (memory budget).
+    pub mem: Option<Bytes>,
+    /// Jobs, operator actions and compaction copies not finished writing yet.
+    pub busy: u32,
+    /// An operator action to run once `busy` is 0.
+    pub op: Option<Op>,
+    /// Compaction is copying it forward: no new job starts meanwhile.
+    pub moving: bool,
+    /// Bounced recipients whose DSN could not be stored yet (disk full): retried; the
+    /// bounce is recorded only once the DSN is on disk.
+    pub dsn_retry: Option<crate::scheduler::PendingDsn>,
     pub size: u64,
     pub dsn: bool,
     /// The delay warning (`queue.delay_warning`) has been sent for this message.
@@ -153,6 +186,15 @@ impl Entry {
     }
 }
 
+/// How much of a segment live messages still use.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SegUse {
+    /// Live messages with a record in it.
+    pub msgs: u32,
+    /// Body bytes of the live messages whose message record is in it.
+    pub body_bytes: u64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub msgs: BTreeMap<QueueId, Entry>,
@@ -161,10 +203,29 @@ pub(crate) struct Index {
     /// `(earliest next attempt, id)` of every message with an idle pending recipient,
     /// so the scheduler finds due work without scanning the whole queue.
     pub schedule: BTreeSet<(u64, QueueId)>,
+    /// Use of every segment that live messages have records in.
+    pub segs: BTreeMap<u64, SegUse>,
+    /// The oldest segment that may still exist on disk; segments are removed in order.
+    pub oldest_seg: u64,
+    /// Body bytes held in memory for first attempts.
+    pub mem_used: u64,
+    /// `(when, id)` of messages whose DSN is to be stored again.
+    pub dsn_due: BTreeSet<(u64, QueueId)>,
+    /// Messages whose operator action can run now (`busy` reached 0).
+    pub ops_ready: Vec<QueueId>,
 }
 
 impl Index {
-    pub fn insert(&mut self, id: QueueId, entry: Entry) {
+    pub fn insert(&mut self, id: QueueId, mut entry: Entry) {
+        // Not in `schedule` yet, whatever the entry says (it may come from `remove`).
+        entry.sched = None;
+        for &s in &entry.segs {
+            self.segs.entry(s).or_default().msgs += 1;
+        }
+        self.segs.entry(entry.loc.seg).or_default().body_bytes += entry.size;
+        if entry.mem.is_some() {
+            self.mem_used += entry.size;
+        }
         self.msgs.insert(id.clone(), entry);
         self.reschedule(&id);
     }
@@ -174,7 +235,52 @@ impl Index {
         if let Some(k) = e.sched {
             self.schedule.remove(&(k, id.clone()));
         }
+        for &s in &e.segs {
+            if let Some(u) = self.segs.get_mut(&s) {
+                u.msgs = u.msgs.saturating_sub(1);
+            }
+        }
+        if let Some(u) = self.segs.get_mut(&e.loc.seg) {
+            u.body_bytes = u.body_bytes.saturating_sub(e.size);
+        }
+        if e.mem.is_some() {
+            self.mem_used = self.mem_used.saturating_sub(e.size);
+        }
         Some(e)
+    }
+
+    /// Notes that `id` has a record in segment `seg`.
+    pub fn add_seg(&mut self, id: &QueueId, seg: u64) {
+        let Some(e) = self.msgs.get_mut(id) else {
+            return;
+        };
+        if !e.segs.contains(&seg) {
+            e.segs.push(seg);
+            self.segs.entry(seg).or_default().msgs += 1;
+        }
+    }
+
+    /// Drops the in-memory body of `id` (its first attempt is over).
+    pub fn release_mem(&mut self, id: &QueueId) {
+        if let Some(e) = self.msgs.get_mut(id) {
+            if e.mem.take().is_some() {
+                self.mem_used = self.mem_used.saturating_sub(e.size);
+            }
+        }
+    }
+
+    /// The segments, oldest first, that no live message needs and that are older than
+    /// `active`: they can be removed, in this order.
+    pub fn removable_segments(&mut self, active: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while self.oldest_seg < active
+            && self.segs.get(&self.oldest_seg).is_none_or(|u| u.msgs == 0)
+        {
+            self.segs.remove(&self.oldest_seg);
+            out.push(self.oldest_seg);
+            self.oldest_seg += 1;
+        }
+        out
     }
 
     /// Brings `schedule` up to date after recipients of `id` changed.
@@ -200,8 +306,6 @@ impl Index {
     }
 }
 
-type SyncWaiter = oneshot::Sender<Result<(), io::Error>>;
-
 /// The durable queue. Shared as `Arc<Queue>`; [`MessageStore`] is implemented for
 /// `Queue` (and so for `Arc<Queue>`).
 pub struct Queue {
@@ -211,8 +315,11 @@ pub struct Queue {
     pub(crate) clock: Clock,
     pub(crate) index: Mutex<Index>,
     pub(crate) wake: Notify,
+    pub(crate) log: LogWriter,
+    pub(crate) tuning: Tuning,
+    /// A compaction pass is running.
+    pub(crate) compacting: std::sync::atomic::AtomicBool,
     ids: Mutex<IdGen>,
-    dir_sync: mpsc::UnboundedSender<SyncWaiter>,
     events: broadcast::Sender<FinalEvent>,
     counts: watch::Sender<QueueCounts>,
 }
@@ -233,49 +340,34 @@ pub(crate) fn store_error(e: io::Error) -> StoreError {
     }
 }
 
-fn copy_io_error(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(e.kind(), e.to_string()),
-    }
-}
-
-/// Group commit of `msg/` directory fsyncs: every store waiting when a sync starts is
-/// answered by that one sync.
-async fn dir_syncer(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<SyncWaiter>) {
-    while let Some(first) = rx.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
-        }
-        let d = dir.clone();
-        let result = tokio::task::spawn_blocking(move || spool::sync_dir(&d))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
-        for w in waiters {
-            let _ = w.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(copy_io_error(e)),
-            });
-        }
-    }
-}
-
 impl Queue {
     /// Opens (creating if needed) the spool at `settings.queue.path` and recovers the
-    /// messages in it. Must be called inside a tokio runtime. Unreadable files are moved
-    /// to `quarantine/` with a warning; leftover temp files (never acknowledged) are
-    /// removed.
+    /// messages in it. Must be called inside a tokio runtime. Damaged records are
+    /// copied to `quarantine/` with a warning and a torn tail is cut; a version 1 spool
+    /// (`msg/`) is imported into the log.
     pub async fn open(settings: QueueSettings) -> Result<Arc<Queue>, QueueError> {
+        Self::open_tuned(settings, Tuning::default()).await
+    }
+
+    /// [`Queue::open`] with other segment sizes (tests use small ones).
+    pub async fn open_tuned(
+        settings: QueueSettings,
+        tuning: Tuning,
+    ) -> Result<Arc<Queue>, QueueError> {
         let root = settings.queue.path.clone();
         let paths = SpoolPaths::new(&root);
         let p = paths.clone();
         let clock = Clock::new();
-        let (index, idgen) = tokio::task::spawn_blocking(move || crate::recover::recover(&p))
-            .await
-            .map_err(|e| QueueError::Io(io::Error::other(e)))??;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(dir_syncer(paths.msg.clone(), rx));
+        let (index, idgen, next_seq, v1) =
+            tokio::task::spawn_blocking(move || crate::recover::recover(&p))
+                .await
+                .map_err(|e| QueueError::Io(io::Error::other(e)))??;
+        let log = LogWriter::start(paths.log.clone(), next_seq, tuning).map_err(|source| {
+            QueueError::Spool {
+                path: paths.log.clone(),
+                source,
+            }
+        })?;
         let retry = RetryPolicy {
             intervals: settings.queue.retry_intervals.clone(),
             max_age: settings.queue.max_age,
@@ -288,11 +380,17 @@ impl Queue {
             clock,
             index: Mutex::new(index),
             wake: Notify::new(),
+            log,
+            tuning,
+            compacting: std::sync::atomic::AtomicBool::new(false),
             ids: Mutex::new(idgen),
-            dir_sync: tx,
             events,
             counts: watch::Sender::new(QueueCounts::default()),
         });
+        if !v1.is_empty() {
+            crate::recover::import_v1(&queue, v1).await?;
+        }
+        queue.trim_segments(&mut queue.lock());
         queue.publish_counts(&queue.lock());
         Ok(queue)
     }
@@ -326,31 +424,23 @@ impl Queue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .next(crate::schedule::unix_ms(std::time::SystemTime::now()));
-        let meta = Meta {
-            arrival_ms,
-            envelope,
+        let rec = record::MessageRec {
+            id: id.0.clone(),
+            at: arrival_ms,
             dsn,
+            env: record::envelope_rec(&envelope),
+            st: Vec::new(),
         };
-        let head = spool::encode_head(&meta, message.len())
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
-        let body_offset = head.len() as u64;
-        let paths = self.paths.clone();
-        let name = id.0.clone();
-        let body = message.clone();
-        tokio::task::spawn_blocking(move || spool::write_new(&paths, &name, &head, &body))
+        let meta = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
+        record::encode_head(&mut head, Kind::Message, &meta, &message);
+        let crc = u32::from_le_bytes([head[20], head[21], head[22], head[23]]);
+        let head_len = head.len() as u64;
+        let written = self
+            .log
+            .append(head, message.clone(), true)
             .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?
             .map_err(store_error)?;
-        let (tx, rx) = oneshot::channel();
-        let synced = match self.dir_sync.send(tx) {
-            Ok(()) => rx.await.map_err(|_| StoreError::ShuttingDown)?,
-            Err(_) => return Err(StoreError::ShuttingDown),
-        };
-        if let Err(e) = synced {
-            // Not acknowledged, so it must not be delivered either.
-            let _ = std::fs::remove_file(self.paths.message(&id.0));
-            return Err(store_error(e));
-        }
         let rcpts = vec![
             Rcpt {
                 status: RecipientStatus::Pending,
@@ -361,17 +451,29 @@ impl Queue {
                 why: None,
                 in_flight: false,
             };
-            meta.envelope.recipients.len()
+            envelope.recipients.len()
         ];
         {
             let mut index = self.lock();
+            let size = message.len() as u64;
+            let keep = index.mem_used + size <= self.settings.queue.memory_budget;
             index.insert(
                 id.clone(),
                 Entry {
-                    envelope: Arc::new(meta.envelope),
+                    envelope: Arc::new(envelope),
                     arrival_ms,
-                    body_offset,
-                    size: message.len() as u64,
+                    loc: BodyLoc {
+                        seg: written.seg,
+                        offset: written.offset + head_len,
+                        crc,
+                    },
+                    segs: vec![written.seg],
+                    mem: keep.then_some(message),
+                    busy: 0,
+                    op: None,
+                    moving: false,
+                    dsn_retry: None,
+                    size,
                     dsn,
                     warned: false,
                     rcpts,
@@ -383,6 +485,70 @@ impl Queue {
         }
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// The body of a message: from memory if still there, else read back from its
+    /// segment and checked against its checksum.
+    pub(crate) async fn body(
+        &self,
+        loc: BodyLoc,
+        size: u64,
+        mem: Option<Bytes>,
+    ) -> io::Result<Bytes> {
+        if let Some(b) = mem {
+            return Ok(b);
+        }
+        let path = self
+            .paths
+            .log
+            .join(crate::log::writer::segment_name(loc.seg));
+        tokio::task::spawn_blocking(move || read_body(&path, loc, size))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
+    /// Encodes a state record for `id`.
+    pub(crate) fn state_record(id: &QueueId, lines: Vec<StateRec>) -> Vec<u8> {
+        let rec = record::StatesRec {
+            id: id.0.clone(),
+            st: lines,
+        };
+        let meta = serde_json::to_vec(&rec).unwrap_or_default();
+        let mut out = Vec::with_capacity(record::HEADER_LEN + meta.len());
+        record::encode_head(&mut out, Kind::State, &meta, &[]);
+        out
+    }
+
+    fn id_record(kind: Kind, id: &QueueId) -> Vec<u8> {
+        let meta = serde_json::to_vec(&record::IdRec { id: id.0.clone() }).unwrap_or_default();
+        let mut out = Vec::with_capacity(record::HEADER_LEN + meta.len());
+        record::encode_head(&mut out, kind, &meta, &[]);
+        out
+    }
+
+    /// Removes segments nobody needs any more (oldest first), and starts a compaction
+    /// pass when the oldest one is mostly dead.
+    pub(crate) fn trim_segments(&self, index: &mut Index) {
+        let active = self.log.active();
+        for seg in index.removable_segments(active) {
+            self.log.remove(seg);
+        }
+        let oldest = index.oldest_seg;
+        if oldest + 1 < active {
+            let live = index.segs.get(&oldest).map_or(0, |u| u.body_bytes);
+            if live <= self.tuning.segment_bytes / 4 {
+                self.wake.notify_one(); // the scheduler loop starts compaction
+            }
+        }
+    }
+
+    /// Whether compaction has work: the oldest segment is closed, not the one before
+    /// the active one, and mostly dead.
+    pub(crate) fn wants_compaction(&self, index: &Index) -> bool {
+        let active = self.log.active();
+        let oldest = index.oldest_seg;
+        oldest + 1 < active
+            && index.segs.get(&oldest).map_or(0, |u| u.body_bytes) <= self.tuning.segment_bytes / 4
     }
 
     /// Updates the `watch` of counts and the gauges (contract §7).
@@ -405,29 +571,21 @@ impl Queue {
         metrics::gauge!("mxgate_queue_oldest_seconds").set(oldest as f64);
     }
 
-    /// Removes a message from disk and index and tells subscribers.
+    /// Removes a message from the queue and tells subscribers.
     ///
-    /// After delivery (`deleted == false`) the unlink is not fsynced: if a crash loses
-    /// it, recovery finds the file again and either drops it (every recipient final on
-    /// disk) or delivers the still-pending recipients once more (at-least-once, the
-    /// duplicate window Postfix has). An operator `delete` is made durable, so that a
-    /// deleted message never comes back.
-    pub(crate) async fn remove(&self, id: &QueueId, deleted: bool) {
-        let path = self.paths.message(&id.0);
-        let dir = self.paths.msg.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            std::fs::remove_file(&path)?;
-            if deleted {
-                spool::sync_dir(&dir)?;
-            }
-            Ok::<(), io::Error>(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Ok(Err(e)) => tracing::error!(id = %id, error = %e, "cannot remove spool file"),
-            Err(e) => tracing::error!(id = %id, error = %e, "cannot remove spool file"),
+    /// After delivery (`deleted == false`) the completion record is lazy: written with
+    /// the next commit, never waited for. If a crash loses it, recovery finds the
+    /// message again and either drops it (every recipient final on disk) or delivers the
+    /// still-pending recipients once more (at-least-once, the duplicate window Postfix
+    /// has). An operator `delete` is committed before it returns, so that a deleted
+    /// message never comes back.
+    pub(crate) async fn remove(&self, id: &QueueId, deleted: bool) -> io::Result<()> {
+        if deleted {
+            self.log
+                .append(Self::id_record(Kind::Deleted, id), Bytes::new(), false)
+                .await?;
+        } else {
+            self.log.append_lazy(Self::id_record(Kind::Done, id));
         }
         let summary = {
             let mut index = self.lock();
@@ -436,32 +594,34 @@ impl Queue {
                 if e.jobs_in_flight > 0 {
                     index.active = index.active.saturating_sub(1);
                 }
+                if e.dsn_retry.is_some() {
+                    index.dsn_due.retain(|(_, d)| d != id);
+                }
             }
+            self.trim_segments(&mut index);
             self.publish_counts(&index);
             entry.map(|e| e.summary(id))
         };
         if let Some(summary) = summary {
             let _ = self.events.send(FinalEvent { summary, deleted });
         }
+        Ok(())
     }
 
-    /// Persists state lines for a message (fsync); errors are logged, not returned:
-    /// the in-memory state is already updated and the worst case after a crash is a
-    /// repeated attempt.
-    pub(crate) async fn persist(&self, id: &QueueId, lines: Vec<StateLine>) {
+    /// Persists state records for a message (one commit).
+    pub(crate) async fn persist(&self, id: &QueueId, lines: Vec<StateRec>) -> io::Result<()> {
         if lines.is_empty() {
-            return;
+            return Ok(());
         }
-        let path = self.paths.message(&id.0);
-        let result = tokio::task::spawn_blocking(move || spool::append_states(&path, &lines)).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::debug!(id = %id, "message removed before its state was recorded");
-            }
-            Ok(Err(e)) => tracing::error!(id = %id, error = %e, "cannot record recipient state"),
-            Err(e) => tracing::error!(id = %id, error = %e, "cannot record recipient state"),
-        }
+        let written: Written = self
+            .log
+            .append(Self::state_record(id, lines), Bytes::new(), false)
+            .await
+            .inspect_err(
+                |e| tracing::error!(id = %id, error = %e, "cannot record recipient state"),
+            )?;
+        self.lock().add_seg(id, written.seg);
+        Ok(())
     }
 
     /// All messages, oldest first.
@@ -515,19 +675,37 @@ impl Queue {
         Ok(n)
     }
 
-    /// Deletes a message without any notification to its sender.
+    /// Deletes a message without any notification to its sender. If an attempt is
+    /// running, the delete takes effect when it ends (recipients it delivered stay
+    /// delivered; the rest are never tried again).
     pub async fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
-        if !self.lock().msgs.contains_key(id) {
-            return Err(QueueError::NotFound(id.clone()));
+        {
+            let mut index = self.lock();
+            let e = index
+                .msgs
+                .get_mut(id)
+                .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+            if e.busy > 0 {
+                tracing::info!(id = %id, "delete by operator: when the running attempt ends");
+                e.op = Some(Op::Delete);
+                let id = id.clone();
+                index.reschedule(&id);
+                return Ok(());
+            }
         }
         tracing::info!(id = %id, "deleted by operator");
-        self.remove(id, true).await;
+        self.remove(id, true).await?;
         Ok(())
     }
 
     /// Final-state events (a message left the queue).
     pub fn subscribe(&self) -> broadcast::Receiver<FinalEvent> {
         self.events.subscribe()
+    }
+
+    /// Group commits (`fdatasync` calls of the spool writer) since open.
+    pub fn spool_commits(&self) -> u64 {
+        self.log.fsyncs()
     }
 
     /// Counts, updated on every change.
@@ -550,6 +728,22 @@ impl Queue {
         let mut rx = self.counts.subscribe();
         let _ = rx.wait_for(|c| c.messages == 0).await;
     }
+}
+
+/// Reads a body from its segment and checks its checksum (blocking).
+pub(crate) fn read_body(path: &std::path::Path, loc: BodyLoc, size: u64) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let want = usize::try_from(size).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; want];
+    f.read_exact_at(&mut buf, loc.offset)?;
+    if record::body_crc(&buf) != loc.crc {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message body does not match its checksum",
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 impl MessageStore for Queue {
@@ -590,10 +784,13 @@ mod tests {
             hostname: "relay.test".into(),
             max_concurrent: 1,
         };
-        let q = Queue::open(settings).await.unwrap();
-        // Replace tmp/ by a file: every store fails like an unwritable spool.
-        std::fs::remove_dir(dir.path().join("tmp")).unwrap();
-        std::fs::write(dir.path().join("tmp"), b"").unwrap();
+        // Tiny segments: the second store must start segment 2, whose name is taken
+        // by a directory, so the spool cannot be written.
+        let tuning = Tuning {
+            segment_bytes: 64,
+            ..Tuning::default()
+        };
+        let q = Queue::open_tuned(settings, tuning).await.unwrap();
         let env = Envelope {
             sender: "a@b.test".into(),
             body: mxgate_smtp::BodyType::SevenBit,
@@ -606,15 +803,22 @@ mod tests {
                 orcpt: None,
             }],
         };
+        let first = q
+            .store(env.clone(), Bytes::from_static(b"x\r\n"))
+            .await
+            .unwrap();
+        std::fs::create_dir(
+            dir.path()
+                .join("log")
+                .join(crate::log::writer::segment_name(2)),
+        )
+        .unwrap();
         let err = q
             .store(env, Bytes::from_static(b"x\r\n"))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Io(_)), "{err:?}");
-        assert!(q.list().is_empty());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("msg")).unwrap().count(),
-            0
-        );
+        let ids: Vec<QueueId> = q.list().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![first], "the refused message is not queued");
     }
 }

@@ -9,9 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use mxgate_smtp::{BodyType, Envelope, Recipient};
 use rand::Rng;
 use tokio::task::JoinSet;
@@ -20,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::dsn::{
     build_dsn, wants_delay_dsn, wants_failure_dsn, DsnAction, DsnInput, FailedRecipient,
 };
-use crate::queue::{Entry, Index, Queue, QueueError, Rcpt};
+use crate::log::record::{self, StateRec};
+use crate::queue::{BodyLoc, Entry, Index, Op, Queue, QueueError, Rcpt};
 use crate::schedule::Decision;
-use crate::spool::{self, BounceReason, RecipientStatus, StateLine};
+use crate::spool::{BounceReason, RecipientStatus};
 use crate::transport::{
     DeliveryFailure, DeliveryJob, FailureKind, Outcome, QueueId, RecipientOutcome, Transport,
 };
@@ -32,6 +35,8 @@ use mxgate_smtp::EnhancedStatus;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often the queue gauges are refreshed when nothing else changes them.
 const GAUGE_REFRESH: Duration = Duration::from_secs(15);
+/// Longest wait before a DSN that could not be stored (disk full) is tried again.
+const DSN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A job taken from the index, before its body is read.
 #[derive(Debug)]
@@ -41,30 +46,45 @@ struct Due {
     domain: String,
     recipients: Vec<usize>,
     attempt: u32,
-    body_offset: u64,
+    loc: BodyLoc,
     size: u64,
+    /// The body, if still in memory since the `250`.
+    mem: Option<Bytes>,
     /// One of our own DSNs (routed to `queue.bounce_relay` when set).
     dsn: bool,
 }
 
 /// What `finish` needs to know about the message.
-struct Snapshot {
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
     envelope: Arc<Envelope>,
     arrival_ms: u64,
     dsn: bool,
-    body_offset: u64,
+    loc: BodyLoc,
     size: u64,
+    mem: Option<Bytes>,
 }
 
-fn state_line(i: usize, r: &Rcpt, warned: bool) -> StateLine {
-    StateLine {
+/// A bounce whose DSN could not be stored yet: everything `finish` needs to try again.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingDsn {
+    snapshot: Snapshot,
+    lines: Vec<StateRec>,
+    failed: Vec<FailedRecipient>,
+    final_now: bool,
+    /// The attempts made so far (the wait grows with them).
+    tries: u32,
+}
+
+pub(crate) fn state_line(i: usize, r: &Rcpt, warned: bool) -> StateRec {
+    StateRec {
         i,
-        st: r.status,
+        st: record::status_str(r.status).into(),
         a: r.attempts,
         n: r.next_ms,
         t: r.last_attempt_ms.unwrap_or(0),
-        e: r.last_error.clone(),
-        why: r.why,
+        e: r.last_error.as_ref().map(record::failure_rec),
+        why: r.why.map(|w| record::reason_str(w).into()),
         w: warned,
     }
 }
@@ -154,6 +174,7 @@ impl JobGuard {
 impl Drop for JobGuard {
     fn drop(&mut self) {
         if !self.armed {
+            self.queue.end_busy(&self.id);
             return;
         }
         tracing::error!(id = %self.id, "delivery task ended without an outcome; deferring");
@@ -173,6 +194,7 @@ impl Drop for JobGuard {
         index.reschedule(&self.id);
         self.queue.publish_counts(&index);
         drop(index);
+        self.queue.end_busy(&self.id);
         self.queue.wake.notify_one();
     }
 }
@@ -192,8 +214,29 @@ impl Queue {
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while running.try_join_next().is_some() {}
+            let (ops, dsns, next_dsn) = self.take_housekeeping();
+            for id in ops {
+                let q = Arc::clone(&self);
+                running.spawn(async move { q.run_op(&id).await });
+            }
+            for id in dsns {
+                let q = Arc::clone(&self);
+                running.spawn(async move { q.retry_dsn(&id).await });
+            }
+            if self.wants_compaction(&self.lock()) && !self.compacting.swap(true, Ordering::AcqRel)
+            {
+                let q = Arc::clone(&self);
+                running.spawn(async move {
+                    q.compact().await;
+                    q.compacting.store(false, Ordering::Release);
+                });
+            }
             let budget = max.saturating_sub(running.len());
             let (jobs, next_due) = self.take_due(budget);
+            let next_due = match (next_due, next_dsn) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             for due in jobs {
                 let q = Arc::clone(&self);
                 let t = Arc::clone(&transport);
@@ -255,6 +298,9 @@ impl Queue {
                 let Some(e) = msgs.get_mut(&id) else {
                     continue;
                 };
+                if e.op.is_some() || e.moving {
+                    continue; // rescheduled once the operator action or the copy ends
+                }
                 let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
                 for (i, r) in e.rcpts.iter().enumerate() {
                     if r.status == RecipientStatus::Pending && !r.in_flight && r.next_ms <= now {
@@ -284,14 +330,16 @@ impl Queue {
                         *active += 1;
                     }
                     e.jobs_in_flight += 1;
+                    e.busy += 1;
                     jobs.push(Due {
                         id: id.clone(),
                         envelope: Arc::clone(&e.envelope),
                         domain,
                         recipients,
                         attempt,
-                        body_offset: e.body_offset,
+                        loc: e.loc,
                         size: e.size,
+                        mem: e.mem.clone(),
                         dsn: e.dsn,
                     });
                 }
@@ -309,13 +357,10 @@ impl Queue {
         (jobs, next)
     }
 
-    /// Reads the body, hands the job to the transport and records the outcomes.
+    /// Takes the body (from memory or the spool), hands the job to the transport and
+    /// records the outcomes.
     async fn execute<T: Transport>(&self, due: Due, transport: &T) {
-        let path = self.paths.message(&due.id.0);
-        let (offset, len) = (due.body_offset, due.size);
-        let body = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let body = self.body(due.loc, due.size, due.mem.clone()).await;
         let outcomes = match body {
             Ok(message) => {
                 let job = DeliveryJob {
@@ -332,16 +377,9 @@ impl Queue {
                 };
                 transport.deliver(job).await
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Deleted by the operator while the job was waiting.
-                let mut index = self.lock();
-                if let Some(entry) = end_job(&mut index, &due.id) {
-                    for &i in &due.recipients {
-                        entry.rcpts[i].in_flight = false;
-                    }
-                }
-                index.reschedule(&due.id);
-                self.publish_counts(&index);
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // The body on disk is damaged: only this message is taken out.
+                self.quarantine_message(&due, &e).await;
                 return;
             }
             Err(e) => {
@@ -363,6 +401,44 @@ impl Queue {
             }
         };
         self.record(&due, outcomes).await;
+    }
+
+    /// Takes a message whose body is damaged out of the queue: its record's bytes are
+    /// copied to `quarantine/` and a deleted record is written.
+    async fn quarantine_message(&self, due: &Due, e: &io::Error) {
+        let seg = self
+            .paths
+            .log
+            .join(crate::log::writer::segment_name(due.loc.seg));
+        let dest = self.paths.quarantine.join(format!("{}.body", due.id));
+        let (loc, size) = (due.loc, due.size);
+        let copied = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&seg)?;
+            let mut buf = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
+            f.read_exact_at(&mut buf, loc.offset)?;
+            let out = crate::spool::create_private(&dest)?;
+            out.write_all_at(&buf, 0)?;
+            out.sync_all()?;
+            Ok::<_, io::Error>(dest)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match copied {
+            Ok(dest) => {
+                tracing::error!(id = %due.id, error = %e, quarantine = %dest.display(), "damaged message quarantined")
+            }
+            Err(qe) => {
+                tracing::error!(id = %due.id, error = %e, quarantine_error = %qe, "damaged message, cannot copy it to quarantine")
+            }
+        }
+        {
+            let mut index = self.lock();
+            end_job(&mut index, &due.id);
+        }
+        if let Err(e) = self.remove(&due.id, true).await {
+            tracing::error!(id = %due.id, error = %e, "cannot record the damaged message as removed");
+        }
     }
 
     /// Applies the outcomes of one job to the index, then makes them durable.
@@ -453,10 +529,14 @@ impl Queue {
                 envelope: Arc::clone(&e.envelope),
                 arrival_ms: e.arrival_ms,
                 dsn: e.dsn,
-                body_offset: e.body_offset,
+                loc: e.loc,
                 size: e.size,
+                mem: due.mem.clone(),
             };
             let final_now = e.all_final();
+            if e.jobs_in_flight == 0 {
+                index.release_mem(&due.id); // the first attempt is over
+            }
             index.reschedule(&due.id);
             self.publish_counts(&index);
             (snapshot, final_now, delayed)
@@ -469,40 +549,283 @@ impl Queue {
     /// removal: a crash between them repeats a report or an attempt, it never loses one.
     ///
     /// The common path — this job leaves every recipient final and no recipient
-    /// bounced — writes no state record at all: the file is only unlinked, and the
-    /// unlink is not fsynced (see the `spool` overview: a crash that loses it delivers
-    /// the message again, the duplicate window Postfix has too). Deferrals, partial
-    /// outcomes and bounces are still recorded and fsynced before anything else
-    /// happens, so a crash never loses an outcome or repeats a bounce.
+    /// bounced — writes no state record: only a lazy completion record (see
+    /// `Queue::remove`: a crash that loses it delivers the message again, the duplicate
+    /// window Postfix has too). Deferrals, partial outcomes and bounces are committed
+    /// before anything else happens, so a crash never loses an outcome or repeats a
+    /// bounce. A failure DSN that cannot be stored (disk full) leaves the bounce
+    /// unrecorded and is tried again (`retry_dsn`); a crash meanwhile brings the
+    /// recipients back as pending, to be bounced again with their DSN.
     async fn finish(
         &self,
         id: &QueueId,
         snapshot: Snapshot,
-        lines: Vec<StateLine>,
+        mut lines: Vec<StateRec>,
         failed: Vec<FailedRecipient>,
         delayed: Vec<FailedRecipient>,
         final_now: bool,
     ) {
         if !failed.is_empty() {
-            self.send_dsn(id, &snapshot, &failed, DsnAction::Failed)
-                .await;
+            if let Err(e) = self
+                .send_dsn(id, &snapshot, &failed, DsnAction::Failed)
+                .await
+            {
+                tracing::error!(id = %id, error = %e, "cannot queue DSN; the bounce is recorded once it is queued");
+                self.defer_dsn(
+                    id,
+                    PendingDsn {
+                        snapshot,
+                        lines,
+                        failed,
+                        final_now,
+                        tries: 1,
+                    },
+                );
+                self.count_recorded();
+                return;
+            }
         }
         if !delayed.is_empty() {
             let until = snapshot.arrival_ms + self.retry.max_age.as_millis() as u64;
             let action = DsnAction::Delayed {
                 will_retry_until_ms: until,
             };
-            self.send_dsn(id, &snapshot, &delayed, action).await;
+            if let Err(e) = self.send_dsn(id, &snapshot, &delayed, action).await {
+                // Not warned after all: the next deferral tries again.
+                tracing::error!(id = %id, error = %e, "cannot queue delay DSN");
+                if let Some(e) = self.lock().msgs.get_mut(id) {
+                    e.warned = false;
+                }
+                for line in &mut lines {
+                    line.w = false;
+                }
+            }
         }
         if needs_state_record(final_now, !failed.is_empty(), !delayed.is_empty()) {
-            self.persist(id, lines).await;
+            // On failure (disk full) the outcome stays in memory; a crash repeats the
+            // attempt.
+            let _ = self.persist(id, lines).await;
         }
         if final_now {
-            self.remove(id, false).await;
+            if let Err(e) = self.remove(id, false).await {
+                tracing::error!(id = %id, error = %e, "cannot record the message as done");
+            }
         }
+        self.count_recorded();
+    }
+
+    fn count_recorded(&self) {
         let mut index = self.lock();
         index.recorded += 1;
         self.publish_counts(&index);
+    }
+
+    /// Parks a bounce whose DSN could not be stored, to be tried again.
+    fn defer_dsn(&self, id: &QueueId, pending: PendingDsn) {
+        let wait = self
+            .retry
+            .delay_after(pending.tries)
+            .min(DSN_RETRY_MAX)
+            .max(Duration::from_millis(200));
+        let at = self.now_ms() + wait.as_millis() as u64;
+        let mut index = self.lock();
+        if let Some(e) = index.msgs.get_mut(id) {
+            e.dsn_retry = Some(pending);
+            index.dsn_due.insert((at, id.clone()));
+        }
+        drop(index);
+        self.wake.notify_one();
+    }
+
+    /// Tries again to store the DSN of a parked bounce, then records the bounce.
+    async fn retry_dsn(&self, id: &QueueId) {
+        let pending = {
+            let mut index = self.lock();
+            match index.msgs.get_mut(id).and_then(|e| e.dsn_retry.take()) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        if let Err(e) = self
+            .send_dsn(id, &pending.snapshot, &pending.failed, DsnAction::Failed)
+            .await
+        {
+            tracing::warn!(id = %id, error = %e, tries = pending.tries + 1, "cannot queue DSN yet");
+            let mut p = pending;
+            p.tries += 1;
+            self.defer_dsn(id, p);
+            return;
+        }
+        let PendingDsn {
+            lines, final_now, ..
+        } = pending;
+        let _ = self.persist(id, lines).await;
+        if final_now {
+            if let Err(e) = self.remove(id, false).await {
+                tracing::error!(id = %id, error = %e, "cannot record the message as done");
+            }
+        } else {
+            self.lock().reschedule(id);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Operator actions that became ready and parked DSNs that are due; also the time
+    /// of the next parked DSN.
+    fn take_housekeeping(&self) -> (Vec<QueueId>, Vec<QueueId>, Option<u64>) {
+        let now = self.now_ms();
+        let mut index = self.lock();
+        let ops = std::mem::take(&mut index.ops_ready);
+        let mut dsns = Vec::new();
+        while let Some((at, _)) = index.dsn_due.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, id)) = index.dsn_due.pop_first() {
+                dsns.push(id);
+            }
+        }
+        let next = index.dsn_due.first().map(|(at, _)| *at);
+        (ops, dsns, next)
+    }
+
+    /// Ends one job, operator action or copy of `id`; when none is left, an operator
+    /// action that waited for it becomes ready.
+    pub(crate) fn end_busy(&self, id: &QueueId) {
+        let mut index = self.lock();
+        let ready = match index.msgs.get_mut(id) {
+            Some(e) => {
+                e.busy = e.busy.saturating_sub(1);
+                e.busy == 0 && e.op.is_some()
+            }
+            None => false,
+        };
+        if ready {
+            index.ops_ready.push(id.clone());
+            drop(index);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs an operator action that waited for a running attempt.
+    async fn run_op(&self, id: &QueueId) {
+        let op = {
+            let mut index = self.lock();
+            match index.msgs.get_mut(id) {
+                Some(e) if e.busy == 0 => e.op.take(),
+                _ => None,
+            }
+        };
+        match op {
+            Some(Op::Delete) => {
+                tracing::info!(id = %id, "deleted by operator (after its attempt)");
+                if let Err(e) = self.remove(id, true).await {
+                    tracing::error!(id = %id, error = %e, "cannot record the delete");
+                }
+            }
+            Some(Op::Bounce) => {
+                let _ = self.bounce(id).await;
+            }
+            None => {}
+        }
+        self.lock().reschedule(id);
+        self.wake.notify_one();
+    }
+
+    /// Copies the live messages of the oldest segment forward (a message record with
+    /// their current states), so that a few long-deferred messages do not keep a whole
+    /// segment on disk; the segment is then removed. Messages with a job, an operator
+    /// action or a parked DSN are left for a later pass.
+    async fn compact(&self) {
+        let oldest = self.lock().oldest_seg;
+        let ids: Vec<QueueId> = self
+            .lock()
+            .msgs
+            .iter()
+            .filter(|(_, e)| e.segs.contains(&oldest))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut moved = 0usize;
+        for id in ids {
+            let taken = {
+                let mut index = self.lock();
+                match index.msgs.get_mut(&id) {
+                    Some(e)
+                        if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving =>
+                    {
+                        e.moving = true;
+                        e.busy += 1;
+                        let st = e
+                            .rcpts
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, r)| r.attempts > 0 || r.status != RecipientStatus::Pending)
+                            .map(|(i, r)| state_line(i, r, e.warned))
+                            .collect();
+                        Some((
+                            record::MessageRec {
+                                id: id.0.clone(),
+                                at: e.arrival_ms,
+                                dsn: e.dsn,
+                                env: record::envelope_rec(&e.envelope),
+                                st,
+                            },
+                            e.loc,
+                            e.size,
+                        ))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((rec, loc, size)) = taken else {
+                continue;
+            };
+            let result = async {
+                let body = self.body(loc, size, None).await?;
+                let meta = serde_json::to_vec(&rec).map_err(io::Error::other)?;
+                let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
+                record::encode_head(&mut head, record::Kind::Message, &meta, &body);
+                let head_len = head.len() as u64;
+                let w = self.log.append(head, body, false).await?;
+                Ok::<_, io::Error>(BodyLoc {
+                    seg: w.seg,
+                    offset: w.offset + head_len,
+                    crc: loc.crc,
+                })
+            }
+            .await;
+            {
+                let mut index = self.lock();
+                if let Ok(new) = &result {
+                    if let Some(mut e) = index.remove(&id) {
+                        e.loc = *new;
+                        e.segs = vec![new.seg];
+                        e.moving = false;
+                        index.insert(id.clone(), e);
+                    }
+                    moved += 1;
+                } else if let Some(e) = index.msgs.get_mut(&id) {
+                    e.moving = false;
+                }
+                index.reschedule(&id);
+            }
+            self.end_busy(&id);
+            if let Err(e) = result {
+                tracing::warn!(id = %id, error = %e, "compaction stopped; the message stays where it is");
+                break;
+            }
+        }
+        let mut index = self.lock();
+        self.trim_segments(&mut index);
+        drop(index);
+        if moved > 0 {
+            tracing::info!(
+                segment = oldest,
+                messages = moved,
+                "spool segment compacted"
+            );
+        }
+        self.wake.notify_one();
     }
 
     /// Generates and stores one DSN for the recipients of `id` that failed in this pass
@@ -513,13 +836,13 @@ impl Queue {
         snapshot: &Snapshot,
         failed: &[FailedRecipient],
         action: DsnAction,
-    ) {
+    ) -> Result<(), crate::transport::StoreError> {
         let env = &snapshot.envelope;
         if snapshot.dsn || env.sender.is_empty() {
             if action == DsnAction::Failed {
                 tracing::warn!(id = %id, recipients = failed.len(), "undeliverable bounce message dropped");
             }
-            return;
+            return Ok(());
         }
         let wanted = match action {
             DsnAction::Failed => wants_failure_dsn,
@@ -531,16 +854,14 @@ impl Queue {
             .cloned()
             .collect();
         if reported.is_empty() {
-            return;
+            return Ok(());
         }
-        let path = self.paths.message(&id.0);
-        let (offset, len) = (snapshot.body_offset, snapshot.size);
-        let original = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
+        let original = self
+            .body(snapshot.loc, snapshot.size, snapshot.mem.clone())
             .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
             .unwrap_or_else(|e| {
                 tracing::error!(id = %id, error = %e, "cannot read original for the DSN");
-                bytes::Bytes::new()
+                Bytes::new()
             });
         let boundary = format!(
             "{id}.{:016X}/{}",
@@ -577,21 +898,24 @@ impl Queue {
                 orcpt: None,
             }],
         };
-        match self.store_message(dsn_envelope, message.into(), true).await {
-            Ok(dsn_id) => match action {
-                DsnAction::Failed => {
-                    tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender non-delivery notification")
-                }
-                DsnAction::Delayed { .. } => {
-                    tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender delay notification")
-                }
-            },
-            Err(e) => tracing::error!(id = %id, error = %e, "cannot queue DSN"),
+        let dsn_id = self
+            .store_message(dsn_envelope, message.into(), true)
+            .await?;
+        match action {
+            DsnAction::Failed => {
+                tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender non-delivery notification")
+            }
+            DsnAction::Delayed { .. } => {
+                tracing::info!(id = %id, dsn = %dsn_id, recipients = reported.len(), "sender delay notification")
+            }
         }
+        Ok(())
     }
 
     /// Bounces every pending recipient of `id` ("bounced by operator"), with a DSN.
-    /// Returns how many recipients were bounced.
+    /// Returns how many recipients are bounced. If an attempt is running, the bounce
+    /// takes effect when it ends, for the recipients it left pending (one it delivered
+    /// meanwhile is not also bounced); the count is then of the recipients pending now.
     pub async fn bounce(&self, id: &QueueId) -> Result<usize, QueueError> {
         let mut lines = Vec::new();
         let mut failed = Vec::new();
@@ -601,6 +925,19 @@ impl Queue {
                 .msgs
                 .get_mut(id)
                 .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+            if e.busy > 0 || e.dsn_retry.is_some() {
+                let pending = e
+                    .rcpts
+                    .iter()
+                    .filter(|r| r.status == RecipientStatus::Pending)
+                    .count();
+                if e.op.is_none() {
+                    e.op = Some(Op::Bounce);
+                }
+                tracing::info!(id = %id, recipients = pending, "bounce by operator: when the running attempt ends");
+                return Ok(pending);
+            }
+            e.busy += 1;
             let warned = e.warned;
             for (i, r) in e.rcpts.iter_mut().enumerate() {
                 if r.status != RecipientStatus::Pending {
@@ -632,8 +969,9 @@ impl Queue {
                 envelope: Arc::clone(&e.envelope),
                 arrival_ms: e.arrival_ms,
                 dsn: e.dsn,
-                body_offset: e.body_offset,
+                loc: e.loc,
                 size: e.size,
+                mem: e.mem.clone(),
             };
             index.reschedule(id);
             snapshot
@@ -642,6 +980,7 @@ impl Queue {
         tracing::info!(id = %id, recipients = n, "bounced by operator");
         self.finish(id, snapshot, lines, failed, Vec::new(), true)
             .await;
+        self.end_busy(id);
         Ok(n)
     }
 }

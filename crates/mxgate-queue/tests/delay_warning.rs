@@ -239,7 +239,10 @@ async fn the_warned_fact_survives_a_restart() {
     stop.cancel();
     run.await.unwrap();
     drop(q);
-    let file = std::fs::read(dir.path().join("msg").join(&id.0)).unwrap();
+    let mut file = Vec::new();
+    for seg in std::fs::read_dir(dir.path().join("log")).unwrap() {
+        file.extend(std::fs::read(seg.unwrap().path()).unwrap());
+    }
     assert!(
         String::from_utf8_lossy(&file).contains("\"w\":true"),
         "the state log records the warning"

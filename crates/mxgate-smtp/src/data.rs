@@ -54,6 +54,8 @@ pub struct DataReader {
     bare_cr: bool,
     nul: bool,
     long_line: bool,
+    /// `None`: text lines of any length are accepted (see [`DataReader::new`]).
+    max_line: Option<usize>,
 }
 
 /// The result of a complete DATA phase.
@@ -66,7 +68,11 @@ pub struct DataOutcome {
 }
 
 impl DataReader {
-    /// A reader that keeps at most `limit` octets of message.
+    /// A reader that keeps at most `limit` octets of message. Text lines of any
+    /// length are accepted: a relay that receives a line over RFC 5321's 1000 octets
+    /// (e.g. from Postfix with `smtp_line_length_limit = 0`, which keeps DKIM
+    /// signatures intact) passes it on unchanged rather than bouncing the mail
+    /// (docs/operations.md). [`DataReader::with_line_limit`] enforces a limit.
     pub fn new(limit: u64) -> Self {
         DataReader {
             limit,
@@ -78,7 +84,16 @@ impl DataReader {
             bare_cr: false,
             nul: false,
             long_line: false,
+            max_line: None,
         }
+    }
+
+    /// Rejects the message ([`DataError::LineTooLong`]) when a text line, CRLF
+    /// included and the transparency dot not counted, is longer than `max` octets
+    /// ([`MAX_TEXT_LINE`] for RFC 5321 §4.5.3.1.6).
+    pub fn with_line_limit(mut self, max: usize) -> Self {
+        self.max_line = Some(max);
+        self
     }
 
     fn emit(&mut self, b: u8) {
@@ -99,7 +114,7 @@ impl DataReader {
         // RFC 5321 §4.5.3.1.6: "The maximum total length of a text line including the
         // <CRLF> is 1000 octets (not counting the leading dot duplicated for
         // transparency)."
-        if self.line_len > MAX_TEXT_LINE {
+        if self.max_line.is_some_and(|max| self.line_len > max) {
             self.long_line = true;
         }
         self.line_len = 0;
@@ -350,11 +365,21 @@ mod tests {
         assert_eq!(out.result, Err(DataError::TooBig { size: 12, limit: 5 }));
         let mut long = vec![b'a'; 999];
         long.extend_from_slice(b"\r\n.\r\n");
-        assert_eq!(err(&long), DataError::LineTooLong);
+        // By default a long text line is kept, byte for byte.
+        assert_eq!(ok(&long), &long[..1001]);
+        let limited = |input: &[u8]| {
+            let mut r = DataReader::new(1 << 20).with_line_limit(MAX_TEXT_LINE);
+            r.feed(&mut BytesMut::from(input)).unwrap().result
+        };
+        assert_eq!(limited(&long), Err(DataError::LineTooLong));
         let mut fine = vec![b'.'; 999];
         fine.extend_from_slice(b"\r\n.\r\n");
         // 999 dots stuffed = 998 unstuffed + CRLF = 1000: allowed.
         assert_eq!(ok(&fine).len(), 1000);
+        assert_eq!(limited(&fine).unwrap().len(), 1000);
+        let mut huge = vec![b'b'; 20_000];
+        huge.extend_from_slice(b"\r\nend\r\n.\r\n");
+        assert_eq!(ok(&huge), &huge[..20_007]);
     }
 
     #[test]

@@ -31,5 +31,5 @@ pub use data::{dot_stuff, DataError, DataOutcome, DataReader};
 pub use ehlo::Capabilities;
 pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 pub use line::{LineError, LineReader};
-pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError};
+pub use reply::{parse_reply, reply_complete, EnhancedCode, Reply, ReplyError, ReplyScan};
 pub use status::{EnhancedStatus, StatusClass, StatusParseError};

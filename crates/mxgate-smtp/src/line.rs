@@ -91,6 +91,12 @@ impl LineReader {
                 return Ok(None);
             };
             let mut line = buf.split_to(pos + 1);
+            // Length first: a line that arrives in pieces is reported too long as soon
+            // as the limit is reached, before its end (and any bad byte in it) is
+            // seen, so the complete line must get the same verdict.
+            if pos + 1 > self.limit {
+                return Err(LineError::TooLong { limit: self.limit });
+            }
             // RFC 5321 §2.3.8: "SMTP client implementations MUST NOT transmit these
             // characters except when they are intended as line terminators and then
             // MUST, as indicated above, transmit them only as a <CRLF> sequence."
@@ -103,9 +109,6 @@ impl LineReader {
             }
             if line.contains(&0) {
                 return Err(LineError::Nul);
-            }
-            if pos + 1 > self.limit {
-                return Err(LineError::TooLong { limit: self.limit });
             }
             return Ok(Some(line));
         }
@@ -171,6 +174,34 @@ mod tests {
         let mut ok = vec![b'a'; 10];
         ok.extend_from_slice(b"\r\n");
         assert_eq!(all(&ok, 12), vec![Ok(vec![b'a'; 10])]);
+    }
+
+    /// Found by the `smtp_command` fuzz target (docs/fuzzing.md): an over-long line
+    /// with a NUL (or a bare CR) in it was `Nul` when it arrived in one read and
+    /// `TooLong` when it arrived in pieces.
+    #[test]
+    fn too_long_wins_however_the_line_arrives() {
+        for bad in [&b"\0"[..], b"\r"] {
+            let mut input = b"aaaa".to_vec();
+            input.extend_from_slice(bad);
+            input.extend_from_slice(b"aaaaaaa\r\nNOOP\r\n");
+            let whole = all(&input, 12);
+            assert_eq!(
+                whole,
+                vec![Err(LineError::TooLong { limit: 12 }), Ok(b"NOOP".to_vec())],
+                "{bad:?}"
+            );
+            let mut r = LineReader::new(12);
+            let mut buf = BytesMut::new();
+            let mut pieces = Vec::new();
+            for byte in &input {
+                buf.extend_from_slice(&[*byte]);
+                while let Some(got) = r.read_line(&mut buf).transpose() {
+                    pieces.push(got.map(|l| l.to_vec()));
+                }
+            }
+            assert_eq!(pieces, whole, "{bad:?} byte by byte");
+        }
     }
 
     #[test]

@@ -164,6 +164,40 @@ fn parse_enhanced(text: &str, code: u16) -> Option<(EnhancedCode, &str)> {
     Some(((class, subject, detail), rest))
 }
 
+/// Whether [`parse_reply`] on `buf` would now return something other than "need more
+/// bytes" (a reply or an error). `scan` remembers how far `buf` holds only
+/// continuation lines (`250-...`), so each call looks only at bytes that arrived since
+/// the last one: a server trickling a long reply byte by byte costs linear time, not
+/// quadratic. Start from `ReplyScan::default()` for each reply.
+pub fn reply_complete(buf: &[u8], scan: &mut ReplyScan) -> bool {
+    loop {
+        let rest = buf.get(scan.offset..).unwrap_or_default();
+        let Some(lf) = memchr::memchr(b'\n', rest) else {
+            // An over-long partial line is an error parse_reply reports.
+            return rest.len() > MAX_REPLY_LINE;
+        };
+        let line = &rest[..=lf];
+        if line.get(3) != Some(&b'-')
+            || scan.lines >= MAX_REPLY_LINES
+            || line.len() > MAX_REPLY_LINE
+        {
+            // A last line, a malformed one, or too many: parse_reply decides.
+            return true;
+        }
+        scan.lines += 1;
+        scan.offset += lf + 1;
+    }
+}
+
+/// Progress of [`reply_complete`] through the next reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyScan {
+    /// Bytes known to be continuation lines.
+    pub offset: usize,
+    /// How many.
+    pub lines: usize,
+}
+
 /// Parses one complete reply off the front of `buf`; `Ok(None)` = need more bytes
 /// (nothing consumed). The enhanced code is taken from the first line and stripped
 /// from every line that repeats it.
@@ -356,6 +390,48 @@ mod tests {
             }
         }
         assert_eq!(Ok(got), whole);
+    }
+
+    #[test]
+    fn reply_complete_agrees_with_parse_reply_byte_by_byte() {
+        let inputs: [&[u8]; 5] = [
+            b"250-mx.example\r\n250-8BITMIME\r\n250 2.0.0 SIZE 100\r\n",
+            b"250 Ok\r\n",
+            b"hello\r\n",
+            b"250-a\r\n251 b\r\n",
+            b"250 Ok\n",
+        ];
+        for input in inputs {
+            let mut scan = ReplyScan::default();
+            for n in 0..=input.len() {
+                let prefix = &input[..n];
+                let complete = reply_complete(prefix, &mut scan);
+                let parsed = parse(prefix);
+                assert_eq!(
+                    complete,
+                    !matches!(parsed, Ok(None)),
+                    "{:?}",
+                    String::from_utf8_lossy(prefix)
+                );
+            }
+        }
+        // Continuation lines are scanned once.
+        let mut buf = Vec::new();
+        let mut scan = ReplyScan::default();
+        for _ in 0..100 {
+            buf.extend_from_slice(b"250-continuation\r\n");
+            assert!(!reply_complete(&buf, &mut scan));
+            assert_eq!(scan.offset, buf.len());
+        }
+        // An endless multi-line reply ends in an error, not in unbounded memory.
+        for _ in 100..=MAX_REPLY_LINES {
+            buf.extend_from_slice(b"250-continuation\r\n");
+        }
+        assert!(reply_complete(&buf, &mut scan));
+        assert_eq!(parse(&buf), Err(ReplyError::TooManyLines));
+        let mut long = b"250-".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_REPLY_LINE + 1));
+        assert!(reply_complete(&long, &mut ReplyScan::default()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ fn mx(host: &str, requirement: Result<TlsRequirement, SkipReason>) -> MxPlan {
         preference: 10,
         addrs: vec![[127, 0, 0, 1].into()],
         requirement,
+        shadow: None,
     }
 }
 

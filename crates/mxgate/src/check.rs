@@ -37,7 +37,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use crate::cli::CliError;
+use crate::error::CliError;
 
 /// One certificate of the presented chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -368,7 +368,7 @@ fn check_pkix(
                 }
             }
             Err(rustls::Error::InvalidCertificate(ce)) => {
-                let (_, words) = mxgate_delivery::session::certificate_problem(&ce);
+                let (_, words) = mxgate_delivery::drive::certificate_problem(&ce);
                 last = format!("not valid for {}: {words}", names.join(", "));
             }
             Err(e) => last = format!("not valid for {}: {e}", names.join(", ")),

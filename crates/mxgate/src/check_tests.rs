@@ -136,6 +136,7 @@ fn mx_passes_when_any_address_passes_and_skips_when_not_dialled() {
         preference: 10,
         addrs: Vec::new(),
         requirement: Ok(TlsRequirement::Encrypt),
+        shadow: None,
     };
     let fail_then_pass = [
         address(Verdict::Fail, "connect-failed"),

@@ -1,10 +1,12 @@
-//! Argument parsing and dispatch of the subcommands.
+//! The command line's shape (clap): subcommands and their arguments. Running them is
+//! `dispatch.rs`; their error is `error.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mxgate_config::Config;
+
+use crate::error::CliError;
 
 /// Policy-enforcing outbound SMTP relay: MTA-STS, DANE and per-domain TLS levels.
 #[derive(Debug, Parser)]
@@ -129,58 +131,4 @@ impl SocketArg {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// An error that ends the command with a message.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("configuration: {0}")]
-    Config(#[from] mxgate_config::ConfigError),
-    #[error("{0}")]
-    Startup(String),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
-    match cli.command {
-        Command::Run { config, log_format } => {
-            crate::logging::init(log_format);
-            let loaded = config.load()?;
-            crate::run::run(loaded, config.path().map(Path::to_path_buf))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Policy {
-            domain,
-            json,
-            refresh,
-            config,
-        } => {
-            let write = if refresh {
-                mxgate_policy::CacheWrite::Store
-            } else {
-                mxgate_policy::CacheWrite::ReadOnly
-            };
-            crate::inspect::policy(config.load()?, &domain, json, write)
-        }
-        Command::Check {
-            domain,
-            json,
-            config,
-        } => crate::check::check(config.load()?, &domain, json),
-        Command::Queue {
-            action,
-            config,
-            socket,
-        } => crate::inspect::queue(&socket.resolve(&config)?, action),
-        Command::CheckConfig { config } => {
-            let loaded = config.load()?;
-            match config.path() {
-                Some(p) => println!("{}: configuration is valid", p.display()),
-                None => println!("built-in defaults: configuration is valid"),
-            }
-            let _ = loaded;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }

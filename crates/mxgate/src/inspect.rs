@@ -12,8 +12,9 @@ use mxgate_dns::DnsClient;
 use mxgate_policy::{CacheWrite, PolicyEngine};
 use serde_json::Value;
 
-use crate::cli::{CliError, QueueAction};
+use crate::cli::QueueAction;
 use crate::control::{self, Request};
+use crate::error::CliError;
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     Ok(tokio::runtime::Builder::new_current_thread()

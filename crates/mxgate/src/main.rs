@@ -8,6 +8,8 @@
 mod check;
 mod cli;
 mod control;
+mod dispatch;
+mod error;
 mod inspect;
 mod logging;
 #[cfg(test)]
@@ -22,7 +24,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cli::dispatch(cli) {
+    match dispatch::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mxgate: {e}");

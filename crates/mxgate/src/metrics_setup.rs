@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::cli::CliError;
+use crate::error::CliError;
 
 /// Starts the HTTP listener (inside the current tokio runtime) and registers the help
 /// texts. An empty `listen` disables the endpoint.

@@ -63,4 +63,8 @@ impl Planner for ReloadablePolicy {
     fn min_tls_version(&self) -> TlsVersion {
         self.current().min_tls_version()
     }
+
+    fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+        Some(self.current().pkix_verifier())
+    }
 }

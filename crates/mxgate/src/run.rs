@@ -24,7 +24,7 @@ use mxgate_socketmap::{SocketmapServer, SocketmapSettings};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::CliError;
+use crate::error::CliError;
 use crate::reload::ReloadablePolicy;
 
 /// How long running deliveries may take to finish after SIGTERM.

@@ -148,6 +148,7 @@ pub fn params(
         policy_label: policy_label.into(),
         connect_timeout: Duration::from_secs(5),
         command_timeout: Duration::from_secs(5),
+        shadow: None,
     }
 }
 
@@ -188,6 +189,7 @@ pub fn plan(
                 preference: 10 * i as u16,
                 addrs,
                 requirement,
+                shadow: None,
             })
             .collect(),
     }

@@ -64,6 +64,12 @@ enum Entry {
 const NEG_MIN: u64 = 300;
 const NEG_MAX: u64 = 3600;
 
+/// Upper bound of in-memory entries. Most destinations publish no policy, so the
+/// negative entries would otherwise grow with every domain ever mailed: past the
+/// bound, expired negative entries are pruned, then all negative ones (forgetting a
+/// "no policy" costs one TXT lookup; policies themselves are never dropped here).
+const MAX_ENTRIES: usize = 50_000;
+
 /// What [`PolicyStore::lookup`] found, for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StsLookup {
@@ -183,6 +189,23 @@ impl PolicyStore {
         }
     }
 
+    /// Keeps the in-memory map under [`MAX_ENTRIES`] (call with no guard held).
+    fn prune(&self, now: u64) {
+        if self.mem.len() < MAX_ENTRIES {
+            return;
+        }
+        self.mem
+            .retain(|_, e| !matches!(e, Entry::Negative { until, .. } if *until <= now));
+        if self.mem.len() >= MAX_ENTRIES {
+            self.mem.retain(|_, e| matches!(e, Entry::Policy(..)));
+        }
+    }
+
+    /// Entries in memory (policies and negative answers).
+    pub fn entries(&self) -> usize {
+        self.mem.len()
+    }
+
     /// The cached policy for `domain`, memory first, then disk (no network).
     pub fn cached(&self, domain: &str) -> Option<CachedPolicy> {
         if let Some(e) = self.mem.get(domain) {
@@ -298,6 +321,7 @@ impl PolicyStore {
                     .map(|(_, b)| (b * 2).min(NEG_MAX))
                     .unwrap_or(NEG_MIN);
                 let until = now.saturating_add(backoff);
+                self.prune(now);
                 // Never replace a policy another lookup stored meanwhile (RFC 8461 §5.1:
                 // a missing TXT record must not hide an unexpired policy).
                 self.mem
@@ -560,6 +584,32 @@ mod tests {
         );
         assert!(enforce(&store.lookup("example.com", 100 + 3600).await));
         assert_eq!(*src.fetches.lock().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn negative_entries_are_bounded_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("p".into()), Ok(policy(86_400)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        assert!(enforce(&store.lookup("mx.example.com", 0).await));
+        *src.txt.lock().unwrap() = TxtOutcome::NoPolicy;
+        for i in 0..MAX_ENTRIES + 10 {
+            store.lookup(&format!("d{i}.example"), 0).await;
+        }
+        // Every negative entry was still valid: all of them went, the policy stayed.
+        assert!(store.entries() < MAX_ENTRIES, "{}", store.entries());
+        assert!(store.cached("mx.example.com").is_some());
+        for i in 0..MAX_ENTRIES {
+            store.lookup(&format!("e{i}.example"), 10).await;
+        }
+        // Past their back-off, old negative entries are pruned first.
+        store.lookup("late.example", NEG_MAX + 100).await;
+        assert!(store.entries() < MAX_ENTRIES, "{}", store.entries());
+        assert_eq!(
+            store.lookup("late.example", NEG_MAX + 101).await.state,
+            StsState::Absent
+        );
+        assert!(enforce(&store.lookup("mx.example.com", 200).await));
     }
 
     #[tokio::test]
