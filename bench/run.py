@@ -103,12 +103,17 @@ def main():
                 mxi.stop()
                 log(f"idle connections: {out['idle']}")
             if "profile" in parts:
+                # fsyncs per message at 1 session (no one to share a commit with) and at
+                # 10; the CPU profile of mxgate at 10.
                 out["profile"] = []
-                for name, port, pid in targets[1:]:
-                    p = profile.fsync_and_cpu(name, port, pid, sink, 10, 300 if quick else 3000, args.size,
-                                              workdir, cpu=(name == "mxgate"))
-                    log(f"profile {name}: fsyncs/msg={p.get('fsyncs_per_message')} {p.get('error', '')}")
-                    out["profile"].append(p)
+                for psessions, pmsgs in ((1, 100 if quick else 1000), (10, 300 if quick else 3000)):
+                    for name, port, pid in targets[1:]:
+                        p = profile.fsync_and_cpu(name, port, pid, sink, psessions, pmsgs, args.size,
+                                                  workdir, cpu=(name == "mxgate" and psessions == 10))
+                        p["sessions"] = psessions
+                        log(f"profile {name} x{psessions}: fsyncs/msg={p.get('fsyncs_per_message')} "
+                            f"{p.get('error', '')}")
+                        out["profile"].append(p)
         if "callgrind" in parts and use_mxgate:
             cg_sink = Sink(workdir, "sink-callgrind")
             running.append(cg_sink)
@@ -203,19 +208,24 @@ def render(out, sessions_list):
     if "core" in out:
         summary = report.summarise(out["core"])
         head, table = report.core_tables(summary, sessions_list)
-        parts += ["### Headline: ratios\n", head, "", "### Absolute numbers\n", table, ""]
+        tls_summary = report.summarise(out["tls"], keys=("handshakes_per_s", "sink_cpu_util")) if "tls" in out else {}
+        parts += ["### Goals (measured in this run)\n",
+                  report.goals_table(summary, sessions_list, out.get("profile", []), tls_summary,
+                                     out.get("queue", [])), "",
+                  "### Headline: ratios\n", head, "", "### Absolute numbers\n", table, ""]
     if "idle" in out:
         i = out["idle"]
         parts += [f"Idle connections: {i['connections']} SMTP sessions held open after the banner grew "
                   f"mxgate's RSS by {i['rss_per_connection_kib']:.1f} KiB per connection "
                   f"(PSS {i['pss_per_connection_kib']:.1f} KiB).\n"]
     if "profile" in out:
-        parts.append("### Profile evidence (one extra trial each, 10 sessions)\n")
+        parts.append("### Profile evidence (extra trials: fsyncs at 1 and 10 sessions, CPU at 10)\n")
         for p in out["profile"]:
             if "error" in p:
                 parts.append(f"- {p['system']}: not profiled ({p['error']})")
                 continue
-            parts.append(f"- {p['system']}: {p['fsyncs']} fsync/fdatasync calls for {p['messages']} messages = "
+            parts.append(f"- {p['system']} ({p.get('sessions', 10)} sessions): {p['fsyncs']} fsync/fdatasync calls "
+                         f"for {p['messages']} messages = "
                          f"**{p['fsyncs_per_message']:.2f} per message**; by process name: {p['fsyncs_by_process']}")
             if p.get("cpu_top"):
                 parts += ["", f"  {p['system']} CPU profile (perf, self time, top symbols):", "",

@@ -16,6 +16,23 @@ from mxbench.systems import Sink  # noqa: E402
 from mxbench.trials import percentile  # noqa: E402
 
 
+class Goals(unittest.TestCase):
+    def test_ratios_cpu_and_fsyncs_against_their_goals(self):
+        summary = {
+            ("mxgate", 10): {"delivered_per_s": 3500.0, "cpu_s_per_1000": 0.2, "p99_ms": 1.0},
+            ("postfix", 10): {"delivered_per_s": 700.0, "p99_ms": 20.0},
+            ("bound", 10): {"delivered_per_s": 17500.0},
+        }
+        profiles = [{"system": "mxgate", "sessions": 10, "fsyncs_per_message": 0.4}]
+        table = report.goals_table(summary, [10], profiles, {}, [])
+        self.assertIn("| delivered mxgate / Postfix | 10 | 5.00 | ≥ 5× | yes |", table)
+        self.assertIn("| delivered mxgate / bound | 10 | 0.20 |", table)
+        self.assertIn("| mxgate CPU µs / message | 10 | 200 | ≤ 250 | yes |", table)
+        self.assertIn("| accept p99 mxgate / Postfix | 10 | 0.05 | ≤ 0.25 | yes |", table)
+        self.assertIn("| mxgate fsyncs / message | 10 | 0.40 | ≤ 0.3 | **no** |", table)
+        self.assertIn("| TLS sink: delivered mxgate / Postfix | 10 | - | ≥ 5× | - |", table)
+
+
 class Percentile(unittest.TestCase):
     def test_nearest_rank_on_sorted_copy(self):
         values = [5.0, 1.0, 3.0, 2.0, 4.0]

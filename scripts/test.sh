@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v unbound >/dev/null || need+=(unbound)
+# dkimpy verifies the DKIM signature of mailed TLS reports (tests/tlsrpt.rs); openssl
+# makes the test's RSA key.
+/usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
+command -v openssl >/dev/null || need+=(openssl)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 command -v lintian >/dev/null || need+=(lintian)

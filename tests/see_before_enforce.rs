@@ -241,14 +241,42 @@ async fn resolver_that_strips_signatures_fails_the_self_test_and_nothing_leaks()
         .strip_dnssec();
     w = mx(w, "dane.sec.test", 2).record(&tlsa(port, "mx.dane.sec.test", &cert.spki_der));
     w = mx(w, "plain.ins.test", 3);
+    // An MTA-STS enforce domain whose MX would accept a PKIX-valid session.
+    let ca = mxgate_testkit::certs::TestCa::new("Strip CA");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    w = mx(w, "enf.ins.test", 4)
+        .record("_mta-sts.enf.ins.test. 300 IN TXT \"v=STSv1; id=e1\"")
+        .record("mta-sts.enf.ins.test. 300 IN A 127.0.0.1");
     let world = w.start().await.unwrap();
+    let valid = mxgate_testkit::certs::Validity::current();
+    let https = mxgate_testkit::https::HttpsServer::start(
+        ca.issue(&["mta-sts.enf.ins.test"], valid).server_config(),
+    )
+    .await
+    .unwrap();
+    https.serve_policy(
+        "enf.ins.test",
+        mxgate_testkit::https::HttpResponse::policy(
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.enf.ins.test\r\nmax_age: 86400\r\n",
+        ),
+    );
     let receiver = SmtpReceiver::start_on(
         SocketAddr::from(([127, 0, 0, 2], port)),
         ReceiverConfig::with_starttls(cert.server_config()),
     )
     .await
     .unwrap();
-    let gate = Mxgate::start(dir.path(), &settings(&world, port));
+    let sts_receiver = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 4], port)),
+        ReceiverConfig::with_starttls(ca.issue(&["mx.enf.ins.test"], valid).server_config()),
+    )
+    .await
+    .unwrap();
+    let mut s = settings(&world, port);
+    s.ca_file = Some(ca_path);
+    s.mta_sts_port = https.port();
+    let gate = Mxgate::start(dir.path(), &s);
 
     // One clear startup error that names the fix; no raw dumps of the resolver library.
     let log = gate.log();
@@ -287,6 +315,25 @@ async fn resolver_that_strips_signatures_fails_the_self_test_and_nothing_leaks()
     assert!(!line.contains("(bogus)"), "{line}");
     assert_eq!(receiver.connections(), 0, "the DANE MX was dialled");
     assert!(receiver.messages().is_empty());
+
+    // The enforce domain: deferred too, never sent in cleartext (nor at all).
+    submit(
+        gate.listen,
+        "s@origin.test",
+        &["u@enf.ins.test"],
+        b"Subject: x\r\n\r\nSECRET\r\n",
+    )
+    .await
+    .unwrap();
+    let line = gate
+        .wait_log(
+            |l| l.contains("to=<u@enf.ins.test>") && l.contains("status="),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(line.contains("status=deferred"), "{line}");
+    assert!(line.contains("resolver does not validate DNSSEC"), "{line}");
+    assert!(sts_receiver.messages().is_empty(), "{line}");
 
     let (code, v) = policy(&gate.config_path, "dane.sec.test");
     assert_eq!(code, 1, "{v}");

@@ -119,6 +119,50 @@ def core_tables(summary, sessions_list):
     return head, "\n".join(rows)
 
 
+def goals_table(summary, sessions_list, profiles, tls_summary, queue_rows):
+    """The figures the spool work is judged by, each beside its goal: mxgate vs Postfix
+    and vs the bound (delivered msg/s), CPU µs per relayed message, fsyncs per message,
+    accept p99 vs Postfix's, the TLS variant, and queue scale. "-" = not measured."""
+    want_ratio = {1: 3.0}
+    rows = ["| figure | sessions | measured | goal | met |", "|---|---|---|---|---|"]
+
+    def row(label, sessions, value, goal_text, ok, spec):
+        met = "-" if value is None else ("yes" if ok(value) else "**no**")
+        rows.append(f"| {label} | {sessions} | {fmt(value, spec)} | {goal_text} | {met} |")
+
+    for s in sessions_list:
+        mx, pf, bd = (summary.get((n, s), {}) for n in ("mxgate", "postfix", "bound"))
+        goal = want_ratio.get(s, 5.0)
+        row("delivered mxgate / Postfix", s, ratio(mx.get("delivered_per_s"), pf.get("delivered_per_s")),
+            f"≥ {goal:.0f}×", lambda v, g=goal: v >= g, ".2f")
+        row("delivered mxgate / bound", s, ratio(mx.get("delivered_per_s"), bd.get("delivered_per_s")),
+            "(share of the machine)", lambda v: True, ".2f")
+        cpu = mx.get("cpu_s_per_1000")
+        row("mxgate CPU µs / message", s, None if cpu is None else cpu * 1000.0, "≤ 250",
+            lambda v: v <= 250, ".0f")
+        row("accept p99 mxgate / Postfix", s, ratio(mx.get("p99_ms"), pf.get("p99_ms")), "≤ 0.25",
+            lambda v: v <= 0.25, ".2f")
+    for p in profiles:
+        if p.get("system") != "mxgate" or p.get("fsyncs_per_message") is None:
+            continue
+        s = p.get("sessions", 10)
+        limit = 1.1 if s == 1 else 0.3
+        row("mxgate fsyncs / message", s, p["fsyncs_per_message"], f"≤ {limit}", lambda v, g=limit: v <= g, ".2f")
+    pf_tls, mx_tls = tls_summary.get(("postfix→tls", 10), {}), tls_summary.get(("mxgate→tls", 10), {})
+    row("TLS sink: delivered mxgate / Postfix", 10, ratio(mx_tls.get("delivered_per_s"), pf_tls.get("delivered_per_s")),
+        "≥ 5×", lambda v: v >= 5.0, ".2f")
+    if queue_rows:
+        small, big = queue_rows[0], queue_rows[-1]
+        row(f"accepted with {big['queued']:,} queued / with {small['queued']:,}", 10,
+            ratio(big.get("accepted_per_s"), small.get("accepted_per_s")), "≥ 0.9", lambda v: v >= 0.9, ".2f")
+        row(f"restart with {big['queued']:,} queued → READY, s", "-", big.get("startup_s"), "≤ 5",
+            lambda v: v <= 5, ".2f")
+        rss, n = big.get("rss_after_restart_kib"), big.get("queued_at_restart")
+        per = None if rss is None or not n else rss * 1024.0 / n
+        row("RSS after restart / queued message, bytes", "-", per, "≤ 200", lambda v: v <= 200, ".0f")
+    return "\n".join(rows)
+
+
 def tls_table(summary):
     rows = ["| relay → sink | sessions | delivered msg/s | TLS handshakes/s | msgs / connection | "
             "relay CPU s / 1000 msg | sink CPU (cores) | accept p99 ms |", "|---|---|---|---|---|---|---|---|"]

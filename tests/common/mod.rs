@@ -39,6 +39,8 @@ pub struct Settings {
     pub queue: String,
     /// Extra `[listener]` lines.
     pub listener: String,
+    /// Extra `[tlsrpt]` lines (`path` is always the test directory's `tlsrpt/`).
+    pub tlsrpt: String,
     /// Extra sections appended at the end (e.g. `[socketmap]`).
     pub extra: String,
 }
@@ -56,6 +58,7 @@ impl Settings {
             domains: String::new(),
             queue: String::new(),
             listener: String::new(),
+            tlsrpt: String::new(),
             extra: String::new(),
         }
     }
@@ -131,8 +134,13 @@ listen = "{metrics}"
 [control]
 socket = {control_toml}
 
+[tlsrpt]
+path = {tlsrpt_path}
+{tlsrpt}
 {extra}
 "#,
+            tlsrpt_path = toml_path(&dir.join("tlsrpt")),
+            tlsrpt = settings.tlsrpt,
             queue = toml_path(&dir.join("queue")),
             // Defaults for fast tests, unless the test sets these keys itself.
             queue_defaults = [

@@ -18,7 +18,7 @@ pub use load::ConfigError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub tlsrpt: TlsRptConfig,
     pub socketmap: SocketmapConfig,
     pub cluster: ClusterConfig,
 }
@@ -272,11 +273,25 @@ pub struct PolicyConfig {
     /// Total time allowed for one MTA-STS policy fetch (RFC 8461 §3.3 suggests a minute).
     #[serde(deserialize_with = "duration::deserialize")]
     pub mta_sts_timeout: Duration,
+    /// What a message's `TLS-Required: No` header does (RFC 8689 §5).
+    pub tls_required_header: TlsRequiredHeader,
     /// A stricter level checked on every session but never enforced (docs/policy.md,
     /// "Shadow levels"); `""` = none.
     #[serde(deserialize_with = "level::deserialize_optional_level")]
     pub shadow: Option<Level>,
     pub domains: BTreeMap<String, DomainPolicy>,
+}
+
+/// `policy.tls_required_header`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsRequiredHeader {
+    /// `TLS-Required: No` lowers levels learned from DNS (MTA-STS, DANE) to at most
+    /// `may`; levels the operator configured still apply.
+    #[default]
+    Honor,
+    /// The header changes nothing.
+    Ignore,
 }
 
 impl Default for PolicyConfig {
@@ -289,6 +304,7 @@ impl Default for PolicyConfig {
             mta_sts_port: 443,
             cache_path: PathBuf::from("/var/lib/mxgate/policy"),
             mta_sts_timeout: Duration::from_secs(60),
+            tls_required_header: TlsRequiredHeader::Honor,
             shadow: None,
             domains: BTreeMap::new(),
         }
@@ -405,6 +421,140 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             socket: PathBuf::from("/run/mxgate/control.sock"),
+        }
+    }
+}
+
+/// `[tlsrpt]`: SMTP TLS Reporting (RFC 8460), see docs/tlsrpt.md.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRptConfig {
+    /// Count sessions and send reports (only to domains that publish a record).
+    pub enabled: bool,
+    /// `organization-name`; empty = `server.hostname`.
+    pub organization_name: String,
+    /// `contact-info`; empty = `postmaster@` + `server.hostname`.
+    pub contact_info: String,
+    /// Report mails' `From:` and envelope sender; empty = `noreply-tlsrpt@` +
+    /// `server.hostname`.
+    pub from: String,
+    /// Reporting period (RFC 8460 §4.1: a UTC day); aligned to UTC midnight.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub period: Duration,
+    /// Reports of a closed period go out spread over this window.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub send_delay: Duration,
+    /// Where the counters are kept across restarts.
+    pub path: PathBuf,
+    /// How often the counters are saved (at most 60 s; also on SIGTERM).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub flush_interval: Duration,
+    /// DKIM signing domain (`d=`); empty = report mails unsigned.
+    pub dkim_domain: String,
+    /// DKIM selector (`s=`).
+    pub dkim_selector: String,
+    /// PEM private key file (RSA or Ed25519).
+    pub dkim_key: PathBuf,
+    /// Optional `host:port` that report mails go to instead of the rua domain's MX.
+    pub relay: String,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: true,
+            organization_name: String::new(),
+            contact_info: String::new(),
+            from: String::new(),
+            period: Duration::from_secs(86400),
+            send_delay: Duration::from_secs(3600),
+            path: PathBuf::from("/var/lib/mxgate/tlsrpt"),
+            flush_interval: Duration::from_secs(60),
+            dkim_domain: String::new(),
+            dkim_selector: String::new(),
+            dkim_key: PathBuf::new(),
+            relay: String::new(),
+        }
+    }
+}
+
+impl TlsRptConfig {
+    /// `organization_name` or its default.
+    pub fn organization(&self, hostname: &str) -> String {
+        non_empty_or(&self.organization_name, || hostname.to_string())
+    }
+
+    /// `contact_info` or its default.
+    pub fn contact(&self, hostname: &str) -> String {
+        non_empty_or(&self.contact_info, || format!("postmaster@{hostname}"))
+    }
+
+    /// `from` or its default.
+    pub fn sender(&self, hostname: &str) -> String {
+        non_empty_or(&self.from, || format!("noreply-tlsrpt@{hostname}"))
+    }
+
+    /// Whether report mails are DKIM-signed in process.
+    pub fn signs(&self) -> bool {
+        !self.dkim_domain.is_empty()
+    }
+}
+
+fn non_empty_or(s: &str, default: impl FnOnce() -> String) -> String {
+    if s.trim().is_empty() {
+        default()
+    } else {
+        s.trim().to_string()
+    }
+}
+
+/// A `host:port` (`queue.bounce_relay`), parsed once: the host without brackets
+/// (`[::1]:25` → `::1`), a non-zero port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: NonZeroU16,
+}
+
+impl HostPort {
+    /// `None` unless `s` is `host:port` with a non-empty host and a port 1–65535.
+    pub fn parse(s: &str) -> Option<HostPort> {
+        let (host, port) = s.rsplit_once(':')?;
+        let port = NonZeroU16::new(port.parse::<u16>().ok()?)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return None;
+        }
+        Some(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use super::HostPort;
+
+    #[test]
+    fn host_port_parses_once() {
+        let hp = HostPort::parse("[::1]:2525").map(|h| (h.host, h.port.get()));
+        assert_eq!(hp, Some(("::1".to_string(), 2525)));
+        let hp = HostPort::parse("relay.example:25").map(|h| (h.host, h.port.get()));
+        assert_eq!(hp, Some(("relay.example".to_string(), 25)));
+        for bad in [
+            "",
+            "relay",
+            ":25",
+            "relay:0",
+            "relay:x",
+            "[]:25",
+            "relay:70000",
+        ] {
+            assert_eq!(HostPort::parse(bad), None, "{bad}");
         }
     }
 }

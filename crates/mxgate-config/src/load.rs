@@ -112,6 +112,59 @@ impl Config {
         Ok(self)
     }
 
+    fn validate_tlsrpt(&self) -> Result<(), ConfigError> {
+        let t = &self.tlsrpt;
+        if t.period < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid("tlsrpt.period", "must be at least 1s"));
+        }
+        if t.flush_interval.is_zero() || t.flush_interval > std::time::Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "tlsrpt.flush_interval",
+                "must be > 0 and at most 60s",
+            ));
+        }
+        if t.path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "tlsrpt.path",
+                "must be a directory path",
+            ));
+        }
+        if !t.relay.is_empty() && !is_host_port(&t.relay) {
+            return Err(ConfigError::invalid(
+                "tlsrpt.relay",
+                "must be \"host:port\" or empty",
+            ));
+        }
+        let from = t.sender(&self.server.hostname);
+        if !from.contains('@') || from.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        {
+            return Err(ConfigError::invalid(
+                "tlsrpt.from",
+                "must be an address local@domain",
+            ));
+        }
+        let dkim = [
+            ("tlsrpt.dkim_domain", t.dkim_domain.is_empty()),
+            ("tlsrpt.dkim_selector", t.dkim_selector.is_empty()),
+            ("tlsrpt.dkim_key", t.dkim_key.as_os_str().is_empty()),
+        ];
+        if dkim.iter().any(|(_, empty)| !*empty) {
+            if let Some((key, _)) = dkim.iter().find(|(_, empty)| *empty) {
+                return Err(ConfigError::invalid(
+                    *key,
+                    "dkim_domain, dkim_selector and dkim_key are set together or not at all",
+                ));
+            }
+            if !t.dkim_key.is_file() {
+                return Err(ConfigError::invalid(
+                    "tlsrpt.dkim_key",
+                    format!("{}: no such file", t.dkim_key.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses a TOML document (used by tests and `check-config`).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let raw = config::Config::builder()
@@ -202,6 +255,7 @@ impl Config {
                 format!("{}: no such file", self.dns.trust_anchor.display()),
             ));
         }
+        self.validate_tlsrpt()?;
         if !self.socketmap.listen.is_empty() && self.socketmap.listen.parse::<SocketAddr>().is_err()
         {
             return Err(ConfigError::invalid(
@@ -312,10 +366,7 @@ fn check_shadow(key: &str, shadow: Option<Level>, dnssec_off: bool) -> Result<()
 }
 
 fn is_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
-    }
+    crate::HostPort::parse(s).is_some()
 }
 
 fn is_domain_key(s: &str) -> bool {
@@ -481,5 +532,35 @@ mod tests {
             Some(Level::Encrypt)
         );
         assert_eq!(c.policy.domain_entry("notexample.org"), None);
+    }
+
+    #[test]
+    fn tlsrpt_section() {
+        let c = Config::from_toml_str(
+            "[server]\nhostname = \"relay.example\"\n[tlsrpt]\nperiod = \"10s\"\nsend_delay = \"0s\"\nrelay = \"127.0.0.1:25\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tlsrpt.period, Duration::from_secs(10));
+        assert!(c.tlsrpt.enabled);
+        assert_eq!(
+            c.tlsrpt.sender("relay.example"),
+            "noreply-tlsrpt@relay.example"
+        );
+        assert_eq!(
+            c.tlsrpt.contact("relay.example"),
+            "postmaster@relay.example"
+        );
+        assert_eq!(c.tlsrpt.organization("relay.example"), "relay.example");
+        assert_eq!(Config::default().tlsrpt.period, Duration::from_secs(86400));
+        assert!(err("[tlsrpt]\nperiod = \"0s\"\n").contains("tlsrpt.period"));
+        assert!(err("[tlsrpt]\nflush_interval = \"5m\"\n").contains("tlsrpt.flush_interval"));
+        assert!(err("[tlsrpt]\nrelay = \"x\"\n").contains("tlsrpt.relay"));
+        assert!(err("[tlsrpt]\nfrom = \"nobody\"\n").contains("tlsrpt.from"));
+        assert!(err("[tlsrpt]\ndkim_domain = \"relay.example\"\n").contains("tlsrpt.dkim_selector"));
+        assert!(err(
+            "[tlsrpt]\ndkim_domain = \"a\"\ndkim_selector = \"s\"\ndkim_key = \"/nonexistent\"\n"
+        )
+        .contains("tlsrpt.dkim_key"));
+        assert!(err("[tlsrpt]\nbogus = 1\n").contains("bogus"));
     }
 }

@@ -76,6 +76,12 @@ pub trait Planner: Send + Sync + 'static {
     fn min_tls_version(&self) -> TlsVersion {
         TlsVersion::Tls12
     }
+    /// Whether `TLS-Required: No` (RFC 8689 §5) is honoured
+    /// (`policy.tls_required_header`).
+    fn honours_tls_required_no(&self) -> bool {
+        true
+    }
+
     /// The PKIX verifier of the trust roots, to judge shadow requirements (`None`: no
     /// shadow checks).
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
@@ -98,6 +104,10 @@ impl Planner for PolicyEngine {
 
     fn min_tls_version(&self) -> TlsVersion {
         PolicyEngine::min_tls_version(self)
+    }
+
+    fn honours_tls_required_no(&self) -> bool {
+        PolicyEngine::honours_tls_required_no(self)
     }
 
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
@@ -241,6 +251,14 @@ impl<P: Planner> Delivery<P> {
             return self.deliver_via_relay(&job, &relay, start).await;
         }
         let plan = match self.policy.plan(&job.domain).await {
+            // RFC 8689 §5: "TLS-Required: No" asks that DNS-learned TLS policies be
+            // ignored; the plan says which levels that may lower.
+            Ok(plan)
+                if self.policy.honours_tls_required_no()
+                    && report::tls_required_no(&job.message) =>
+            {
+                plan.lowered_for_tls_required_no()
+            }
             Ok(plan) => plan,
             Err(e) => {
                 let outcome = plan_outcome(&e);
@@ -311,11 +329,9 @@ impl<P: Planner> Delivery<P> {
             );
             return outcomes;
         };
-        let host = relay
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(relay)
-            .to_string();
+        let host = mxgate_config::HostPort::parse(relay)
+            .map(|hp| hp.host)
+            .unwrap_or_else(|| relay.to_string());
         let plan = DeliveryPlan {
             domain: job.domain.clone(),
             level: Level::May,

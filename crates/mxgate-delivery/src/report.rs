@@ -83,6 +83,33 @@ pub fn is_tls_report(message: &[u8]) -> bool {
     }
 }
 
+/// RFC 8689 §5: whether `message` has `TLS-Required: No` (field name and value are
+/// case-insensitive; "No" is the only value defined). Only the header section is
+/// looked at; a folded value is unfolded.
+pub fn tls_required_no(message: &[u8]) -> bool {
+    const NAME: &[u8] = b"tls-required";
+    let mut rest = message;
+    while !(rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n")) {
+        let line_end = memchr_lf(rest).map_or(rest.len(), |i| i + 1);
+        let line = &rest[..line_end];
+        rest = &rest[line_end..];
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !line[..colon].trim_ascii_end().eq_ignore_ascii_case(NAME) {
+            continue;
+        }
+        let mut value = line[colon + 1..].to_vec();
+        while rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            let end = memchr_lf(rest).map_or(rest.len(), |i| i + 1);
+            value.extend_from_slice(&rest[..end]);
+            rest = &rest[end..];
+        }
+        return value.trim_ascii().eq_ignore_ascii_case(b"no");
+    }
+    false
+}
+
 fn memchr_lf(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
@@ -90,6 +117,28 @@ fn memchr_lf(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_required_no_is_read_from_the_header_section() {
+        let rows: &[(&[u8], bool)] = &[
+            (b"TLS-Required: No\r\n\r\nbody", true),
+            (b"Subject: x\r\ntls-required:no\r\n\r\n", true),
+            (b"TLS-Required:\r\n  NO \r\n\r\n", true),
+            (b"TLS-Required: Yes\r\n\r\n", false),
+            (b"TLS-Required: Noway\r\n\r\n", false),
+            (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+            (b"X-TLS-Required: No\r\n\r\n", false),
+            (b"", false),
+        ];
+        for (msg, want) in rows {
+            assert_eq!(
+                tls_required_no(msg),
+                *want,
+                "{}",
+                String::from_utf8_lossy(msg)
+            );
+        }
+    }
 
     #[test]
     fn tls_report_header_is_found_only_in_the_header_section() {

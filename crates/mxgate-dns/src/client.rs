@@ -228,24 +228,42 @@ impl DnsClient {
         }))
     }
 
+    /// [`DnsClient::txt`] with the smallest TTL of the records found (`None` for
+    /// NODATA/NXDOMAIN), for callers that cache the answer (RFC 8460 §3 discovery).
+    pub async fn txt_with_ttl(
+        &self,
+        name: &str,
+    ) -> Result<(Answer<String>, Option<Duration>), DnsError> {
+        let answer = self.lookup(name, RecordType::TXT).await?;
+        let ttl = answer
+            .records()
+            .iter()
+            .map(|r| r.ttl)
+            .min()
+            .map(|t| Duration::from_secs(u64::from(t)));
+        Ok((answer.map(|records| txt_strings(&records)), ttl))
+    }
+
     /// TXT records at `name`, each the concatenation of its character-strings
     /// (RFC 8461 §3.1 asks for that); non-UTF-8 bytes become U+FFFD.
     pub async fn txt(&self, name: &str) -> Result<Answer<String>, DnsError> {
         let answer = self.lookup(name, RecordType::TXT).await?;
-        Ok(answer.map(|records| {
-            records
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(t) => {
-                        let bytes: Vec<u8> =
-                            t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
-                        Some(String::from_utf8_lossy(&bytes).into_owned())
-                    }
-                    _ => None,
-                })
-                .collect()
-        }))
+        Ok(answer.map(|records| txt_strings(&records)))
     }
+}
+
+/// Each TXT record as the concatenation of its character-strings.
+fn txt_strings(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => {
+                let bytes: Vec<u8> = t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn name_server(addr: SocketAddr) -> NameServerConfig {

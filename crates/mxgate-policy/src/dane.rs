@@ -224,7 +224,14 @@ impl ServerCertVerifier for DaneVerifier {
         chain.extend(intermediates.iter().cloned());
         match match_chain(&self.tlsa, &chain, &self.names, now) {
             Ok(_) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(rustls::Error::General(format!("dane: {e}"))),
+            // A typed certificate error, so delivery reports a DANE mismatch as such
+            // (RFC 8460 §4.3.2.1 `tlsa-invalid`); the detail goes to the log.
+            Err(e) => {
+                tracing::info!(names = ?self.names, "dane: {e}");
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
         }
     }
 

@@ -283,6 +283,17 @@ impl PolicyEngine {
 
     /// The global `policy.min_tls_version` (for connections outside any destination's
     /// policy, such as the bounce relay).
+    /// The MTA-STS policy held for `domain` (memory, else the persistent cache; no
+    /// network), e.g. to describe it in a TLS report (RFC 8460 §4.4 `policy-string`).
+    pub fn cached_mta_sts(&self, domain: &str) -> Option<crate::sts::MtaStsPolicy> {
+        self.sts.cached(domain).map(|c| c.policy)
+    }
+
+    /// `policy.tls_required_header = "honor"` (RFC 8689 §5).
+    pub fn honours_tls_required_no(&self) -> bool {
+        self.config.policy.tls_required_header == mxgate_config::TlsRequiredHeader::Honor
+    }
+
     pub fn min_tls_version(&self) -> TlsVersion {
         self.config.policy.min_tls_version
     }

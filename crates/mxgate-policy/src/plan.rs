@@ -105,3 +105,144 @@ pub struct DeliveryPlan {
     pub on_tls_failure: OnTlsFailure,
     pub mx: Vec<MxPlan>,
 }
+
+impl DeliveryPlan {
+    /// The plan for a message carrying `TLS-Required: No` (RFC 8689 §5: the sender
+    /// asks that TLS policies "such as MTA-STS and DANE" be ignored so the message gets
+    /// through). Only levels learned from the destination's DNS are lowered, to `may`
+    /// on every MX (an MX that MTA-STS excluded becomes dialable); a level the operator
+    /// configured (`source = config`) stays, and so does the fallback (never above
+    /// what the operator chose).
+    pub fn lowered_for_tls_required_no(mut self) -> DeliveryPlan {
+        if !matches!(self.source, PolicySource::MtaSts | PolicySource::Dane) {
+            return self;
+        }
+        self.level = Level::May;
+        for mx in &mut self.mx {
+            mx.requirement = match &mx.requirement {
+                Ok(TlsRequirement::Cleartext) => Ok(TlsRequirement::Cleartext),
+                // A host without addresses stays undialable.
+                Err(e @ (SkipReason::AddressLookup { .. } | SkipReason::NoAddress { .. })) => {
+                    Err(e.clone())
+                }
+                _ => Ok(TlsRequirement::Opportunistic),
+            };
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(
+        source: PolicySource,
+        level: Level,
+        requirement: Result<TlsRequirement, SkipReason>,
+    ) -> DeliveryPlan {
+        DeliveryPlan {
+            domain: "d.example".into(),
+            level,
+            source,
+            min_tls_version: TlsVersion::Tls12,
+            on_tls_failure: OnTlsFailure::Defer,
+            mx: vec![MxPlan {
+                host: "mx.d.example".into(),
+                preference: 10,
+                addrs: vec![],
+                requirement,
+                shadow: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn tls_required_no_lowers_only_dns_learned_levels() {
+        let pkix = || {
+            Ok(TlsRequirement::Pkix {
+                names: vec!["mx.d.example".into()],
+            })
+        };
+        let dane = || {
+            Ok(TlsRequirement::Dane {
+                tlsa: vec![],
+                names: vec![],
+            })
+        };
+        let excluded = || {
+            Err(SkipReason::NotInMtaStsPolicy {
+                host: "mx.d.example".into(),
+            })
+        };
+        let no_address = || {
+            Err(SkipReason::NoAddress {
+                host: "mx.d.example".into(),
+            })
+        };
+        let cases = [
+            (
+                PolicySource::MtaSts,
+                Level::MtaSts,
+                pkix(),
+                Level::May,
+                Ok(TlsRequirement::Opportunistic),
+            ),
+            (
+                PolicySource::MtaSts,
+                Level::MtaSts,
+                excluded(),
+                Level::May,
+                Ok(TlsRequirement::Opportunistic),
+            ),
+            (
+                PolicySource::Dane,
+                Level::Dane,
+                dane(),
+                Level::May,
+                Ok(TlsRequirement::Opportunistic),
+            ),
+            (
+                PolicySource::MtaSts,
+                Level::MtaSts,
+                no_address(),
+                Level::May,
+                no_address(),
+            ),
+            (
+                PolicySource::Config,
+                Level::Verify,
+                pkix(),
+                Level::Verify,
+                pkix(),
+            ),
+            (
+                PolicySource::Config,
+                Level::DaneOnly,
+                dane(),
+                Level::DaneOnly,
+                dane(),
+            ),
+            (
+                PolicySource::Fallback,
+                Level::Encrypt,
+                Ok(TlsRequirement::Encrypt),
+                Level::Encrypt,
+                Ok(TlsRequirement::Encrypt),
+            ),
+            (
+                PolicySource::Fallback,
+                Level::None,
+                Ok(TlsRequirement::Cleartext),
+                Level::None,
+                Ok(TlsRequirement::Cleartext),
+            ),
+        ];
+        for (source, level, req, want_level, want_req) in cases {
+            let lowered = plan(source, level, req).lowered_for_tls_required_no();
+            assert_eq!(lowered.level, want_level, "{source:?} {level:?}");
+            assert_eq!(lowered.mx[0].requirement, want_req, "{source:?} {level:?}");
+            assert_eq!(lowered.source, source);
+        }
+    }
+}

@@ -323,47 +323,60 @@ fn v1_record(m: &V1Message) -> Result<MessageRec, RecordError> {
 /// in between leaves both; the next start finds the id already in the log and only
 /// removes the old file. Nothing acknowledged is lost at any point.
 pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(), QueueError> {
+    /// Messages appended together (they share commits).
+    const CHUNK: usize = 256;
     let mut imported = 0usize;
-    for m in msgs {
-        let id = QueueId(m.id.clone());
-        if queue.lock().msgs.contains_key(&id) {
-            let _ = std::fs::remove_file(&m.path);
-            continue;
-        }
-        let rec = match v1_record(&m) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e, "version 1 spool file cannot be imported, quarantined");
-                let _ = spool::quarantine(&queue.paths, &m.path);
+    let mut pending = msgs.into_iter().peekable();
+    while pending.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut records = Vec::new();
+        for m in pending.by_ref().take(CHUNK) {
+            let id = QueueId(m.id.clone());
+            if queue.lock().msgs.contains_key(&id) {
+                let _ = std::fs::remove_file(&m.path);
                 continue;
             }
-        };
-        let (path, offset, len) = (m.path.clone(), m.rec.body_offset, m.rec.body_len);
-        let body = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
-            .await
-            .map_err(|e| QueueError::Io(std::io::Error::other(e)))??;
-        let meta =
-            serde_json::to_vec(&rec).map_err(|e| QueueError::Io(std::io::Error::other(e)))?;
-        let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
-        record::encode_head(&mut head, Kind::Message, &meta, &body);
-        let head_len = head.len() as u64;
-        let loc_crc = record::body_crc(&body);
-        let size = body.len() as u64;
-        let written = queue.log.append(head, body, false).await?;
-        let loc = BodyLoc {
-            seg: written.seg,
-            offset: written.offset + head_len,
-            crc: loc_crc,
-        };
-        match entry_from_rec(&rec, loc, size) {
-            Ok(entry) if !entry.all_final() => {
-                queue.lock().insert(id, entry);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(id = %id, error = %e, "imported message unusable"),
+            let rec = match v1_record(&m) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "version 1 spool file cannot be imported, quarantined");
+                    let _ = spool::quarantine(&queue.paths, &m.path);
+                    continue;
+                }
+            };
+            let (path, offset, len) = (m.path.clone(), m.rec.body_offset, m.rec.body_len);
+            let body = tokio::task::spawn_blocking(move || spool::read_body(&path, offset, len))
+                .await
+                .map_err(|e| QueueError::Io(std::io::Error::other(e)))??;
+            let meta =
+                serde_json::to_vec(&rec).map_err(|e| QueueError::Io(std::io::Error::other(e)))?;
+            let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
+            record::encode_head(&mut head, Kind::Message, &meta, &body);
+            let head_len = head.len() as u64;
+            let crc = record::body_crc(&body);
+            let size = body.len() as u64;
+            records.push((head, body));
+            batch.push((id, m.path, rec, head_len, crc, size));
         }
-        std::fs::remove_file(&m.path)?;
-        imported += 1;
+        let results = queue.log.append_all(records).await;
+        for ((id, path, rec, head_len, crc, size), written) in batch.into_iter().zip(results) {
+            let written = written?;
+            let loc = BodyLoc {
+                seg: written.seg,
+                offset: written.offset + head_len,
+                crc,
+            };
+            match entry_from_rec(&rec, loc, size) {
+                Ok(entry) if !entry.all_final() => {
+                    queue.lock().insert(id, entry);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(id = %id, error = %e, "imported message unusable"),
+            }
+            // Only once its record is committed.
+            std::fs::remove_file(&path)?;
+            imported += 1;
+        }
     }
     spool::sync_dir(&queue.paths.msg)?;
     for d in [&queue.paths.tmp, &queue.paths.msg] {

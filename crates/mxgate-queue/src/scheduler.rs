@@ -497,7 +497,12 @@ impl Queue {
                         r.last_error = None;
                     }
                     Decision::Bounce(failure, why) => {
-                        tracing::info!(id = %due.id, to = %address, status = %failure.status, reason = ?why, diagnostic = %failure.diagnostic, "recipient bounced");
+                        // The status the DSN reports for a failed recipient (RFC 3464 §2.3.3: class 5),
+                        // so the log and the DSN agree after an expiry of a 4.x.x deferral.
+                        let reported = failure
+                            .status
+                            .with_class(mxgate_smtp::StatusClass::Permanent);
+                        tracing::info!(id = %due.id, to = %address, status = %reported, reason = ?why, diagnostic = %failure.diagnostic, "recipient bounced");
                         r.status = RecipientStatus::Bounced;
                         r.last_error = Some(failure.clone());
                         r.why = Some(why);

@@ -54,6 +54,15 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// TLS reports (RFC 8460) of a running mxgate (through `control.socket`).
+    Tlsrpt {
+        #[command(subcommand)]
+        action: TlsRptAction,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Operate on the queue of a running mxgate (through `control.socket`).
     Queue {
         #[command(subcommand)]
@@ -80,6 +89,18 @@ pub enum QueueAction {
     Delete { id: String },
     /// Give up on a message's pending recipients and send the DSN.
     Bounce { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsRptAction {
+    /// The counts gathered so far in this period, per policy domain and policy, and
+    /// the reports waiting to be sent.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close the current reporting period now and send its reports at once.
+    Send,
 }
 
 /// `--config PATH`, else `$MXGATE_CONFIG`, else built-in defaults.

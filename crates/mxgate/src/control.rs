@@ -9,6 +9,8 @@
 //! → {"command":"flush","id":null} ← {"ok":true,"count":3}
 //! → {"command":"delete","id":"…"} ← {"ok":true}
 //! → {"command":"bounce","id":"…"} ← {"ok":true,"count":2}
+//! → {"command":"tlsrpt-list"}     ← {"ok":true,"tlsrpt":{...}}
+//! → {"command":"tlsrpt-send"}     ← {"ok":true,"tlsrpt":{"results":[...]}}
 //! ← {"ok":false,"error":"no message ABC in the queue"}
 //! ```
 //!
@@ -34,10 +36,30 @@ const MAX_REQUEST: usize = 4096;
 #[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
     List,
-    Show { id: String },
-    Flush { id: Option<String> },
-    Delete { id: String },
-    Bounce { id: String },
+    Show {
+        id: String,
+    },
+    Flush {
+        id: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    Bounce {
+        id: String,
+    },
+    #[serde(rename = "tlsrpt-list")]
+    TlsrptList,
+    #[serde(rename = "tlsrpt-send")]
+    TlsrptSend,
+}
+
+/// What the control socket serves.
+#[derive(Clone)]
+pub struct Served {
+    pub queue: Arc<Queue>,
+    /// `None` when `tlsrpt.enabled = false`.
+    pub tlsrpt: Option<mxgate_tlsrpt::TlsRpt>,
 }
 
 /// Binds `path` (replacing a stale socket) with mode 0660.
@@ -57,7 +79,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serves requests until `shutdown`.
-pub async fn serve(listener: UnixListener, queue: Arc<Queue>, shutdown: CancellationToken) {
+pub async fn serve(listener: UnixListener, served: Served, shutdown: CancellationToken) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -69,16 +91,16 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, shutdown: Cancella
                 }
             },
         };
-        let queue = queue.clone();
+        let served = served.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &queue).await {
+            if let Err(e) = handle(stream, &served).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, queue: &Queue) -> io::Result<()> {
+async fn handle(stream: UnixStream, served: &Served) -> io::Result<()> {
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -91,7 +113,7 @@ async fn handle(stream: UnixStream, queue: &Queue) -> io::Result<()> {
         return Ok(());
     } else {
         match serde_json::from_str::<Request>(line.trim()) {
-            Ok(request) => execute(request, queue).await,
+            Ok(request) => execute(request, served).await,
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         }
     };
@@ -103,8 +125,21 @@ async fn handle(stream: UnixStream, queue: &Queue) -> io::Result<()> {
 
 use tokio::io::AsyncReadExt;
 
-async fn execute(request: Request, queue: &Queue) -> Value {
+async fn execute(request: Request, served: &Served) -> Value {
+    let queue = &served.queue;
     let result: Result<Value, String> = match request {
+        Request::TlsrptList | Request::TlsrptSend => {
+            let Some(tlsrpt) = &served.tlsrpt else {
+                return json!({"ok": false, "error": "TLS reporting is off (tlsrpt.enabled = false)"});
+            };
+            let answer = match request {
+                Request::TlsrptList => tlsrpt.list().await.map(|v| json!(v)),
+                _ => tlsrpt.send_now().await.map(|v| json!(v)),
+            };
+            answer
+                .map(|v| json!({ "tlsrpt": v }))
+                .map_err(|e| e.to_string())
+        }
         Request::List => Ok(json!({"messages": queue.list()})),
         Request::Show { id } => match queue.show(&QueueId(id.clone())) {
             Some(message) => Ok(json!({ "message": message })),
@@ -204,6 +239,8 @@ mod tests {
                 Request::Bounce { id: "AB12".into() },
                 r#"{"command":"bounce","id":"AB12"}"#,
             ),
+            (Request::TlsrptList, r#"{"command":"tlsrpt-list"}"#),
+            (Request::TlsrptSend, r#"{"command":"tlsrpt-send"}"#),
         ];
         for (request, wire) in cases {
             assert_eq!(serde_json::to_string(&request).expect("serialise"), wire);

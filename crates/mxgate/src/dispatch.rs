@@ -37,6 +37,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             config,
             socket,
         } => crate::inspect::queue(&socket.resolve(&config)?, action),
+        Command::Tlsrpt {
+            action,
+            config,
+            socket,
+        } => crate::inspect::tlsrpt(&socket.resolve(&config)?, action),
         Command::CheckConfig { config } => {
             let loaded = config.load()?;
             match config.path() {

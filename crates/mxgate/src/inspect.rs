@@ -12,7 +12,7 @@ use mxgate_dns::DnsClient;
 use mxgate_policy::{CacheWrite, PolicyEngine};
 use serde_json::Value;
 
-use crate::cli::QueueAction;
+use crate::cli::{QueueAction, TlsRptAction};
 use crate::control::{self, Request};
 use crate::error::CliError;
 
@@ -104,8 +104,128 @@ pub fn queue(socket: &std::path::Path, action: QueueAction) -> Result<ExitCode, 
             "{id}: {} recipient(s) bounced",
             answer.get("count").and_then(Value::as_u64).unwrap_or(0)
         ),
+        Request::TlsrptList | Request::TlsrptSend => print_json(&answer),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mxgate tlsrpt list|send`.
+pub fn tlsrpt(socket: &std::path::Path, action: TlsRptAction) -> Result<ExitCode, CliError> {
+    let (request, json) = match action {
+        TlsRptAction::List { json } => (Request::TlsrptList, json),
+        TlsRptAction::Send => (Request::TlsrptSend, false),
+    };
+    let answer = match runtime()?.block_on(async { control::call(socket, &request).await }) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("mxgate: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let body = answer.get("tlsrpt").cloned().unwrap_or(Value::Null);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_else(|_| body.to_string())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match request {
+        Request::TlsrptSend => {
+            let results = body
+                .get("results")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if results.is_empty() {
+                println!("no sessions counted: no report to send");
+            }
+            let mut failed = false;
+            for r in &results {
+                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                failed |= s("result") == "failed";
+                let error = s("error");
+                println!(
+                    "{} {} {}{}",
+                    s("policy_domain"),
+                    s("result"),
+                    s("destination"),
+                    if error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({error})")
+                    }
+                );
+            }
+            return Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        _ => print_tlsrpt_list(&body),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_tlsrpt_list(body: &Value) {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    println!(
+        "period {} to {}",
+        s(body, "period_start"),
+        s(body, "period_end")
+    );
+    for report in body
+        .get("domains")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in report
+            .get("policies")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let policy = &p["policy"];
+            let summary = &p["summary"];
+            println!(
+                "{} {} success={} failure={}",
+                s(policy, "policy-domain"),
+                s(policy, "policy-type"),
+                summary["total-successful-session-count"],
+                summary["total-failure-session-count"],
+            );
+            for f in p
+                .get("failure-details")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "    {} mx={} ip={} count={}",
+                    s(f, "result-type"),
+                    s(f, "receiving-mx-hostname"),
+                    s(f, "receiving-ip"),
+                    f["failed-session-count"]
+                );
+            }
+        }
+    }
+    for p in body
+        .get("pending")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "pending: {} report {} next try {} (attempt {})",
+            s(p, "policy_domain"),
+            s(p, "report_id"),
+            s(p, "next_try"),
+            p["attempts"]
+        );
+    }
 }
 
 /// A `postqueue -p`-like listing.

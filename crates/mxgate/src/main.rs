@@ -17,6 +17,7 @@ mod manpage;
 mod metrics_setup;
 mod reload;
 mod run;
+mod tlsrpt;
 
 use std::process::ExitCode;
 

@@ -64,6 +64,10 @@ impl Planner for ReloadablePolicy {
         self.current().min_tls_version()
     }
 
+    fn honours_tls_required_no(&self) -> bool {
+        self.current().honours_tls_required_no()
+    }
+
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
         Some(self.current().pkix_verifier())
     }

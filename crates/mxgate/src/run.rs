@@ -70,11 +70,55 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     let queue = Queue::open(QueueSettings::from_config(&config))
         .await
         .map_err(startup("queue"))?;
-    let delivery = Arc::new(Delivery::new(
+    let shutdown = CancellationToken::new();
+    // TLS reporting (RFC 8460): its own shutdown token, cancelled after the
+    // deliveries have drained, so their last sessions are counted and saved.
+    let tlsrpt_stop = CancellationToken::new();
+    let mut delivery = Delivery::new(
+        config.delivery.clone(),
+        policy.clone(),
+        config.server.hostname.clone(),
+    );
+    let tlsrpt = if config.tlsrpt.enabled {
+        Some(
+            crate::tlsrpt::settings(&config, dns.clone())
+                .map_err(|e| CliError::Startup(format!("tlsrpt: {e}")))?,
+        )
+    } else {
+        None
+    };
+    // `tlsrpt.relay` hand-off: a second client (the main one needs the TLS-RPT handle,
+    // which needs this); relay sessions are never observed.
+    let relay_delivery = Arc::new(Delivery::new(
         config.delivery.clone(),
         policy.clone(),
         config.server.hostname.clone(),
     ));
+    let mut tlsrpt_task = None;
+    let tlsrpt_handle = match tlsrpt {
+        Some(settings) => {
+            let mail = Arc::new(crate::tlsrpt::QueueMail {
+                queue: queue.clone(),
+                delivery: relay_delivery.clone(),
+                relay: Some(config.tlsrpt.relay.clone()).filter(|r| !r.is_empty()),
+            });
+            let (handle, task) = mxgate_tlsrpt::start(
+                settings,
+                Arc::new(crate::tlsrpt::DnsDiscover(dns.clone())),
+                mail,
+                tlsrpt_stop.clone(),
+            )
+            .map_err(startup("tlsrpt"))?;
+            delivery = delivery.with_session_sink(Arc::new(crate::tlsrpt::TlsRptSink {
+                handle: handle.clone(),
+                policy: policy.clone(),
+            }));
+            tlsrpt_task = Some(task);
+            Some(handle)
+        }
+        None => None,
+    };
+    let delivery = Arc::new(delivery);
     let listener = Listener::bind(ListenerSettings::from_config(&config), queue.clone())
         .await
         .map_err(startup("listener.listen"))?;
@@ -99,7 +143,6 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         ))
     })?;
 
-    let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let listen_addrs = listener.local_addrs()?;
     tasks.spawn(listener.run(shutdown.clone()));
@@ -117,7 +160,10 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
     tasks.spawn(queue.clone().run(delivery.clone(), shutdown.clone()));
     tasks.spawn(crate::control::serve(
         control,
-        queue.clone(),
+        crate::control::Served {
+            queue: queue.clone(),
+            tlsrpt: tlsrpt_handle,
+        },
         shutdown.clone(),
     ));
 
@@ -167,6 +213,11 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         tasks.abort_all();
     }
     watchdog.abort();
+    tlsrpt_stop.cancel();
+    if let Some(task) = tlsrpt_task {
+        // Saves the counters (the last sessions included) before exiting.
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     // Idle cached SMTP sessions get a polite QUIT.
     let _ = tokio::time::timeout(Duration::from_secs(5), delivery.close_idle_sessions()).await;
     let _ = std::fs::remove_file(&config.control.socket);

@@ -63,7 +63,6 @@ pub(crate) struct Written {
 
 /// How a commit's result reaches the waiting caller.
 enum Reply {
-    #[cfg_attr(feature = "test-util", allow(dead_code))]
     Async(oneshot::Sender<io::Result<Written>>),
     /// Waited for on the blocking pool (feature `test-util` only, see [`LogWriter::append`]).
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
@@ -204,6 +203,23 @@ impl LogWriter {
             .await
             .map_err(io::Error::other)?
             .map_err(|_| stopped())?
+    }
+
+    /// Appends many records at once (they share commits) and waits for all of them.
+    pub async fn append_all(&self, records: Vec<(Vec<u8>, Bytes)>) -> Vec<io::Result<Written>> {
+        let mut waits = Vec::with_capacity(records.len());
+        for (head, body) in records {
+            let (tx, rx) = oneshot::channel();
+            waits.push(self.send(head, body, false, Reply::Async(tx)).map(|()| rx));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Ok(rx) => rx.await.unwrap_or_else(|_| Err(stopped())),
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     fn send(&self, head: Vec<u8>, body: Bytes, new_message: bool, reply: Reply) -> io::Result<()> {
