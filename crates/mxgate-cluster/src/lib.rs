@@ -118,8 +118,8 @@ impl Cluster {
         }
     }
 
-    /// Connects if needed, then `PING`.
-    async fn check(&self) -> bool {
+    /// Connects if needed, then `PING`: whether Redis answers now.
+    pub async fn check(&self) -> bool {
         if self.connection().is_none() {
             let connect = ConnectionManager::new(self.client.clone());
             match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {

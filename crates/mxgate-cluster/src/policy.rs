@@ -48,23 +48,23 @@ impl RedisPolicyCache {
 impl SharedPolicyCache for RedisPolicyCache {
     fn get<'a>(&'a self, domain: &'a str) -> SharedFuture<'a, Option<CachedPolicy>> {
         Box::pin(async move {
-            let json: Option<String> = self
+            let read = self
                 .cluster
                 .query::<Option<String>>(redis::cmd("GET").arg(key(domain)))
-                .await
-                .flatten();
-            let json = json?;
-            match serde_json::from_str::<CachedPolicy>(&json) {
-                Ok(p) if p.domain == domain => {
-                    metrics::counter!("mxgate_cluster_policy_reads_total", "result" => "hit")
-                        .increment(1);
-                    Some(p)
-                }
-                _ => {
-                    tracing::warn!(domain, "cluster: unusable shared MTA-STS policy, ignored");
-                    None
-                }
-            }
+                .await;
+            let (label, policy) = match read {
+                None => ("unavailable", None),
+                Some(None) => ("miss", None),
+                Some(Some(json)) => match serde_json::from_str::<CachedPolicy>(&json) {
+                    Ok(p) if p.domain == domain => ("hit", Some(p)),
+                    _ => {
+                        tracing::warn!(domain, "cluster: unusable shared MTA-STS policy, ignored");
+                        ("invalid", None)
+                    }
+                },
+            };
+            metrics::counter!("mxgate_cluster_policy_reads_total", "result" => label).increment(1);
+            policy
         })
     }
 

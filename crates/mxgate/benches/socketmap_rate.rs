@@ -7,7 +7,8 @@
 //! `DOMAINS` (100), `CONNECTIONS` (8 concurrent Postfix-like clients, one lookup at a
 //! time each), `SECONDS` (5 per contender), `MTA_STS_RESOLVER_PYTHON` (a python3 that
 //! can import `postfix_mta_sts_resolver`; unset = mxgate only), `CLUSTER_REDIS`
-//! (a `redis://` URL: mxgate runs with `[cluster] redis` set).
+//! (a `redis://` URL: mxgate is measured a second time with `[cluster] redis` set, and
+//! the shared cache's own cost, one policy read from Redis, is timed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -148,6 +149,15 @@ fn main() {
             world = world
                 .record(&format!("{d}. 3600 IN MX 10 mx.{d}."))
                 .record(&format!("mx.{d}. 3600 IN A 127.0.0.2"))
+                // An AAAA record too: with only A records, every plan asks the DNS
+                // server for AAAA again (the NODATA answer is not served from cache),
+                // which measures the DNS server rather than the cached path
+                // (docs/benchmarks.md; NODATA_AAAA=1 leaves it out).
+                .record(&if std::env::var_os("NODATA_AAAA").is_some() {
+                    format!("mx.{d}. 3600 IN TXT \"no AAAA\"")
+                } else {
+                    format!("mx.{d}. 3600 IN AAAA ::1")
+                })
                 .record(&format!("_mta-sts.{d}. 3600 IN TXT \"v=STSv1; id=1\""))
                 .record(&format!("mta-sts.{d}. 3600 IN A 127.0.0.1"));
             https.serve_policy(
@@ -159,11 +169,15 @@ fn main() {
         }
         let world = world.start().await.unwrap();
 
+        let redis_url = std::env::var("CLUSTER_REDIS").ok();
+        let run_mxgate = |cluster: Option<&str>, name: &str| {
         let socketmap = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let cluster = std::env::var("CLUSTER_REDIS")
+        let cluster = cluster
             .map(|url| format!("[cluster]\nredis = \"{url}\"\n"))
             .unwrap_or_default();
+        let state = dir.path().join(name);
+        std::fs::create_dir_all(&state).unwrap();
         let config = format!(
             r#"
 [listener]
@@ -187,15 +201,15 @@ socket = {control}
 listen = "{socketmap}"
 {cluster}
 "#,
-            queue = toml_path(&dir.path().join("queue")),
+            queue = toml_path(&state.join("queue")),
             ca = toml_path(&ca_path),
             dns = world.addr(),
             anchor = toml_path(world.trust_anchor_path()),
             sts_port = https.port(),
-            cache = toml_path(&dir.path().join("policy")),
-            control = toml_path(&dir.path().join("control.sock")),
+            cache = toml_path(&state.join("policy")),
+            control = toml_path(&state.join("control.sock")),
         );
-        let config_path = dir.path().join("mxgate.toml");
+        let config_path = state.join("mxgate.toml");
         std::fs::write(&config_path, config).unwrap();
         let gate = Killed(
             Command::new(env!("CARGO_BIN_EXE_mxgate"))
@@ -208,14 +222,52 @@ listen = "{socketmap}"
                 .spawn()
                 .unwrap(),
         );
+        (gate, socketmap)
+        };
+        let (gate, socketmap) = run_mxgate(None, "alone");
         wait_accepting(socketmap).await;
         warm(socketmap, domains).await;
+        let queries = world.queries().len();
+        let fetches = https.seen().len();
         let mxgate = measure(socketmap, domains, connections, seconds).await;
+        if std::env::var_os("SHOW_QUERIES").is_some() {
+            let mut kinds = std::collections::BTreeMap::new();
+            for (name, rtype) in &world.queries()[queries..] {
+                let label = name.to_string();
+                let label = label.split('.').next().unwrap_or("").to_string();
+                *kinds.entry(format!("{rtype} {}", if label.starts_with('d') { "dN" } else { &label })).or_insert(0) += 1;
+            }
+            println!("queries while measured: {kinds:?}");
+        }
         drop(gate);
         println!(
-            "socketmap cached lookups: mxgate {mxgate:.0}/s ({domains} domains, {connections} connections, {seconds} s{})",
-            if cluster.is_empty() { "" } else { ", [cluster] redis" }
+            "socketmap cached lookups: mxgate {mxgate:.0}/s ({domains} domains, {connections} connections, {seconds} s; {} DNS queries and {} policy fetches while measured)",
+            world.queries().len() - queries,
+            https.seen().len() - fetches,
         );
+
+        if let Some(url) = &redis_url {
+            let (gate, socketmap) = run_mxgate(Some(url), "cluster");
+            wait_accepting(socketmap).await;
+            warm(socketmap, domains).await;
+            let clustered = measure(socketmap, domains, connections, seconds).await;
+            drop(gate);
+            println!("socketmap cached lookups: mxgate with [cluster] redis {clustered:.0}/s");
+            // What a lookup pays when it consults Redis (local copy missing, expired or
+            // due for refresh): one policy read, as the store does it.
+            let cluster = mxgate_cluster::Cluster::new(url).unwrap();
+            assert!(cluster.check().await, "redis at {url} does not answer");
+            let shared = mxgate_cluster::policy::RedisPolicyCache::new(cluster);
+            use mxgate_policy::sts::shared::SharedPolicyCache;
+            let reads = 20_000;
+            let start = Instant::now();
+            for i in 0..reads {
+                let p = shared.get(&domain(i % domains)).await;
+                assert!(p.is_some(), "policy of {} not in redis", domain(i % domains));
+            }
+            let per = start.elapsed() / reads as u32;
+            println!("shared cache: one policy read from redis {:.1} µs ({reads} sequential reads)", per.as_secs_f64() * 1e6);
+        }
 
         let Ok(python) = std::env::var("MTA_STS_RESOLVER_PYTHON") else {
             println!("postfix-mta-sts-resolver: not measured (MTA_STS_RESOLVER_PYTHON unset)");
