@@ -8,6 +8,7 @@
 //! not decide whether a DSN is due beyond [`wants_failure_dsn`] and [`wants_delay_dsn`]
 //! (the scheduler decides when), and it does not store or send it.
 
+use mxgate_smtp::date::UtcDateTime;
 use mxgate_smtp::{Envelope, Ret};
 
 use crate::spool::BounceReason;
@@ -93,34 +94,7 @@ pub fn wants_delay_dsn(envelope: &Envelope, index: usize) -> bool {
 
 /// The RFC 5322 date of unix milliseconds, in UTC.
 pub fn rfc5322_date(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    UtcDateTime::from_unix(i64::try_from(ms / 1000).unwrap_or(i64::MAX)).rfc5322()
 }
 
 /// One line of header or DSN field text: control characters (CR, LF, ...) become spaces

@@ -10,6 +10,7 @@
 //! - [`ehlo`]: [`Capabilities`] from an EHLO reply.
 //! - [`client`]: client command formatting from an [`Envelope`].
 //! - [`data`]: DATA reader (server) and dot-stuffing (client).
+//! - [`date`]: RFC 5322 and RFC 3339 dates of a Unix time, in UTC.
 //! - [`status`]: RFC 3463 [`EnhancedStatus`].
 //! - [`xtext`]: RFC 3461 xtext.
 
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod ehlo;
 pub mod envelope;
 pub mod line;

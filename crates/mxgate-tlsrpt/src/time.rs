@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use mxgate_smtp::date::UtcDateTime;
+
 /// The period `[start, end)` (unix seconds) that contains `now`. Periods are aligned
 /// to the unix epoch, which is a UTC midnight, so a 24-hour period is exactly a UTC
 /// day and shorter periods that divide a day tile it.
@@ -14,49 +16,16 @@ pub fn period_containing(now: u64, period: Duration) -> (u64, u64) {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339 §5.6).
 pub fn rfc3339(secs: u64) -> String {
-    let (y, m, d) = civil_from_days((secs / 86400) as i64);
-    let rem = secs % 86400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    utc(secs).rfc3339()
 }
 
 /// RFC 5322 `Date:` in UTC.
 pub fn rfc5322(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let (y, m, d) = civil_from_days(days);
-    let rem = secs % 86400;
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    utc(secs).rfc5322()
 }
 
-/// Howard Hinnant's `civil_from_days`: (year, month 1-12, day 1-31).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+fn utc(secs: u64) -> UtcDateTime {
+    UtcDateTime::from_unix(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 pub fn now_unix() -> u64 {

@@ -31,6 +31,7 @@ use mxgate_delivery::SessionError;
 use mxgate_dns::DnsClient;
 use mxgate_policy::{Explanation, MxPlan, PolicyEngine, TlsRequirement};
 use mxgate_queue::FailureKind;
+use mxgate_smtp::date::UtcDateTime;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -309,26 +310,9 @@ pub fn cert_info(der: &[u8], now_unix: i64) -> Option<CertInfo> {
     })
 }
 
-/// RFC 3339 UTC (`2026-12-04T02:10:30Z`) of a Unix time; the civil date from the
-/// day count as in H. Hinnant's `civil_from_days`.
+/// RFC 3339 UTC (`2026-12-04T02:10:30Z`) of a Unix time.
 pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    UtcDateTime::from_unix(unix).rfc3339()
 }
 
 fn ip_text(bytes: &[u8]) -> String {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mxgate_config::Config;
 use mxgate_dns::DnsClient;
 use mxgate_policy::{CacheWrite, PolicyEngine};
+use mxgate_smtp::date::UtcDateTime;
 use serde_json::Value;
 
 use crate::cli::{QueueAction, TlsRptAction};
@@ -283,27 +284,13 @@ fn print_list(messages: &Value) {
 /// Unix seconds as `postqueue -p` prints an arrival time (`Fri Dec  4 02:47:35`), in UTC
 /// so that every instance and the log agree.
 fn postqueue_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-    let z = days + 719_468;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let t = UtcDateTime::from_unix(i64::try_from(unix).unwrap_or(i64::MAX));
     format!(
-        "{} {} {day:>2} {:02}:{:02}:{:02}",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
+        "{} {} {:>2} {}",
+        t.weekday_name(),
+        t.month_name(),
+        t.day,
+        t.time_of_day()
     )
 }
 
