@@ -5,7 +5,6 @@
 //! Neither `mxgate-delivery` nor `mxgate-tlsrpt` knows the other; the mapping of
 //! delivery's typed failures onto RFC 8460 §4.3 result types is here.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,7 +278,8 @@ pub fn settings(config: &Config, dns: Arc<DnsClient>) -> Result<mxgate_tlsrpt::S
         .with_no_client_auth();
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .dns_resolver(Arc::new(HttpResolve(dns)))
+        // Host names of `https:` report addresses resolve through mxgate's resolver.
+        .dns_resolver(Arc::new(mxgate_policy::sts::fetch::DnsResolve(dns)))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .https_only(true)
@@ -300,29 +300,4 @@ pub fn settings(config: &Config, dns: Arc<DnsClient>) -> Result<mxgate_tlsrpt::S
         dkim,
         http,
     })
-}
-
-/// Host names of `https:` report addresses resolve through mxgate's resolver.
-struct HttpResolve(Arc<DnsClient>);
-
-impl reqwest::dns::Resolve for HttpResolve {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let dns = self.0.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let answer = dns
-                .addresses(&host)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-            let addrs: Vec<SocketAddr> = answer
-                .records()
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, 0))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("no address for {host}").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }

@@ -78,8 +78,9 @@ pub struct NetworkSource {
     timeout: Duration,
 }
 
-/// Resolves host names for reqwest through mxgate-dns.
-struct DnsResolve(Arc<DnsClient>);
+/// Resolves host names for reqwest through mxgate-dns, so HTTPS fetches (MTA-STS
+/// policies here, TLS-RPT reports in the binary) use mxgate's own resolver.
+pub struct DnsResolve(pub Arc<DnsClient>);
 
 impl reqwest::dns::Resolve for DnsResolve {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
