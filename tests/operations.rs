@@ -247,7 +247,7 @@ async fn metrics_and_log_lines_after_deliveries_of_each_kind() {
         ),
         ("may", "config", "none", "none")
     );
-    // Contract §7: `auth=none` in cleartext.
+    // docs/operations.md: `auth=none` in cleartext.
     assert_eq!(clear["auth"], "none", "{clear:?}");
     assert_eq!(clear["trust"], "none", "{clear:?}");
     assert!(clear["reply"].starts_with("250"), "{clear:?}");

@@ -1,4 +1,4 @@
-//! End-to-end tests of the queue's lifecycle (issue 4) through the real `mxgate`
+//! End-to-end tests of the queue's lifecycle through the real `mxgate`
 //! binary: retry after `4xx`, expiry and the RFC 3464 DSN with the TLS reason, DSN
 //! parameters (RFC 3461 `NOTIFY`, `RET`, `ENVID`, `ORCPT`), the null sender,
 //! `kill -9` under load, a full disk, a corrupted spool file, and every

@@ -1,4 +1,4 @@
-//! End-to-end tests of the relay path (issue 2): real Postfix → mxgate (the real
+//! End-to-end tests of the relay path: real Postfix → mxgate (the real
 //! binary) → DNS (a real authoritative server with a signed root) → real SMTP
 //! receivers with STARTTLS, all on loopback.
 

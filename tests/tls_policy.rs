@@ -1,4 +1,4 @@
-//! End-to-end TLS policy tests through the real `mxgate` binary (issue 3, contract §2).
+//! End-to-end TLS policy tests through the real `mxgate` binary (docs/policy.md).
 //!
 //! Every test builds a private world on loopback: a signed DNS tree (`DnsWorld`), SMTP
 //! receivers with chosen certificates on `127.0.0.N` and one shared port (mxgate dials
@@ -45,7 +45,7 @@ enum Attack {
     OwnCert,
 }
 
-/// What each configured level must do against each attack (contract §2).
+/// What each configured level must do against each attack (docs/policy.md).
 fn level_expectation(level: &str, attack: Attack) -> Expect {
     use Attack::*;
     match (level, attack) {
@@ -516,7 +516,7 @@ async fn mta_sts_cached_policy_survives_outage_and_restart() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The per-attempt log line (contract §7)
+// The per-attempt log line (docs/operations.md)
 // ---------------------------------------------------------------------------------------
 
 /// A cleartext delivery logs `tls=none auth=none`: `auth=` is one of

@@ -1,11 +1,11 @@
-//! Security levels and related enums (contract §2).
+//! Security levels and related enums (docs/policy.md).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
 
-/// The TLS security level of a destination (contract §2).
+/// The TLS security level of a destination (docs/policy.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     /// Never STARTTLS.

@@ -1,4 +1,4 @@
-//! Typed configuration of mxgate (contract §3).
+//! Typed configuration of mxgate (etc/mxgate.toml).
 //!
 //! Every key of `etc/mxgate.toml` is a field here. Parsing goes through the `config`
 //! crate (TOML file, optional), then serde into these structs with

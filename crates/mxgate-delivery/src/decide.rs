@@ -28,7 +28,7 @@ pub enum StartTlsStep {
     NotOffered,
 }
 
-/// The STARTTLS decision table (contract §2).
+/// The STARTTLS decision table (docs/policy.md).
 pub fn starttls_step(
     requirement: &TlsRequirement,
     offered: bool,

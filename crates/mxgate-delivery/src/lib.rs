@@ -1,6 +1,6 @@
 //! SMTP client of mxgate: delivers one [`DeliveryJob`] (the recipients of one message in
 //! one domain) to the domain's MX hosts under the TLS policy the policy engine decides
-//! (contract §2, §5, §7).
+//! (docs/policy.md, docs/operations.md).
 //!
 //! For each job: ask the [`Planner`] (the [`PolicyEngine`]) for a [`DeliveryPlan`]; a
 //! permanent plan error fails every recipient (null MX `5.1.10`, no such domain
@@ -19,7 +19,7 @@
 //! `max_connections_per_domain` per address.
 //!
 //! Each attempt logs one `key=value` line (tracing, info; `conn=new|reused|none` last)
-//! and counts the metrics of contract §7 (`mxgate_tls_connections_total` once per new
+//! and counts the metrics of docs/operations.md (`mxgate_tls_connections_total` once per new
 //! TLS connection).
 //!
 //! Not here: choosing the TLS level or verifying certificates (`mxgate-policy` builds
@@ -588,7 +588,7 @@ fn all(indices: &[usize], outcome: &Outcome) -> Vec<RecipientOutcome> {
         .collect()
 }
 
-/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (contract §7;
+/// The `policy=` label: one of `none|may|encrypt|verify|mta-sts|dane` (docs/operations.md;
 /// `unknown` when no level was decided).
 fn metric_policy(level: Level) -> &'static str {
     match level {
@@ -606,7 +606,7 @@ fn count_tls_policy_failure(level: Level, reason: &'static str) {
 /// Emits the per-attempt log line and the delivery counters.
 struct AttemptLog<'a> {
     job: &'a DeliveryJob,
-    /// The metric label (`dane` for `dane-only`, contract §7).
+    /// The metric label (`dane` for `dane-only`, docs/operations.md).
     policy: &'static str,
     /// The level's name for people (`dane-only` stays `dane-only`).
     policy_name: &'static str,

@@ -6,7 +6,7 @@
 //! and `mxgate check` (probe mode, which stops before `MAIL`) drive the same machine;
 //! no SMTP rule lives in a driver.
 //!
-//! The rules it keeps (RFC 5321, RFC 3207, RFC 2920, contract in docs/policy.md):
+//! The rules it keeps (RFC 5321, RFC 3207, RFC 2920, docs/policy.md):
 //!
 //! - No byte of the envelope before the TLS requirement is met: at every requirement
 //!   above `may` a missing, refused or failed STARTTLS ends the session before `MAIL`.
@@ -146,7 +146,7 @@ pub enum End {
     /// Nothing was decided about the recipients (try the next address or MX).
     Failed(SessionError),
     /// `may`: STARTTLS failed after it was attempted; retry in cleartext on a new
-    /// connection (contract: docs/policy.md).
+    /// connection (docs/policy.md).
     RetryCleartext { kind: FailureKind, reason: String },
     /// A resumed (cached) session did not answer `RSET` with `250`: drop it, dial
     /// afresh. Nothing was sent.

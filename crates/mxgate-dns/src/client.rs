@@ -50,7 +50,7 @@ impl DnsClient {
                 } else {
                     config.nameservers.clone()
                 };
-                // Contract §3: the validating resolver "must then be on loopback": the AD
+                // etc/mxgate.toml: the validating resolver "must then be on loopback": the AD
                 // bit crosses the network unauthenticated (RFC 4035 §4.9.3, paraphrased: a
                 // stub may trust AD only over a secure channel to its resolver), so
                 // anything else is refused at startup.

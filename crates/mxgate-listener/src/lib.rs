@@ -1,4 +1,4 @@
-//! SMTP server that accepts mail from the local MTA (contract §6).
+//! SMTP server that accepts mail from the local MTA (docs/postfix.md).
 //!
 //! [`Listener`] binds `listener.listen`, refuses clients outside `allowed_clients`
 //! (`554 5.7.1`) and beyond `max_sessions` (`421 4.3.2`), and runs one [`Session`]

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::session::{Action, Session};
 use crate::settings::ListenerSettings;
 
-/// Counter of messages stored by the listener (contract §7).
+/// Counter of messages stored by the listener (docs/operations.md).
 pub const MESSAGES_RECEIVED: &str = "mxgate_messages_received_total";
 
 /// Registers the listener's metric descriptions with the installed recorder.
@@ -36,7 +36,7 @@ pub fn describe_metrics() {
 /// Replies are flushed at the latest when this much is buffered.
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
-/// The SMTP listener for the local MTA (contract §6).
+/// The SMTP listener for the local MTA (docs/postfix.md).
 pub struct Listener<S> {
     sockets: Vec<TcpListener>,
     settings: Arc<ListenerSettings>,

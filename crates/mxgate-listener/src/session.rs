@@ -161,7 +161,7 @@ impl Session {
             Command::Help => Action::Reply(Reply::new(214, (2, 0, 0), "See RFC 5321")),
             Command::Vrfy(_) => Action::Reply(Reply::new(252, (2, 5, 0), "Cannot VRFY user")),
             Command::Quit => Action::Close(Reply::new(221, (2, 0, 0), "Bye")),
-            // Loopback only: STARTTLS is not offered (contract §6).
+            // Loopback only: STARTTLS is not offered (docs/postfix.md).
             Command::StartTls => Action::Reply(Reply::new(502, (5, 5, 1), "STARTTLS not offered")),
         }
     }

@@ -160,7 +160,7 @@ fn dane_for_host(h: &HostFacts) -> DaneOutcome {
         (AddrFacts::Found(_), TlsaFacts::SecureNone | TlsaFacts::Insecure) => DaneOutcome::NoDane,
         // RFC 7672 §2.2 (paraphrased): a failed TLSA lookup (bogus, SERVFAIL, timeout)
         // makes the MX host temporarily unreachable, and RFC 8461 §2 (paraphrased):
-        // MTA-STS never overrides a failing DANE check (contract §2).
+        // MTA-STS never overrides a failing DANE check (docs/policy.md).
         (AddrFacts::Found(_), TlsaFacts::Failed(failure)) => {
             DaneOutcome::Defer(SkipReason::TlsaLookup {
                 host: h.host.clone(),
@@ -225,7 +225,7 @@ fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, Ski
     }
 }
 
-/// The one decision function (contract §2). `hosts` are in dialling order.
+/// The one decision function (docs/policy.md). `hosts` are in dialling order.
 pub fn decide(input: &DecisionInput<'_>) -> Decision {
     let hosts = input.hosts;
     let fallback = base_level(input.fallback);
@@ -238,7 +238,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             .collect(),
     };
     match input.level {
-        // Contract §2: `none` never STARTTLS, `may` opportunistic, `encrypt` TLS with any
+        // docs/policy.md: `none` never STARTTLS, `may` opportunistic, `encrypt` TLS with any
         // certificate, `verify` PKIX plus the MX name or `match` list (Postfix levels).
         Level::None | Level::May | Level::Encrypt | Level::Verify => {
             fixed(input.level, PolicySource::Config)
@@ -269,7 +269,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             let mut per_host = Vec::with_capacity(hosts.len());
             for (h, d) in hosts.iter().zip(dane) {
                 per_host.push(match d {
-                    // Contract §2: `dane-only`: "no usable secure TLSA record means
+                    // docs/policy.md: `dane-only`: "no usable secure TLSA record means
                     // defer" — the unauthenticated TLS that RFC 7672 §2.2 allows when
                     // every record is unusable is for opportunistic DANE only.
                     DaneOutcome::Applies(TlsRequirement::Encrypt)
@@ -282,11 +282,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                     DaneOutcome::Applies(req) => Ok(req),
                     DaneOutcome::Defer(why) => Err(why),
                     DaneOutcome::NoDane => match input.level {
-                        // Contract §2: `dane-only`: "no usable secure TLSA record means defer".
+                        // docs/policy.md: `dane-only`: "no usable secure TLSA record means defer".
                         Level::DaneOnly => Err(SkipReason::DaneOnlyNoTlsa {
                             host: h.host.clone(),
                         }),
-                        // Contract §2 `auto`: "otherwise MTA-STS where the domain publishes
+                        // docs/policy.md `auto`: "otherwise MTA-STS where the domain publishes
                         // a policy"; RFC 8461 §2: only where DANE does not apply.
                         Level::Auto => match sts_for_host(input.sts, &h.host) {
                             Some(r) => {
@@ -307,7 +307,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                 } else {
                     PolicySource::Config
                 };
-                // Contract §4: the configured name stays (`dane-only` is not `dane`).
+                // docs/operations.md: the configured name stays (`dane-only` is not `dane`).
                 let level = if input.level == Level::DaneOnly {
                     Level::DaneOnly
                 } else {

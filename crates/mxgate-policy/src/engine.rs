@@ -28,7 +28,7 @@ pub enum PolicyInitError {
     Roots(#[from] tls::RootsError),
     #[error("MTA-STS client: {0}")]
     Http(#[from] FetchError),
-    /// Contract §3: with `dns.dnssec = "off"` there is no DANE, so `dane`/`dane-only`
+    /// etc/mxgate.toml: with `dns.dnssec = "off"` there is no DANE, so `dane`/`dane-only`
     /// cannot be honoured.
     #[error("level {level} for {scope} needs DNSSEC, but dns.dnssec = \"off\"")]
     DaneWithoutDnssec { level: Level, scope: String },

@@ -1,4 +1,4 @@
-//! The report behind `mxgate policy DOMAIN --json` (contract §4): the effective level,
+//! The report behind `mxgate policy DOMAIN --json` (docs/operations.md): the effective level,
 //! where it came from, the MX hosts with their DNSSEC state and TLSA records, the
 //! MTA-STS policy with its age, and a verdict (deliver, defer or bounce, and why). It
 //! explains failures too: a bogus, indeterminate or missing destination gets the same

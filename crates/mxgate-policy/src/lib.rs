@@ -1,4 +1,4 @@
-//! TLS policy of mxgate (contract §2): for each destination domain, which MX hosts may
+//! TLS policy of mxgate (docs/policy.md): for each destination domain, which MX hosts may
 //! be dialled and what each TLS session must prove.
 //!
 //! Delivery asks [`PolicyEngine::plan`] once per domain and attempt, dials the MX hosts

@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::dane::{Auth, DaneVerifier};
 use crate::plan::TlsRequirement;
 
-/// The protocol versions allowed at `min` (contract §2: `min_tls_version` applies to
+/// The protocol versions allowed at `min` (docs/policy.md: `min_tls_version` applies to
 /// every TLS connection). RFC 8996 §2/§3: TLS 1.0 and 1.1 "MUST NOT be used"; rustls
 /// never offers them.
 pub fn protocol_versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
@@ -103,7 +103,7 @@ pub(crate) use verify_handshake_signatures_with_algs;
 
 /// Accepts any certificate, still checking the handshake signature. Only for levels
 /// that do not authenticate (`may`, `encrypt`, DANE with unusable TLSA records):
-/// contract §2 "none (any certificate)".
+/// docs/policy.md "none (any certificate)".
 #[derive(Debug)]
 pub struct DangerAcceptAnyCertificate {
     algs: WebPkiSupportedAlgorithms,

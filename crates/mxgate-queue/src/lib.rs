@@ -1,4 +1,4 @@
-//! Durable spool, scheduling, retry, expiry and DSN generation (contract §5).
+//! Durable spool, scheduling, retry, expiry and DSN generation (docs/operations.md).
 //!
 //! The listener hands a message over through [`MessageStore::store`]; it returns only
 //! once message and envelope are on stable storage: a record in the log-structured

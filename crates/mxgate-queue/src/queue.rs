@@ -332,7 +332,7 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// Maps an I/O error to the listener's answer (contract §5: disk full is `452`).
+/// Maps an I/O error to the listener's answer (docs/operations.md: disk full is `452`).
 pub(crate) fn store_error(e: io::Error) -> StoreError {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace(e),
@@ -551,7 +551,7 @@ impl Queue {
             && index.segs.get(&oldest).map_or(0, |u| u.body_bytes) <= self.tuning.segment_bytes / 4
     }
 
-    /// Updates the `watch` of counts and the gauges (contract §7).
+    /// Updates the `watch` of counts and the gauges (docs/operations.md).
     pub(crate) fn publish_counts(&self, index: &Index) {
         let counts = QueueCounts {
             messages: index.msgs.len(),

@@ -20,7 +20,7 @@ impl fmt::Display for QueueId {
 }
 
 /// Why a message could not be stored. The listener answers `452 4.3.1` for
-/// [`StoreError::NoSpace`] and `451 4.3.0` for the rest (contract §5), never `250`.
+/// [`StoreError::NoSpace`] and `451 4.3.0` for the rest (docs/operations.md), never `250`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("spool full: {0}")]

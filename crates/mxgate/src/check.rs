@@ -197,7 +197,7 @@ pub fn judge(requirement: &TlsRequirement, stage: &Stage, tls: Option<&TlsProbe>
             ),
         },
         TlsRequirement::Encrypt | TlsRequirement::Pkix { .. } | TlsRequirement::Dane { .. } => {
-            // Contract §2: at `encrypt` and above, stripping STARTTLS, a refusal or a
+            // docs/policy.md: at `encrypt` and above, stripping STARTTLS, a refusal or a
             // failed handshake defers; it never leads to cleartext.
             let t = match (stage, tls) {
                 (Stage::TlsEstablished, Some(t)) => t,

@@ -1,4 +1,4 @@
-//! `mxgate`: the command line (contract §4).
+//! `mxgate`: the command line (docs/operations.md).
 //!
 //! `run` wires the crates together (listener → queue → delivery, with the policy
 //! engine beside delivery), installs the metrics endpoint, handles signals and tells

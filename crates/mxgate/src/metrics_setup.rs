@@ -1,4 +1,4 @@
-//! The Prometheus endpoint (contract §7): `GET /metrics` on `metrics.listen`.
+//! The Prometheus endpoint (docs/operations.md): `GET /metrics` on `metrics.listen`.
 //!
 //! The metrics themselves are recorded where the events happen (listener, queue,
 //! delivery, policy) with the `metrics` macros; this module installs the exporter and
