@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{free_port, Mxgate, Settings};
+use common::{free_port, scrape, Mxgate, Settings};
 use mxgate_testkit::certs::{TestCa, Validity};
 use mxgate_testkit::dns::{DnsWorld, Signing};
 use mxgate_testkit::https::{HttpResponse, HttpsServer};
@@ -32,19 +32,6 @@ use support::{
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
 
 async fn wait_metric(gate: &Mxgate, line: &str) {
     let deadline = tokio::time::Instant::now() + LIMIT;

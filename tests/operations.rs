@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Mxgate, Settings};
+use common::{scrape, Mxgate, Settings};
 use mxgate_testkit::certs::{sha256, TestCa, TestCert, Validity};
 use mxgate_testkit::dns::{DnsWorld, Signing};
 use mxgate_testkit::postfix::submit;
@@ -137,21 +137,6 @@ _{port}._tcp.mx-danebad.ops.test. 300 IN TLSA 3 1 1 {wrong}",
         s.domains = domains.to_string();
         s
     }
-}
-
-/// `GET /metrics` over plain TCP; the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1."), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 /// The sum of the samples of `name` whose labels include every pair of `labels`.

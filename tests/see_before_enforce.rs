@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Mxgate, Settings};
+use common::{scrape, Mxgate, Settings};
 use mxgate_testkit::certs::{sha256, TestCert};
 use mxgate_testkit::dns::{DnsWorld, DnsWorldBuilder, Signing};
 use mxgate_testkit::postfix::submit;
@@ -62,19 +61,6 @@ fn policy(config: &Path, d: &str) -> (i32, Value) {
     let (code, out, err) = cli(config, &["policy", d, "--json"]);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{d}: {e}: {out} {err}"));
     (code, v)
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 fn gauge(text: &str, name: &str) -> Option<f64> {

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{free_port, Mxgate, Settings};
+use common::{free_port, scrape, Mxgate, Settings};
 use mxgate_testkit::certs::{TestCa, Validity};
 use mxgate_testkit::dns::{DnsWorld, DnsWorldBuilder, Signing};
 use mxgate_testkit::https::{HttpResponse, HttpsServer};
@@ -348,18 +348,4 @@ async fn framing_limits_malformed_input_idle_and_concurrency() {
         metrics.contains("mxgate_socketmap_closed_total{reason=\"idle\"}"),
         "{metrics}"
     );
-}
-
-/// `GET /metrics` over plain TCP; the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }

@@ -285,3 +285,20 @@ impl Drop for Mxgate {
         self.kill9();
     }
 }
+
+/// `GET /metrics` over plain TCP from mxgate's metrics endpoint; the body.
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("send the metrics request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the metrics response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
