@@ -15,7 +15,6 @@ mod common;
 #[allow(dead_code)]
 mod support;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
