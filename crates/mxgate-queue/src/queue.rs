@@ -436,11 +436,16 @@ impl Queue {
         record::encode_head(&mut head, Kind::Message, &meta, &message);
         let crc = u32::from_le_bytes([head[20], head[21], head[22], head[23]]);
         let head_len = head.len() as u64;
-        let written = self
-            .log
-            .append(head, message.clone(), true)
-            .await
-            .map_err(store_error)?;
+        let written = match self.log.append(head, message.clone(), true).await {
+            Ok(w) => w,
+            Err(e) => {
+                let e = store_error(e);
+                if matches!(e, StoreError::Io(_)) {
+                    self.disown(&id).await;
+                }
+                return Err(e);
+            }
+        };
         let rcpts = vec![
             Rcpt {
                 status: RecipientStatus::Pending,
@@ -485,6 +490,20 @@ impl Queue {
         }
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// After a store failed with an I/O error (a failed `fdatasync`: the record may
+    /// be on disk although nobody was told so), records the message as deleted, so
+    /// that one answered `451` does not come back at the next start and go out twice.
+    /// Best effort: if this fails too, the worst case is that duplicate.
+    async fn disown(&self, id: &QueueId) {
+        if let Err(e) = self
+            .log
+            .append(Self::id_record(Kind::Deleted, id), Bytes::new(), false)
+            .await
+        {
+            tracing::warn!(id = %id, error = %e, "cannot record the refused message as deleted; it may be delivered after a restart");
+        }
     }
 
     /// The body of a message: from memory if still there, else read back from its
@@ -706,6 +725,13 @@ impl Queue {
     /// Group commits (`fdatasync` calls of the spool writer) since open.
     pub fn spool_commits(&self) -> u64 {
         self.log.fsyncs()
+    }
+
+    /// Test hook: the next `n` group commits report `EIO` from `fdatasync` (after
+    /// really syncing), as a failing disk would.
+    #[cfg(feature = "test-util")]
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.log.fail_next_syncs(n);
     }
 
     /// Counts, updated on every change.

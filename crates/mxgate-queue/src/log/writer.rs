@@ -5,10 +5,24 @@
 //! `pwrite`, and covers it with one `fdatasync`; the next commit starts as soon as that
 //! one returns. A caller that needs durability (a new message before its `250`, a
 //! deferral, a bounce) waits for the reply of the commit that covered its record; a
-//! lazy record (the completion of a delivered message) is written with the next batch
-//! and costs no `fdatasync` of its own: a batch of lazy records only is written, not
-//! synced, and becomes durable with the next commit (or is lost in a crash, which
-//! delivers that message again: the at-least-once window of ARCHITECTURE.md).
+//! lazy record (the completion of a delivered message) does not even wake the thread:
+//! it goes out with the next commit (or, when none comes, after [`LAZY_FLUSH`], written
+//! but not synced) and costs no `fdatasync` of its own. It becomes durable with the
+//! next commit, or is lost in a crash, which delivers that message again (the
+//! at-least-once window of ARCHITECTURE.md).
+//!
+//! **Commit delay.** When the previous commit covered the records of two or more
+//! waiting callers (so stores are arriving concurrently), the thread waits a little
+//! before the next one — until one caller more than last time waits, or at most the
+//! previous `fdatasync`'s duration (never more than [`MAX_COMMIT_DELAY`]) — so one
+//! `fdatasync` covers more messages. A lone store (one session) is never delayed.
+//!
+//! **A failed `fdatasync`** (`EIO`) leaves the page cache in an unknown state: the
+//! kernel may have dropped the dirty pages and will not report the error again, so a
+//! second `fdatasync` of the same file could return success for data that never
+//! reached the disk. Every waiter of that commit gets the error (the listener answers
+//! `451`), the segment is abandoned — never synced or written again — and the next
+//! commit starts a new segment.
 //!
 //! Segments are preallocated with zeros ahead of the write position, so a commit
 //! flushes data only (no file-size change for the journal) and a full disk shows up
@@ -23,8 +37,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "test-util")]
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -115,20 +132,161 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Lazy records wait at most this long for a commit to take them along.
+pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(20);
+/// So many lazy records wake the thread without a commit to wait for.
+const LAZY_BACKLOG: usize = 256;
+/// The longest commit delay, whatever the disk's `fdatasync` takes.
+pub(crate) const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
+
+/// Commands on their way to the thread, in the order they were made (the log's order).
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    cmds: Vec<Cmd>,
+    /// Appends in `cmds` that a caller waits for.
+    waiters: usize,
+    /// `cmds` holds something to act on now (a waited-for append or a removal).
+    urgent: bool,
+    /// The thread waits on `ready`: a push that needs it must notify.
+    sleeping: bool,
+    /// The handle is gone: write what is left, then stop.
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, cmd: Cmd) -> io::Result<()> {
+        let urgent = match &cmd {
+            Cmd::Append(a) => a.reply.is_some(),
+            Cmd::Remove(_) => true,
+        };
+        let mut st = self.lock();
+        if st.closed {
+            return Err(stopped());
+        }
+        st.cmds.push(cmd);
+        if urgent {
+            st.urgent = true;
+            if matches!(st.cmds.last(), Some(Cmd::Append(_))) {
+                st.waiters += 1;
+            }
+        }
+        let wake = st.sleeping && (urgent || st.cmds.len() >= LAZY_BACKLOG);
+        if wake {
+            st.sleeping = false;
+        }
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Sleeps until notified or `deadline` (`None`: no timeout).
+    fn sleep<'a>(
+        &self,
+        mut st: MutexGuard<'a, InboxState>,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'a, InboxState> {
+        st.sleeping = true;
+        let mut st = match deadline {
+            None => self.ready.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.ready
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        st.sleeping = false;
+        st
+    }
+
+    /// Waits for the next batch: something urgent, a backlog of lazy records, or lazy
+    /// records that waited [`LAZY_FLUSH`]; then, if `delay` says so, a little longer
+    /// for more waiters. Swaps the batch into `into` (empty on entry); `false` once
+    /// closed and drained.
+    fn next_batch(&self, delay: Option<(usize, Duration)>, into: &mut Vec<Cmd>) -> bool {
+        let mut st = self.lock();
+        let mut lazy_deadline = None;
+        while !st.urgent && !st.closed && st.cmds.len() < LAZY_BACKLOG {
+            if st.cmds.is_empty() {
+                lazy_deadline = None;
+                st = self.sleep(st, None);
+                continue;
+            }
+            let at = *lazy_deadline.get_or_insert_with(|| Instant::now() + LAZY_FLUSH);
+            if Instant::now() >= at {
+                break;
+            }
+            st = self.sleep(st, Some(at));
+        }
+        if st.cmds.is_empty() {
+            return false; // closed
+        }
+        if let Some((target, longest)) = delay {
+            let until = Instant::now() + longest;
+            while st.waiters > 0
+                && st.waiters < target
+                && !st.closed
+                && st.cmds.len() < MAX_BATCH
+                && Instant::now() < until
+            {
+                st = self.sleep(st, Some(until));
+            }
+        }
+        if st.cmds.len() <= MAX_BATCH {
+            std::mem::swap(&mut st.cmds, into);
+            st.waiters = 0;
+            st.urgent = false;
+        } else {
+            into.extend(st.cmds.drain(..MAX_BATCH));
+            let waiters = st.cmds.iter().filter(|c| c.waits()).count();
+            st.waiters = waiters;
+            st.urgent = st
+                .cmds
+                .iter()
+                .any(|c| c.waits() || matches!(c, Cmd::Remove(_)));
+        }
+        true
+    }
+}
+
+impl Cmd {
+    fn waits(&self) -> bool {
+        matches!(self, Cmd::Append(a) if a.reply.is_some())
+    }
+}
+
 /// Handle to the writer thread. Dropping it lets the thread write (and sync) what is
 /// queued, and waits for that.
 pub(crate) struct LogWriter {
-    tx: mpsc::Sender<Cmd>,
+    inbox: Arc<Inbox>,
     thread: Option<std::thread::JoinHandle<()>>,
     active: Arc<AtomicU64>,
     fsyncs: Arc<AtomicU64>,
+    /// Test hook: so many of the next `fdatasync` calls report `EIO`.
+    #[cfg(feature = "test-util")]
+    fail_syncs: Arc<AtomicU32>,
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's loop once it is empty.
-        let (dead, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, dead));
+        self.inbox.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -148,9 +306,14 @@ impl LogWriter {
             }
             Err(e) => return Err(e),
         };
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox {
+            state: Mutex::new(InboxState::default()),
+            ready: Condvar::new(),
+        });
         let active = Arc::new(AtomicU64::new(first_seq));
         let fsyncs = Arc::new(AtomicU64::new(0));
+        #[cfg(feature = "test-util")]
+        let fail_syncs = Arc::new(AtomicU32::new(0));
         let mut thread = Thread {
             dir,
             tuning,
@@ -162,15 +325,21 @@ impl LogWriter {
             seg,
             active: Arc::clone(&active),
             fsyncs: Arc::clone(&fsyncs),
+            pacing: Pacing::default(),
+            #[cfg(feature = "test-util")]
+            fail_syncs: Arc::clone(&fail_syncs),
         };
+        let rx = Arc::clone(&inbox);
         let handle = std::thread::Builder::new()
             .name("mxgate-spool".into())
-            .spawn(move || thread.run(rx))?;
+            .spawn(move || thread.run(&rx))?;
         Ok(LogWriter {
-            tx,
+            inbox,
             thread: Some(handle),
             active,
             fsyncs,
+            #[cfg(feature = "test-util")]
+            fail_syncs,
         })
     }
 
@@ -223,19 +392,17 @@ impl LogWriter {
     }
 
     fn send(&self, head: Vec<u8>, body: Bytes, new_message: bool, reply: Reply) -> io::Result<()> {
-        self.tx
-            .send(Cmd::Append(Append {
-                head,
-                body,
-                new_message,
-                reply: Some(reply),
-            }))
-            .map_err(|_| stopped())
+        self.inbox.push(Cmd::Append(Append {
+            head,
+            body,
+            new_message,
+            reply: Some(reply),
+        }))
     }
 
     /// Appends a record that nobody waits for (durable with the next commit).
     pub fn append_lazy(&self, head: Vec<u8>) {
-        let _ = self.tx.send(Cmd::Append(Append {
+        let _ = self.inbox.push(Cmd::Append(Append {
             head,
             body: Bytes::new(),
             new_message: false,
@@ -245,7 +412,7 @@ impl LogWriter {
 
     /// Removes segment `seq` (never the active one).
     pub fn remove(&self, seq: u64) {
-        let _ = self.tx.send(Cmd::Remove(seq));
+        let _ = self.inbox.push(Cmd::Remove(seq));
     }
 
     /// The segment being written.
@@ -256,6 +423,31 @@ impl LogWriter {
     /// `fdatasync` calls so far (for tests and the benchmark's cross-check).
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: the next `n` commits' `fdatasync` report `EIO` (after really syncing,
+    /// so the records are on disk although nobody was told so: the harder case).
+    #[cfg(feature = "test-util")]
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.fail_syncs.store(n, Ordering::SeqCst);
+    }
+}
+
+/// What the previous commit tells about the next one (the commit delay).
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Waiting callers the previous commit covered.
+    last_waiters: usize,
+    /// How long its `fdatasync` took.
+    last_sync: Duration,
+}
+
+impl Pacing {
+    /// `(waiters to wait for, longest wait)`, or `None`: commit at once. Only when
+    /// stores arrived concurrently last time: a lone store is never delayed.
+    fn delay(&self) -> Option<(usize, Duration)> {
+        (self.last_waiters >= 2)
+            .then(|| (self.last_waiters + 1, self.last_sync.min(MAX_COMMIT_DELAY)))
     }
 }
 
@@ -318,25 +510,25 @@ struct Thread {
     next_seq: u64,
     active: Arc<AtomicU64>,
     fsyncs: Arc<AtomicU64>,
+    pacing: Pacing,
+    #[cfg(feature = "test-util")]
+    fail_syncs: Arc<AtomicU32>,
 }
 
 /// At most this many records per commit, so replies are not held back too long.
 const MAX_BATCH: usize = 4096;
 
 impl Thread {
-    fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
+    fn run(&mut self, inbox: &Inbox) {
         let mut buf = Vec::new();
-        while let Ok(first) = rx.recv() {
-            let mut appends = Vec::new();
+        let mut cmds = Vec::new();
+        while inbox.next_batch(self.pacing.delay(), &mut cmds) {
+            let mut appends = Vec::with_capacity(cmds.len());
             let mut removes = Vec::new();
-            let mut next = Some(first);
-            while let Some(cmd) = next.take() {
+            for cmd in cmds.drain(..) {
                 match cmd {
                     Cmd::Append(a) => appends.push(a),
                     Cmd::Remove(s) => removes.push(s),
-                }
-                if appends.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
                 }
             }
             if !appends.is_empty() {
@@ -426,22 +618,38 @@ impl Thread {
             // Zeros back over whatever part landed, so no half batch looks valid.
             let zeros = vec![0u8; buf.len()];
             let _ = seg.file.write_all_at(&zeros, start);
+            if !is_full(&e) {
+                // An I/O error: what this file holds is unknown from here on.
+                self.abandon(&e);
+            }
             return fail(appends, &e);
         }
-        let durable = appends.iter().any(|a| a.reply.is_some());
-        let synced = if durable {
+        let waiters = appends.iter().filter(|a| a.reply.is_some()).count();
+        let synced = if waiters > 0 {
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            seg.file.sync_data()
+            let began = Instant::now();
+            let r = seg.file.sync_data();
+            self.pacing = Pacing {
+                last_waiters: waiters,
+                last_sync: began.elapsed(),
+            };
+            r
         } else {
             Ok(())
+        };
+        #[cfg(feature = "test-util")]
+        let synced = match synced {
+            Ok(()) if waiters > 0 && take_one(&self.fail_syncs) => {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            other => other,
         };
         seg.pos = start + buf.len() as u64;
         let seq = seg.seq;
         if let Err(e) = synced {
-            // What the kernel kept is unknown: move on to a fresh segment, and tell
-            // every waiter that its record is not on stable storage.
-            tracing::error!(segment = seq, error = %e, "spool commit failed");
-            let _ = self.rotate();
+            // Not one waiter's record is known to be on stable storage, and syncing
+            // this file again proves nothing: abandon it.
+            self.abandon(&e);
             return fail(appends, &e);
         }
         for (a, offset) in appends.into_iter().zip(offsets) {
@@ -449,6 +657,17 @@ impl Thread {
                 r.send(Ok(Written { seg: seq, offset }));
             }
         }
+    }
+
+    /// Stops using the current segment after an I/O error on it: it is never written
+    /// or synced again (records already committed in it stay valid); the next commit
+    /// creates a new segment.
+    fn abandon(&mut self, e: &io::Error) {
+        if let Some(seg) = self.seg.take() {
+            tracing::error!(segment = seg.seq, error = %e, "spool commit failed; the segment is abandoned, the next commit starts a new one");
+            self.next_seq = seg.seq + 1;
+        }
+        self.pacing = Pacing::default();
     }
 
     fn room_for_messages(&self) -> bool {
@@ -483,6 +702,13 @@ impl Thread {
     }
 }
 
+/// Takes one from a test hook's count, if any is left.
+#[cfg(feature = "test-util")]
+fn take_one(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
 fn is_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
@@ -514,5 +740,88 @@ mod tests {
         assert_eq!(parse_segment_name("1A.seg"), None);
         assert_eq!(parse_segment_name("000000000000001A.tmp"), None);
         assert_eq!(parse_segment_name("00000000000000ZZ.seg"), None);
+    }
+
+    #[test]
+    fn commit_delay_only_after_concurrent_stores_and_bounded() {
+        let pacing = |last_waiters, micros| Pacing {
+            last_waiters,
+            last_sync: Duration::from_micros(micros),
+        };
+        // Nothing committed yet, nobody waited, a lone store: commit at once.
+        assert_eq!(Pacing::default().delay(), None);
+        assert_eq!(pacing(0, 300).delay(), None);
+        assert_eq!(pacing(1, 300).delay(), None);
+        // Concurrent stores: wait for one more than last time, at most one fdatasync.
+        assert_eq!(
+            pacing(2, 300).delay(),
+            Some((3, Duration::from_micros(300)))
+        );
+        assert_eq!(pacing(9, 40).delay(), Some((10, Duration::from_micros(40))));
+        // A slow disk does not make the wait longer than the bound.
+        assert_eq!(pacing(5, 4000).delay(), Some((6, MAX_COMMIT_DELAY)));
+    }
+
+    #[test]
+    fn inbox_keeps_order_and_wakes_only_for_waiters() {
+        let inbox = Inbox {
+            state: Mutex::new(InboxState::default()),
+            ready: Condvar::new(),
+        };
+        let lazy = |n: u8| {
+            Cmd::Append(Append {
+                head: vec![n],
+                body: Bytes::new(),
+                new_message: false,
+                reply: None,
+            })
+        };
+        inbox.push(lazy(1)).unwrap();
+        inbox.push(Cmd::Remove(7)).unwrap();
+        {
+            let st = inbox.lock();
+            assert!(st.urgent, "a removal is acted on at once");
+            assert_eq!(st.waiters, 0);
+        }
+        let (tx, _rx) = oneshot::channel();
+        inbox
+            .push(Cmd::Append(Append {
+                head: vec![2],
+                body: Bytes::new(),
+                new_message: true,
+                reply: Some(Reply::Async(tx)),
+            }))
+            .unwrap();
+        assert_eq!(inbox.lock().waiters, 1);
+        let mut batch = Vec::new();
+        assert!(inbox.next_batch(None, &mut batch));
+        let order: Vec<String> = batch
+            .iter()
+            .map(|c| match c {
+                Cmd::Append(a) => format!("a{}", a.head[0]),
+                Cmd::Remove(s) => format!("r{s}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["a1", "r7", "a2"],
+            "the log's order is the push order"
+        );
+        let st = inbox.lock();
+        assert!(st.cmds.is_empty() && st.waiters == 0 && !st.urgent);
+        drop(st);
+        // Only lazy records: nothing urgent, they wait for a commit (or LAZY_FLUSH).
+        inbox.push(lazy(3)).unwrap();
+        assert!(!inbox.lock().urgent);
+        inbox.close();
+        assert!(inbox.push(lazy(4)).is_err(), "closed");
+        batch.clear();
+        assert!(
+            inbox.next_batch(None, &mut batch),
+            "what is left is written"
+        );
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert!(!inbox.next_batch(None, &mut batch), "then the thread stops");
     }
 }
