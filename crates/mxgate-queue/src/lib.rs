@@ -17,6 +17,8 @@
 //! does not serve the control socket (the binary does, calling these methods).
 
 pub mod dsn;
+mod error;
+mod index;
 mod log;
 mod queue;
 mod recover;

@@ -1,15 +1,12 @@
 //! The [`Queue`]: opening and recovering the spool, durable stores through the log
-//! writer's group commit, the in-memory index, segment reference counts and
-//! compaction, and the operator/test API.
+//! writer's group commit, segment trimming, and the operator/test API.
 //!
-//! An index lives in memory (envelope, recipient states, arrival, size, where the body
-//! is); a new message's body also stays in memory until its first attempt, within
-//! `queue.memory_budget`, else it is read back from its segment. The scheduler is in
-//! `scheduler.rs`.
+//! The index (`index.rs`) lives in memory (envelope, recipient states, arrival, size,
+//! where the body is); a new message's body also stays in memory until its first
+//! attempt, within `queue.memory_budget`, else it is read back from its segment. The
+//! scheduler is in `scheduler.rs`, recovery in `recover.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -18,6 +15,8 @@ use mxgate_smtp::Envelope;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Notify};
 
+pub use crate::error::QueueError;
+use crate::index::{BodyLoc, Entry, Index, Op, Rcpt};
 use crate::log::record::{self, Kind, StateRec};
 use crate::log::writer::{LogWriter, Tuning, Written};
 use crate::schedule::{Clock, IdGen, RetryPolicy};
@@ -42,17 +41,6 @@ impl QueueSettings {
             max_concurrent: config.delivery.max_connections.max(1),
         }
     }
-}
-
-/// Why the queue could not be opened or an operator command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("spool directory {path}: {source}")]
-    Spool { path: PathBuf, source: io::Error },
-    #[error("no message {0} in the queue")]
-    NotFound(QueueId),
-    #[error("spool I/O error: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// One recipient in [`MessageSummary`].
@@ -99,67 +87,7 @@ pub struct QueueCounts {
     pub recorded: u64,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct Rcpt {
-    pub status: RecipientStatus,
-    pub attempts: u32,
-    pub next_ms: u64,
-    pub last_attempt_ms: Option<u64>,
-    pub last_error: Option<DeliveryFailure>,
-    pub why: Option<BounceReason>,
-    pub in_flight: bool,
-}
-
-/// Where a message's body is on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BodyLoc {
-    pub seg: u64,
-    pub offset: u64,
-    pub crc: u32,
-}
-
-/// An operator action that waits for the message's running attempt to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
-    Bounce,
-    Delete,
-}
-
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub envelope: Arc<Envelope>,
-    pub arrival_ms: u64,
-    pub loc: BodyLoc,
-    /// Segments holding records of this message (each counted once in `Index::segs`).
-    pub segs: Vec<u64>,
-    /// The body, kept from the `250` to the end of the first attempt (memory budget).
-    pub mem: Option<Bytes>,
-    /// Jobs, operator actions and compaction copies not finished writing yet.
-    pub busy: u32,
-    /// An operator action to run once `busy` is 0.
-    pub op: Option<Op>,
-    /// Compaction is copying it forward: no new job starts meanwhile.
-    pub moving: bool,
-    /// Bounced recipients whose DSN could not be stored yet (disk full): retried; the
-    /// bounce is recorded only once the DSN is on disk.
-    pub dsn_retry: Option<crate::scheduler::PendingDsn>,
-    pub size: u64,
-    pub dsn: bool,
-    /// The delay warning (`queue.delay_warning`) has been sent for this message.
-    pub warned: bool,
-    pub rcpts: Vec<Rcpt>,
-    pub jobs_in_flight: u32,
-    /// This entry's key in [`Index::schedule`].
-    pub sched: Option<u64>,
-}
-
 impl Entry {
-    pub fn all_final(&self) -> bool {
-        self.rcpts
-            .iter()
-            .all(|r| r.status != RecipientStatus::Pending)
-    }
-
     pub fn summary(&self, id: &QueueId) -> MessageSummary {
         MessageSummary {
             id: id.clone(),
@@ -182,126 +110,6 @@ impl Entry {
                     bounce_reason: r.why,
                 })
                 .collect(),
-        }
-    }
-}
-
-/// How much of a segment live messages still use.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SegUse {
-    /// Live messages with a record in it.
-    pub msgs: u32,
-    /// Body bytes of the live messages whose message record is in it.
-    pub body_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Index {
-    pub msgs: BTreeMap<QueueId, Entry>,
-    pub active: usize,
-    pub recorded: u64,
-    /// `(earliest next attempt, id)` of every message with an idle pending recipient,
-    /// so the scheduler finds due work without scanning the whole queue.
-    pub schedule: BTreeSet<(u64, QueueId)>,
-    /// Use of every segment that live messages have records in.
-    pub segs: BTreeMap<u64, SegUse>,
-    /// The oldest segment that may still exist on disk; segments are removed in order.
-    pub oldest_seg: u64,
-    /// Body bytes held in memory for first attempts.
-    pub mem_used: u64,
-    /// `(when, id)` of messages whose DSN is to be stored again.
-    pub dsn_due: BTreeSet<(u64, QueueId)>,
-    /// Messages whose operator action can run now (`busy` reached 0).
-    pub ops_ready: Vec<QueueId>,
-}
-
-impl Index {
-    pub fn insert(&mut self, id: QueueId, mut entry: Entry) {
-        // Not in `schedule` yet, whatever the entry says (it may come from `remove`).
-        entry.sched = None;
-        for &s in &entry.segs {
-            self.segs.entry(s).or_default().msgs += 1;
-        }
-        self.segs.entry(entry.loc.seg).or_default().body_bytes += entry.size;
-        if entry.mem.is_some() {
-            self.mem_used += entry.size;
-        }
-        self.msgs.insert(id.clone(), entry);
-        self.reschedule(&id);
-    }
-
-    pub fn remove(&mut self, id: &QueueId) -> Option<Entry> {
-        let e = self.msgs.remove(id)?;
-        if let Some(k) = e.sched {
-            self.schedule.remove(&(k, id.clone()));
-        }
-        for &s in &e.segs {
-            if let Some(u) = self.segs.get_mut(&s) {
-                u.msgs = u.msgs.saturating_sub(1);
-            }
-        }
-        if let Some(u) = self.segs.get_mut(&e.loc.seg) {
-            u.body_bytes = u.body_bytes.saturating_sub(e.size);
-        }
-        if e.mem.is_some() {
-            self.mem_used = self.mem_used.saturating_sub(e.size);
-        }
-        Some(e)
-    }
-
-    /// Notes that `id` has a record in segment `seg`.
-    pub fn add_seg(&mut self, id: &QueueId, seg: u64) {
-        let Some(e) = self.msgs.get_mut(id) else {
-            return;
-        };
-        if !e.segs.contains(&seg) {
-            e.segs.push(seg);
-            self.segs.entry(seg).or_default().msgs += 1;
-        }
-    }
-
-    /// Drops the in-memory body of `id` (its first attempt is over).
-    pub fn release_mem(&mut self, id: &QueueId) {
-        if let Some(e) = self.msgs.get_mut(id) {
-            if e.mem.take().is_some() {
-                self.mem_used = self.mem_used.saturating_sub(e.size);
-            }
-        }
-    }
-
-    /// The segments, oldest first, that no live message needs and that are older than
-    /// `active`: they can be removed, in this order.
-    pub fn removable_segments(&mut self, active: u64) -> Vec<u64> {
-        let mut out = Vec::new();
-        while self.oldest_seg < active
-            && self.segs.get(&self.oldest_seg).is_none_or(|u| u.msgs == 0)
-        {
-            self.segs.remove(&self.oldest_seg);
-            out.push(self.oldest_seg);
-            self.oldest_seg += 1;
-        }
-        out
-    }
-
-    /// Brings `schedule` up to date after recipients of `id` changed.
-    pub fn reschedule(&mut self, id: &QueueId) {
-        let Some(e) = self.msgs.get_mut(id) else {
-            return;
-        };
-        let key = e
-            .rcpts
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Pending && !r.in_flight)
-            .map(|r| r.next_ms)
-            .min();
-        if key != e.sched {
-            if let Some(old) = e.sched {
-                self.schedule.remove(&(old, id.clone()));
-            }
-            if let Some(k) = key {
-                self.schedule.insert((k, id.clone()));
-            }
-            e.sched = key;
         }
     }
 }
@@ -388,7 +196,7 @@ impl Queue {
             counts: watch::Sender::new(QueueCounts::default()),
         });
         if !v1.is_empty() {
-            crate::recover::import_v1(&queue, v1).await?;
+            crate::recover::import_v1(&queue.log, &queue.index, &queue.paths, v1).await?;
         }
         queue.trim_segments(&mut queue.lock());
         queue.publish_counts(&queue.lock());

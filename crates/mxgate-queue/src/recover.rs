@@ -10,12 +10,14 @@
 //! This module does not schedule anything; it only produces the initial index.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use crate::error::QueueError;
+use crate::index::{BodyLoc, Entry, Index, Rcpt};
 use crate::log::record::{self, Kind, MessageRec, RecordError, StateRec};
 use crate::log::scan::{self, Item};
 use crate::log::writer::parse_segment_name;
-use crate::queue::{BodyLoc, Entry, Index, Queue, QueueError, Rcpt};
+use crate::log::writer::LogWriter;
 use crate::schedule::IdGen;
 use crate::spool::{self, RecipientStatus, SpoolPaths};
 use crate::transport::QueueId;
@@ -322,7 +324,13 @@ fn v1_record(m: &V1Message) -> Result<MessageRec, RecordError> {
 /// message record with its recipients' states, then its old file is removed. A crash
 /// in between leaves both; the next start finds the id already in the log and only
 /// removes the old file. Nothing acknowledged is lost at any point.
-pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(), QueueError> {
+pub(crate) async fn import_v1(
+    log: &LogWriter,
+    index: &Mutex<Index>,
+    paths: &SpoolPaths,
+    msgs: Vec<V1Message>,
+) -> Result<(), QueueError> {
+    let lock = || index.lock().unwrap_or_else(|e| e.into_inner());
     /// Messages appended together (they share commits).
     const CHUNK: usize = 256;
     let mut imported = 0usize;
@@ -332,7 +340,7 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
         let mut records = Vec::new();
         for m in pending.by_ref().take(CHUNK) {
             let id = QueueId(m.id.clone());
-            if queue.lock().msgs.contains_key(&id) {
+            if lock().msgs.contains_key(&id) {
                 let _ = std::fs::remove_file(&m.path);
                 continue;
             }
@@ -340,7 +348,7 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(id = %id, error = %e, "version 1 spool file cannot be imported, quarantined");
-                    let _ = spool::quarantine(&queue.paths, &m.path);
+                    let _ = spool::quarantine(paths, &m.path);
                     continue;
                 }
             };
@@ -358,7 +366,7 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
             records.push((head, body));
             batch.push((id, m.path, rec, head_len, crc, size));
         }
-        let results = queue.log.append_all(records).await;
+        let results = log.append_all(records).await;
         for ((id, path, rec, head_len, crc, size), written) in batch.into_iter().zip(results) {
             let written = written?;
             let loc = BodyLoc {
@@ -368,7 +376,7 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
             };
             match entry_from_rec(&rec, loc, size) {
                 Ok(entry) if !entry.all_final() => {
-                    queue.lock().insert(id, entry);
+                    lock().insert(id, entry);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(id = %id, error = %e, "imported message unusable"),
@@ -378,11 +386,11 @@ pub(crate) async fn import_v1(queue: &Queue, msgs: Vec<V1Message>) -> Result<(),
             imported += 1;
         }
     }
-    spool::sync_dir(&queue.paths.msg)?;
-    for d in [&queue.paths.tmp, &queue.paths.msg] {
+    spool::sync_dir(&paths.msg)?;
+    for d in [&paths.tmp, &paths.msg] {
         let _ = std::fs::remove_dir(d);
     }
-    let _ = spool::sync_dir(&queue.paths.root);
+    let _ = spool::sync_dir(&paths.root);
     tracing::info!(messages = imported, "version 1 spool imported into the log");
     Ok(())
 }

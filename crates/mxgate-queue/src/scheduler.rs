@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::dsn::{
     build_dsn, wants_delay_dsn, wants_failure_dsn, DsnAction, DsnInput, FailedRecipient,
 };
+use crate::error::QueueError;
+use crate::index::{BodyLoc, Entry, Index, Op, PendingDsn, Rcpt, Snapshot};
 use crate::log::record::{self, StateRec};
-use crate::queue::{BodyLoc, Entry, Index, Op, Queue, QueueError, Rcpt};
+use crate::queue::Queue;
 use crate::schedule::Decision;
 use crate::spool::{BounceReason, RecipientStatus};
 use crate::transport::{
@@ -52,28 +54,6 @@ struct Due {
     mem: Option<Bytes>,
     /// One of our own DSNs (routed to `queue.bounce_relay` when set).
     dsn: bool,
-}
-
-/// What `finish` needs to know about the message.
-#[derive(Debug, Clone)]
-pub(crate) struct Snapshot {
-    envelope: Arc<Envelope>,
-    arrival_ms: u64,
-    dsn: bool,
-    loc: BodyLoc,
-    size: u64,
-    mem: Option<Bytes>,
-}
-
-/// A bounce whose DSN could not be stored yet: everything `finish` needs to try again.
-#[derive(Debug, Clone)]
-pub(crate) struct PendingDsn {
-    snapshot: Snapshot,
-    lines: Vec<StateRec>,
-    failed: Vec<FailedRecipient>,
-    final_now: bool,
-    /// The attempts made so far (the wait grows with them).
-    tries: u32,
 }
 
 pub(crate) fn state_line(i: usize, r: &Rcpt, warned: bool) -> StateRec {
@@ -145,7 +125,7 @@ fn needs_state_record(final_now: bool, bounced: bool, warned: bool) -> bool {
 }
 
 /// Marks one job of `id` as finished; returns the entry if the message is still queued.
-fn end_job<'a>(index: &'a mut Index, id: &QueueId) -> Option<&'a mut crate::queue::Entry> {
+fn end_job<'a>(index: &'a mut Index, id: &QueueId) -> Option<&'a mut Entry> {
     let Index { msgs, active, .. } = index;
     let e = msgs.get_mut(id)?;
     e.jobs_in_flight = e.jobs_in_flight.saturating_sub(1);
