@@ -58,7 +58,7 @@ pub(crate) struct Entry {
     pub moving: bool,
     /// Bounced recipients whose DSN could not be stored yet (disk full): retried; the
     /// bounce is recorded only once the DSN is on disk.
-    pub dsn_retry: Option<PendingDsn>,
+    pub dsn_retry: Option<Box<PendingDsn>>,
     pub size: u64,
     pub dsn: bool,
     /// The delay warning (`queue.delay_warning`) has been sent for this message.
@@ -218,3 +218,4 @@ pub(crate) struct PendingDsn {
     /// The attempts made so far (the wait grows with them).
     pub tries: u32,
 }
+

@@ -615,7 +615,7 @@ impl Queue {
         let at = self.now_ms() + wait.as_millis() as u64;
         let mut index = self.lock();
         if let Some(e) = index.msgs.get_mut(id) {
-            e.dsn_retry = Some(pending);
+            e.dsn_retry = Some(Box::new(pending));
             index.dsn_due.insert((at, id.clone()));
         }
         drop(index);
@@ -627,7 +627,7 @@ impl Queue {
         let pending = {
             let mut index = self.lock();
             match index.msgs.get_mut(id).and_then(|e| e.dsn_retry.take()) {
-                Some(p) => p,
+                Some(p) => *p,
                 None => return,
             }
         };

@@ -46,7 +46,7 @@ pub(crate) struct ScanReport {
 
 /// How many bytes are read at a record position in one go (header and, usually,
 /// all of the metadata).
-const READ_AHEAD: usize = 4096;
+const READ_AHEAD: usize = 512;
 
 /// A record checked at `pos`: its item and length, or `None` if it is not valid.
 fn read_record(
