@@ -9,6 +9,7 @@ use hickory_resolver::proto::dnssec::Proof;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use rand::seq::SliceRandom;
+use std::time::Duration;
 
 use crate::{Answer, DnsError, DnssecStatus, MxHost, MxLookup};
 
@@ -118,6 +119,27 @@ pub fn classify_hickory(
             rtype: rtype_str,
             detail: e.to_string(),
         }),
+    }
+}
+
+/// How long the denial in a hickory result may be cached (RFC 2308 §5, see
+/// [`crate::negcache::denial_ttl`]); `None` for anything but a denial with an SOA.
+pub fn hickory_denial_ttl(result: &Result<Vec<Record>, NetError>) -> Option<Duration> {
+    match result {
+        Err(NetError::Dns(HDnsError::NoRecordsFound(nr))) => match &nr.soa {
+            Some(soa) => Some(
+                Duration::from_secs(u64::from(soa.ttl.min(soa.data.minimum)))
+                    .min(crate::negcache::MAX_TTL),
+            ),
+            None => nr
+                .authorities
+                .as_deref()
+                .and_then(crate::negcache::denial_ttl),
+        },
+        Err(NetError::Dns(HDnsError::Nsec { response, .. })) => {
+            crate::negcache::denial_ttl(&response.authorities)
+        }
+        _ => None,
     }
 }
 

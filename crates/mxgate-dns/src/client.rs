@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -14,6 +14,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use mxgate_config::{DnsConfig, DnssecMode};
 
 use crate::classify::{self, StatusSource};
+use crate::negcache::NegativeCache;
 use crate::selftest::{self, SelfTest};
 use crate::stub::StubResolver;
 use crate::{AddrAnswer, Answer, DnsError, MxLookup, Tlsa};
@@ -33,6 +34,8 @@ pub struct DnsClient {
     probe: String,
     /// The last resolver self-test passed (true until one has run).
     validates: AtomicBool,
+    /// NODATA and NXDOMAIN answers, kept as RFC 2308 says.
+    denials: NegativeCache,
 }
 
 impl DnsClient {
@@ -107,6 +110,7 @@ impl DnsClient {
             mode: config.dnssec,
             probe: config.dnssec_probe.clone(),
             validates: AtomicBool::new(true),
+            denials: NegativeCache::default(),
         })
     }
 
@@ -169,6 +173,10 @@ impl DnsClient {
         fqdn: Name,
         rtype: RecordType,
     ) -> Result<Answer<Record>, DnsError> {
+        let key = fqdn.to_ascii();
+        if let Some(denial) = self.denials.get(&key, rtype, Instant::now()) {
+            return Ok(denial);
+        }
         let fut = async {
             match &self.backend {
                 Backend::Hickory(resolver, source) => {
@@ -176,13 +184,21 @@ impl DnsClient {
                         .lookup(fqdn.clone(), rtype)
                         .await
                         .map(|l| l.answers().to_vec());
-                    classify::classify_hickory(name, rtype, result, *source)
+                    let ttl = classify::hickory_denial_ttl(&result);
+                    classify::classify_hickory(name, rtype, result, *source).map(|a| (a, ttl))
                 }
                 Backend::TrustAd(stub) => stub.lookup(name, &fqdn, rtype).await,
             }
         };
         match tokio::time::timeout(self.deadline, fut).await {
-            Ok(r) => r,
+            Ok(Ok((answer, ttl))) => {
+                if let Some(ttl) = ttl {
+                    self.denials
+                        .insert(&key, rtype, &answer, ttl, Instant::now());
+                }
+                Ok(answer)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(DnsError::Temporary {
                 name: name.to_string(),
                 rtype: classify::rtype_name(rtype),

@@ -14,11 +14,14 @@
 //! - `off`: no DNSSEC, every answer is [`DnssecStatus::Insecure`].
 //!
 //! The mapping from resolver results to typed answers is pure code ([`classify`]) with
-//! table tests. This crate does not decide policy (that is `mxgate-policy`), does not
-//! cache beyond hickory's TTL-bound cache, and does not do DNS-over-TLS/HTTPS.
+//! table tests. Denials (NODATA, NXDOMAIN) are cached here as RFC 2308 says
+//! ([`negcache`], since neither hickory's validator nor the stub keeps them); positive
+//! answers only in hickory's TTL-bound cache. This crate does not decide policy (that
+//! is `mxgate-policy`) and does not do DNS-over-TLS/HTTPS.
 
 pub mod classify;
 mod client;
+pub mod negcache;
 pub mod selftest;
 pub mod stub;
 

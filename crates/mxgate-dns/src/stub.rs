@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::classify::{negative, rtype_name};
+use crate::negcache::denial_ttl;
 use crate::{Answer, DnsError, DnssecStatus};
 
 /// Queries a loopback validating resolver and trusts its AD bit.
@@ -32,16 +33,20 @@ impl StubResolver {
         Ok(StubResolver { servers, timeout })
     }
 
+    /// The answer, and how long it may be cached if it is a denial (RFC 2308 §5).
     pub(crate) async fn lookup(
         &self,
         name: &str,
         fqdn: &Name,
         rtype: RecordType,
-    ) -> Result<Answer<Record>, DnsError> {
+    ) -> Result<(Answer<Record>, Option<Duration>), DnsError> {
         let mut last = String::from("no nameserver answered");
         for server in &self.servers {
             match self.exchange(*server, fqdn, rtype).await {
-                Ok(msg) => return interpret(name, rtype, &msg),
+                Ok(msg) => {
+                    return interpret(name, rtype, &msg)
+                        .map(|answer| (answer, denial_ttl(&msg.authorities)))
+                }
                 Err(e) => last = format!("{server}: {e}"),
             }
         }
@@ -208,7 +213,8 @@ mod tests {
                 RecordType::A,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(got.status(), DnssecStatus::Secure);
         assert_eq!(got.records().len(), 1);
         server.await.unwrap();

@@ -178,3 +178,62 @@ async fn trust_ad_mode_through_unbound() {
         Err(DnsError::Temporary { .. })
     ));
 }
+
+/// RFC 2308: a denial is cached, so the AAAA lookup of an IPv4-only MX host (and the
+/// TLSA lookup of a host without TLSA) reaches the server once, not once per plan; in
+/// every mode, and with the DNSSEC status the first answer had.
+#[tokio::test]
+async fn denials_are_cached_per_rfc_2308() {
+    use hickory_proto::rr::RecordType;
+    let w = world().await;
+    for mode in [DnssecMode::Validate, DnssecMode::Off] {
+        let c = client(&w, mode);
+        let status = |s| {
+            if mode == DnssecMode::Off {
+                DnssecStatus::Insecure
+            } else {
+                s
+            }
+        };
+        for host in ["mx.secure.test", "mx.insecure.test"] {
+            let before = w.query_count(host, RecordType::AAAA);
+            for _ in 0..3 {
+                let a = c.addresses(host).await.unwrap();
+                assert_eq!(a.records().len(), 1, "{mode:?} {host}");
+            }
+            assert_eq!(
+                w.query_count(host, RecordType::AAAA) - before,
+                1,
+                "{mode:?} {host}: AAAA asked more than once"
+            );
+        }
+        for (host, want) in [
+            ("mx2.secure.test", status(DnssecStatus::Secure)),
+            ("mx.insecure.test", status(DnssecStatus::Insecure)),
+        ] {
+            let tlsa_name = format!("_25._tcp.{host}");
+            let before = w.query_count(&tlsa_name, RecordType::TLSA);
+            for _ in 0..2 {
+                let t = c.tlsa(25, host).await.unwrap();
+                assert_eq!(t, Answer::NxDomain { status: want }, "{mode:?} {host}");
+            }
+            assert_eq!(w.query_count(&tlsa_name, RecordType::TLSA) - before, 1);
+        }
+        // Bogus denials are never cached: each lookup asks again.
+        if mode == DnssecMode::Validate {
+            let name = "_25._tcp.mx.bogus.test";
+            let before = w.query_count(name, RecordType::TLSA);
+            assert!(matches!(
+                c.tlsa(25, "mx.bogus.test").await,
+                Err(DnsError::Bogus { .. })
+            ));
+            let once = w.query_count(name, RecordType::TLSA) - before;
+            assert!(once >= 1);
+            assert!(matches!(
+                c.tlsa(25, "mx.bogus.test").await,
+                Err(DnsError::Bogus { .. })
+            ));
+            assert_eq!(w.query_count(name, RecordType::TLSA) - before, 2 * once);
+        }
+    }
+}
