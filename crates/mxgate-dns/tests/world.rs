@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mxgate_config::{DnsConfig, DnssecMode};
-use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxLookup};
+use mxgate_dns::{Alias, Answer, DnsClient, DnsError, DnssecStatus, MxLookup};
 use mxgate_testkit::dns::{DnsWorld, Signing};
 
 async fn world() -> DnsWorld {
@@ -28,6 +28,9 @@ async fn world() -> DnsWorld {
         .record("bogus.test. 300 IN MX 10 mx.bogus.test.")
         .record("mx.bogus.test. 300 IN A 127.0.0.4")
         .record("slow.secure.test. 300 IN A 127.0.0.5")
+        .record("alias.secure.test. 300 IN CNAME hop.secure.test.")
+        .record("hop.secure.test. 300 IN CNAME MX.secure.test.")
+        .record("alias.insecure.test. 300 IN CNAME mx.secure.test.")
         .drop_queries_for("slow.secure.test.")
         .start()
         .await
@@ -236,4 +239,59 @@ async fn denials_are_cached_per_rfc_2308() {
             assert_eq!(w.query_count(name, RecordType::TLSA) - before, 2 * once);
         }
     }
+}
+
+/// RFC 7672 §2.2.3 needs the expanded name of an MX host that is a CNAME and whether
+/// every link of the chain is secure: both come back with the addresses, in
+/// `validate` and in `trust-ad` mode.
+#[tokio::test]
+async fn cname_chains_come_back_with_the_addresses() {
+    let w = world().await;
+    let secure_chain = Some(Alias {
+        target: "mx.secure.test".into(),
+        status: DnssecStatus::Secure,
+    });
+    let insecure_chain = Some(Alias {
+        target: "mx.secure.test".into(),
+        status: DnssecStatus::Insecure,
+    });
+    let c = client(&w, DnssecMode::Validate);
+    let got = c.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain);
+    assert_eq!(got.addresses.status(), DnssecStatus::Secure);
+    assert_eq!(got.addresses.records().len(), 1);
+    // An insecure link makes the chain and the addresses insecure.
+    let got = c.host_addresses("alias.insecure.test").await.unwrap();
+    assert_eq!(got.alias, insecure_chain);
+    assert_eq!(got.addresses.status(), DnssecStatus::Insecure);
+    // No CNAME, no alias.
+    assert_eq!(
+        c.host_addresses("mx.secure.test").await.unwrap().alias,
+        None
+    );
+    // Asked again (AAAA NODATA now cached): the same chain.
+    let got = c.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain);
+    // Off mode: the chain is followed but never secure.
+    let off = client(&w, DnssecMode::Off);
+    let got = off.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias.map(|a| a.status), Some(DnssecStatus::Insecure));
+
+    use mxgate_testkit::dns::unbound::Unbound;
+    if !Unbound::available() {
+        eprintln!("unbound not installed: skipping the trust-ad half");
+        return;
+    }
+    let u = Unbound::start(&w).await.unwrap();
+    let stub = DnsClient::new(&DnsConfig {
+        nameservers: vec![u.addr()],
+        dnssec: DnssecMode::TrustAd,
+        timeout: Duration::from_secs(2),
+        ..DnsConfig::default()
+    })
+    .unwrap();
+    let got = stub.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain, "{}", u.log());
+    let got = stub.host_addresses("alias.insecure.test").await.unwrap();
+    assert_eq!(got.alias, insecure_chain);
 }
