@@ -173,7 +173,7 @@ impl ServerCertVerifier for DaneVerifier {
             // A typed certificate error, so delivery reports a DANE mismatch as such
             // (RFC 8460 §4.3.2.1 `tlsa-invalid`); the detail goes to the log.
             Err(e) => {
-                tracing::info!(names = ?self.names, "dane: {e}");
+                tracing::info!(names = %self.names.join(", "), "dane: {e}");
                 Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::ApplicationVerificationFailure,
                 ))
