@@ -15,13 +15,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "tlsrpt/collector.rs"]
+#[allow(dead_code)]
+mod collector;
 mod common;
 #[path = "tls_policy/support.rs"]
 #[allow(dead_code)]
 mod support;
-#[path = "tlsrpt/collector.rs"]
-#[allow(dead_code)]
-mod collector;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -289,7 +289,8 @@ async fn instances_send_one_tls_report_per_domain_with_the_summed_counts() {
     s.ca_file = Some(ca_path.clone());
     // A configured level that a downgrade would break: nothing may reach either MX
     // without a verified certificate, Redis or not.
-    s.domains = format!("\"{one}\" = {{ level = \"verify\" }}\n\"{two}\" = {{ level = \"verify\" }}\n");
+    s.domains =
+        format!("\"{one}\" = {{ level = \"verify\" }}\n\"{two}\" = {{ level = \"verify\" }}\n");
     s.tlsrpt = "send_delay = \"0s\"\nflush_interval = \"1s\"\n".into();
     s.extra = format!("[cluster]\nredis = \"{}\"\n", redis.url());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -308,7 +309,11 @@ async fn instances_send_one_tls_report_per_domain_with_the_summed_counts() {
     wait_shared(&b, 1).await;
     let out = send_reports(&a) + &send_reports(&b);
     let posts = collector.wait_posts(1).await;
-    assert_eq!(posts.len(), 1, "one report for {one}, not one per instance: {out}");
+    assert_eq!(
+        posts.len(),
+        1,
+        "one report for {one}, not one per instance: {out}"
+    );
     let report = parse_report(&posts[0].body);
     assert_eq!(report.policies.len(), 1, "{report:?}");
     assert_eq!(report.policies[0].policy_domain, one);
@@ -326,10 +331,17 @@ async fn instances_send_one_tls_report_per_domain_with_the_summed_counts() {
     send(&b, two, "b2").await;
     send(&b, two, "b3").await;
     let msgs = rx_two.wait_for(3).await;
-    assert!(msgs.iter().all(|m| m.tls.is_some()), "downgraded while Redis was down");
+    assert!(
+        msgs.iter().all(|m| m.tls.is_some()),
+        "downgraded while Redis was down"
+    );
     wait_count(&a, two, "sent", 1).await;
     wait_count(&b, two, "sent", 2).await;
-    assert_eq!(shared_sessions(&a), 2, "nothing can be shared while Redis is down");
+    assert_eq!(
+        shared_sessions(&a),
+        2,
+        "nothing can be shared while Redis is down"
+    );
 
     // Redis returns (empty): the local counts are merged, and the report has them all.
     redis.restart().await.unwrap();

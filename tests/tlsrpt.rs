@@ -10,20 +10,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "tlsrpt/collector.rs"]
+mod collector;
 mod common;
 #[allow(dead_code)]
 #[path = "tls_policy/support.rs"]
 mod support;
-#[path = "tlsrpt/collector.rs"]
-mod collector;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use collector::*;
 use common::Mxgate;
 use mxgate_testkit::certs::{sha256, TestCa, TestCert, Validity};
 use mxgate_testkit::dns::{DnsWorld, Signing};
@@ -33,9 +33,7 @@ use mxgate_testkit::postfix::submit;
 use mxgate_testkit::smtp::ReceivedMessage;
 use serde_json::Value;
 use support::*;
-use collector::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -257,4 +257,3 @@ pub fn parse_report(gzip: &[u8]) -> ParsedReport {
         policies,
     }
 }
-

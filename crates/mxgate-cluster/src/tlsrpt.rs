@@ -226,8 +226,11 @@ impl SharedCounters for RedisTlsRptCounters {
                 .collect();
             let (sum, skipped) = counts(&pairs);
             if skipped > 0 {
-                tracing::warn!(domain = key.policy_domain, skipped,
-                    "cluster: shared TLS-RPT counts of an unknown form ignored");
+                tracing::warn!(
+                    domain = key.policy_domain,
+                    skipped,
+                    "cluster: shared TLS-RPT counts of an unknown form ignored"
+                );
             }
             ClaimOutcome::Won(sum)
         })

@@ -33,7 +33,7 @@ pub use model::{
 pub use record::{Destination, TlsRptRecord};
 pub use report::{Report, Submitter};
 pub use service::{
-    start, Discover, DiscoverError, ListView, MailSink, SendSummary, Settings, StartError,
-    PostError, SubmitError, TlsRpt, TxtAnswer,
+    start, Discover, DiscoverError, ListView, MailSink, PostError, SendSummary, Settings,
+    StartError, SubmitError, TlsRpt, TxtAnswer,
 };
 pub use shared::{AddOutcome, ClaimOutcome, PeriodKey, SharedCounters};
