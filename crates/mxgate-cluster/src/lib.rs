@@ -1,18 +1,22 @@
 //! Several mxgate instances behaving as one (docs/scaling.md): with
 //! `[cluster] redis = "redis://HOST:PORT/DB"` they share their MTA-STS policies through
 //! Redis, so a policy fetched by one instance protects the others at once, even while
-//! the policy host is down.
+//! the policy host is down, and their TLS-RPT counters, so that each domain gets one
+//! report per period with every instance's sessions in it.
 //!
 //! [`Cluster`] holds one Redis connection (a `redis` crate `ConnectionManager`, which
 //! reconnects by itself) and a health task that pings Redis every
 //! [`HEALTH_INTERVAL`] and publishes `mxgate_cluster_up` (0/1). [`policy`] is the
-//! shared MTA-STS cache on top of it. Every Redis call is bounded by
+//! shared MTA-STS cache on top of it, [`tlsrpt`] the shared TLS-RPT counters and the
+//! election of the instance that reports. Every Redis call is bounded by
 //! [`OPERATION_TIMEOUT`]; when Redis is down or slow the instance goes on with its local
 //! cache: Redis never blocks a delivery for longer than that and never weakens a policy.
 //!
-//! This crate decides no policy, and nothing is shared when `cluster.redis` is empty.
+//! This crate decides no policy and builds no report, and nothing is shared when
+//! `cluster.redis` is empty.
 
 pub mod policy;
+pub mod tlsrpt;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -1,16 +1,18 @@
 //! Pure mapping from resolver results to typed answers with a DNSSEC status.
 //!
 //! No I/O here: these functions take what hickory (or the `trust-ad` stub) returned and
-//! decide Found / NODATA / NXDOMAIN / bogus / temporary failure. They do not follow
-//! CNAMEs (the resolver did) and do not decide policy.
+//! decide Found / NODATA / NXDOMAIN / bogus / temporary failure, and read back the
+//! CNAME chain the resolver followed ([`cname_chain`]). They do not query anything
+//! and do not decide policy.
 
 use hickory_resolver::net::{DnsError as HDnsError, NetError};
 use hickory_resolver::proto::dnssec::Proof;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
+use std::time::Duration;
 
-use crate::{Answer, DnsError, DnssecStatus, MxHost, MxLookup};
+use crate::{Alias, Answer, DnsError, DnssecStatus, MxHost, MxLookup};
 
 /// hickory's per-RRset proof as a status (RFC 4035 §4.3 names the same four states).
 pub fn status_of_proof(proof: Proof) -> DnssecStatus {
@@ -118,6 +120,74 @@ pub fn classify_hickory(
             rtype: rtype_str,
             detail: e.to_string(),
         }),
+    }
+}
+
+/// Longest CNAME chain read back; a longer one (or a loop) is not trusted as secure.
+const MAX_CNAME_LINKS: usize = 16;
+
+/// The CNAME chain from `qname` in the answer records of one lookup, if there is one:
+/// the fully expanded name and the weakest status of its links (`link_status` gives
+/// each CNAME record's). RFC 7672 §2.2.3 uses the expanded name as a TLSA base domain
+/// only when every link is secure; a chain that loops or runs longer than
+/// [`MAX_CNAME_LINKS`] is reported as indeterminate, so it never counts as secure.
+pub fn cname_chain(
+    qname: &Name,
+    records: &[Record],
+    link_status: impl Fn(&Record) -> DnssecStatus,
+) -> Option<Alias> {
+    let mut current = host_name(qname);
+    let mut status = DnssecStatus::Secure;
+    let mut links = 0;
+    while let Some((record, target)) = records.iter().find_map(|r| match &r.data {
+        RData::CNAME(c) if host_name(&r.name) == current => Some((r, host_name(&c.0))),
+        _ => None,
+    }) {
+        links += 1;
+        if links > MAX_CNAME_LINKS {
+            status = status.weakest(DnssecStatus::Indeterminate);
+            break;
+        }
+        status = status.weakest(link_status(record));
+        current = target;
+    }
+    (links > 0).then_some(Alias {
+        target: current,
+        status,
+    })
+}
+
+/// [`cname_chain`] of a hickory answer: each link by its validator proof.
+pub fn hickory_cname_chain(
+    qname: &Name,
+    result: &Result<Vec<Record>, NetError>,
+    source: StatusSource,
+) -> Option<Alias> {
+    let records = result.as_ref().ok()?;
+    cname_chain(qname, records, |r| match source {
+        StatusSource::Off => DnssecStatus::Insecure,
+        StatusSource::Validator => status_of_proof(r.proof),
+    })
+}
+
+/// How long the denial in a hickory result may be cached (RFC 2308 §5, see
+/// [`crate::negcache::denial_ttl`]); `None` for anything but a denial with an SOA.
+pub fn hickory_denial_ttl(result: &Result<Vec<Record>, NetError>) -> Option<Duration> {
+    match result {
+        Err(NetError::Dns(HDnsError::NoRecordsFound(nr))) => match &nr.soa {
+            Some(soa) => Some(
+                Duration::from_secs(u64::from(soa.ttl.min(soa.data.minimum)))
+                    .min(crate::negcache::MAX_TTL),
+            ),
+            None => nr
+                .authorities
+                .as_deref()
+                .and_then(crate::negcache::denial_ttl),
+        },
+        Err(NetError::Dns(HDnsError::Nsec { response, .. })) => {
+            crate::negcache::denial_ttl(&response.authorities)
+        }
+        _ => None,
     }
 }
 
@@ -354,6 +424,65 @@ mod tests {
             StatusSource::Validator,
         );
         assert!(matches!(got, Err(DnsError::Temporary { .. })));
+    }
+
+    #[test]
+    fn cname_chains_are_read_back_with_their_weakest_link() {
+        let cname = |owner: &str, target: &str, proof| {
+            rec(
+                owner,
+                RData::CNAME(hickory_resolver::proto::rr::rdata::CNAME(
+                    Name::from_ascii(target).unwrap(),
+                )),
+                proof,
+            )
+        };
+        let a = |owner: &str| rec(owner, RData::A(A::new(192, 0, 2, 1)), Proof::Secure);
+        let q = Name::from_ascii("MX.Example.").unwrap();
+        let by_proof = |r: &Record| status_of_proof(r.proof);
+        // No CNAME: no alias.
+        assert_eq!(cname_chain(&q, &[a("mx.example.")], by_proof), None);
+        // Two secure links.
+        let chain = [
+            cname("mx.example.", "b.example.", Proof::Secure),
+            cname("b.example.", "Target.Provider.", Proof::Secure),
+            a("target.provider."),
+        ];
+        assert_eq!(
+            cname_chain(&q, &chain, by_proof),
+            Some(Alias {
+                target: "target.provider".into(),
+                status: DnssecStatus::Secure
+            })
+        );
+        // One insecure link makes the chain insecure, whatever the order in the answer.
+        let chain = [
+            a("target.provider."),
+            cname("b.example.", "target.provider.", Proof::Insecure),
+            cname("mx.example.", "b.example.", Proof::Secure),
+        ];
+        assert_eq!(
+            cname_chain(&q, &chain, by_proof).map(|a| a.status),
+            Some(DnssecStatus::Insecure)
+        );
+        // A CNAME of another owner is not part of the chain.
+        let other = [cname("other.example.", "x.example.", Proof::Secure)];
+        assert_eq!(cname_chain(&q, &other, by_proof), None);
+        // A loop is never secure.
+        let looped = [
+            cname("mx.example.", "b.example.", Proof::Secure),
+            cname("b.example.", "mx.example.", Proof::Secure),
+        ];
+        assert_eq!(
+            cname_chain(&q, &looped, by_proof).map(|a| a.status),
+            Some(DnssecStatus::Indeterminate)
+        );
+        // Off mode: every link is insecure.
+        let chain = vec![cname("mx.example.", "t.example.", Proof::Secure)];
+        assert_eq!(
+            hickory_cname_chain(&q, &Ok(chain), StatusSource::Off).map(|a| a.status),
+            Some(DnssecStatus::Insecure)
+        );
     }
 
     #[test]

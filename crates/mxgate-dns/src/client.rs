@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -14,9 +14,10 @@ use hickory_resolver::{Resolver, TokioResolver};
 use mxgate_config::{DnsConfig, DnssecMode};
 
 use crate::classify::{self, StatusSource};
+use crate::negcache::NegativeCache;
 use crate::selftest::{self, SelfTest};
 use crate::stub::StubResolver;
-use crate::{AddrAnswer, Answer, DnsError, MxLookup, Tlsa};
+use crate::{AddrAnswer, Alias, Answer, DnsError, DnssecStatus, HostAddresses, MxLookup, Tlsa};
 
 enum Backend {
     Hickory(Box<TokioResolver>, StatusSource),
@@ -33,6 +34,8 @@ pub struct DnsClient {
     probe: String,
     /// The last resolver self-test passed (true until one has run).
     validates: AtomicBool,
+    /// NODATA and NXDOMAIN answers, kept as RFC 2308 says.
+    denials: NegativeCache,
 }
 
 impl DnsClient {
@@ -107,6 +110,7 @@ impl DnsClient {
             mode: config.dnssec,
             probe: config.dnssec_probe.clone(),
             validates: AtomicBool::new(true),
+            denials: NegativeCache::default(),
         })
     }
 
@@ -148,7 +152,7 @@ impl DnsClient {
         rtype: RecordType,
     ) -> Result<Answer<Record>, DnsError> {
         if name.trim_end_matches('.').is_empty() {
-            return self.lookup_fqdn(".", Name::root(), rtype).await;
+            return Ok(self.lookup_fqdn(".", Name::root(), rtype).await?.answer);
         }
         self.lookup(name, rtype).await
     }
@@ -160,7 +164,7 @@ impl DnsClient {
 
     /// Records of `rtype` at `name` (CNAMEs followed), with their status.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<Record>, DnsError> {
-        self.lookup_fqdn(name, fqdn(name)?, rtype).await
+        Ok(self.lookup_fqdn(name, fqdn(name)?, rtype).await?.answer)
     }
 
     async fn lookup_fqdn(
@@ -168,7 +172,15 @@ impl DnsClient {
         name: &str,
         fqdn: Name,
         rtype: RecordType,
-    ) -> Result<Answer<Record>, DnsError> {
+    ) -> Result<Lookup, DnsError> {
+        let key = fqdn.to_ascii();
+        if let Some(answer) = self.denials.get(&key, rtype, Instant::now()) {
+            return Ok(Lookup {
+                answer,
+                alias: None,
+                denial_ttl: None,
+            });
+        }
         let fut = async {
             match &self.backend {
                 Backend::Hickory(resolver, source) => {
@@ -176,13 +188,26 @@ impl DnsClient {
                         .lookup(fqdn.clone(), rtype)
                         .await
                         .map(|l| l.answers().to_vec());
-                    classify::classify_hickory(name, rtype, result, *source)
+                    let denial_ttl = classify::hickory_denial_ttl(&result);
+                    let alias = classify::hickory_cname_chain(&fqdn, &result, *source);
+                    classify::classify_hickory(name, rtype, result, *source).map(|answer| Lookup {
+                        answer,
+                        alias,
+                        denial_ttl,
+                    })
                 }
                 Backend::TrustAd(stub) => stub.lookup(name, &fqdn, rtype).await,
             }
         };
         match tokio::time::timeout(self.deadline, fut).await {
-            Ok(r) => r,
+            Ok(Ok(lookup)) => {
+                if let Some(ttl) = lookup.denial_ttl {
+                    self.denials
+                        .insert(&key, rtype, &lookup.answer, ttl, Instant::now());
+                }
+                Ok(lookup)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(DnsError::Temporary {
                 name: name.to_string(),
                 rtype: classify::rtype_name(rtype),
@@ -201,11 +226,23 @@ impl DnsClient {
     /// A and AAAA records of `host` (IPv4 first). The status is the weaker of the two
     /// lookups; NXDOMAIN only if the name does not exist.
     pub async fn addresses(&self, host: &str) -> Result<AddrAnswer, DnsError> {
+        Ok(self.host_addresses(host).await?.addresses)
+    }
+
+    /// [`DnsClient::addresses`] with the CNAME chain the lookups followed, for the TLSA
+    /// base domains of RFC 7672 §2.2.3.
+    pub async fn host_addresses(&self, host: &str) -> Result<HostAddresses, DnsError> {
+        let name = fqdn(host)?;
         let (a, aaaa) = tokio::join!(
-            self.lookup(host, RecordType::A),
-            self.lookup(host, RecordType::AAAA)
+            self.lookup_fqdn(host, name.clone(), RecordType::A),
+            self.lookup_fqdn(host, name, RecordType::AAAA)
         );
-        Ok(merge_addresses(a?, aaaa?))
+        let (a, aaaa) = (a?, aaaa?);
+        let alias = merge_aliases(a.alias, aaaa.alias);
+        Ok(HostAddresses {
+            addresses: merge_addresses(a.answer, aaaa.answer),
+            alias,
+        })
     }
 
     /// TLSA records at `_PORT._tcp.HOST` (RFC 6698 §3, RFC 7672 §2.2).
@@ -303,6 +340,31 @@ pub(crate) fn fqdn(name: &str) -> Result<Name, DnsError> {
     })
 }
 
+/// One lookup: the answer, the CNAME chain it followed and, for a denial, how long it
+/// may be cached.
+pub(crate) struct Lookup {
+    pub(crate) answer: Answer<Record>,
+    pub(crate) alias: Option<Alias>,
+    pub(crate) denial_ttl: Option<Duration>,
+}
+
+/// The CNAME chains of the A and the AAAA lookup → one. Both lead to the same name in
+/// a consistent zone; when they do not, the expansion is not trusted as secure (only
+/// the original name remains a TLSA base domain).
+pub(crate) fn merge_aliases(a: Option<Alias>, aaaa: Option<Alias>) -> Option<Alias> {
+    match (a, aaaa) {
+        (Some(a), Some(b)) if a.target == b.target => Some(Alias {
+            status: a.status.weakest(b.status),
+            target: a.target,
+        }),
+        (Some(a), Some(_)) => Some(Alias {
+            status: a.status.weakest(DnssecStatus::Indeterminate),
+            target: a.target,
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A + AAAA → one answer.
 pub(crate) fn merge_addresses(a: Answer<Record>, aaaa: Answer<Record>) -> AddrAnswer {
     let status = a.status().weakest(aaaa.status());
@@ -341,7 +403,6 @@ pub(crate) fn merge_addresses(a: Answer<Record>, aaaa: Answer<Record>) -> AddrAn
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::DnssecStatus;
     use hickory_resolver::proto::dnssec::Proof;
     use hickory_resolver::proto::rr::rdata::{A, AAAA};
 

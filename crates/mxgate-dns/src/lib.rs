@@ -14,11 +14,14 @@
 //! - `off`: no DNSSEC, every answer is [`DnssecStatus::Insecure`].
 //!
 //! The mapping from resolver results to typed answers is pure code ([`classify`]) with
-//! table tests. This crate does not decide policy (that is `mxgate-policy`), does not
-//! cache beyond hickory's TTL-bound cache, and does not do DNS-over-TLS/HTTPS.
+//! table tests. Denials (NODATA, NXDOMAIN) are cached here as RFC 2308 says
+//! ([`negcache`], since neither hickory's validator nor the stub keeps them); positive
+//! answers only in hickory's TTL-bound cache. This crate does not decide policy (that
+//! is `mxgate-policy`) and does not do DNS-over-TLS/HTTPS.
 
 pub mod classify;
 mod client;
+pub mod negcache;
 pub mod selftest;
 pub mod stub;
 
@@ -171,6 +174,33 @@ pub struct Tlsa {
 
 /// Addresses of one host (A and AAAA together).
 pub type AddrAnswer = Answer<IpAddr>;
+
+/// Where a name led through CNAME records (RFC 1034 §3.6.2): the fully expanded name
+/// and how well the chain is proven. RFC 7672 §2.2.3 asks for both: TLSA records are
+/// looked up at the expanded name only when every link of the chain is secure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// The target of the last CNAME, lower case without the trailing dot.
+    pub target: String,
+    /// The weakest status of the CNAME records of the chain: secure only when every
+    /// link is (in `trust-ad` mode the AD bit of the answer that carried the chain).
+    pub status: DnssecStatus,
+}
+
+impl Alias {
+    /// Every link of the chain is DNSSEC-secure.
+    pub fn is_secure(&self) -> bool {
+        self.status.is_secure()
+    }
+}
+
+/// The addresses of one host, and the CNAME chain the lookups followed to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddresses {
+    pub addresses: AddrAnswer,
+    /// `None` when the host name itself owns its address records.
+    pub alias: Option<Alias>,
+}
 
 /// A lookup that produced no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

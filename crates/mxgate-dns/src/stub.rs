@@ -15,7 +15,9 @@ use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::classify::{negative, rtype_name};
+use crate::classify::{cname_chain, negative, rtype_name};
+use crate::client::Lookup;
+use crate::negcache::denial_ttl;
 use crate::{Answer, DnsError, DnssecStatus};
 
 /// Queries a loopback validating resolver and trusts its AD bit.
@@ -32,16 +34,26 @@ impl StubResolver {
         Ok(StubResolver { servers, timeout })
     }
 
+    /// The answer, the CNAME chain it followed, and how long it may be cached if it is
+    /// a denial (RFC 2308 §5).
     pub(crate) async fn lookup(
         &self,
         name: &str,
         fqdn: &Name,
         rtype: RecordType,
-    ) -> Result<Answer<Record>, DnsError> {
+    ) -> Result<Lookup, DnsError> {
         let mut last = String::from("no nameserver answered");
         for server in &self.servers {
             match self.exchange(*server, fqdn, rtype).await {
-                Ok(msg) => return interpret(name, rtype, &msg),
+                Ok(msg) => {
+                    // The AD bit covers the whole answer, CNAME links included.
+                    let status = ad_status(&msg);
+                    return interpret(name, rtype, &msg).map(|answer| Lookup {
+                        answer,
+                        alias: cname_chain(fqdn, &msg.answers, |_| status),
+                        denial_ttl: denial_ttl(&msg.authorities),
+                    });
+                }
                 Err(e) => last = format!("{server}: {e}"),
             }
         }
@@ -114,13 +126,18 @@ impl StubResolver {
     }
 }
 
-/// The answer of a validating resolver: AD set = secure, else insecure.
-pub fn interpret(name: &str, rtype: RecordType, msg: &Message) -> Result<Answer<Record>, DnsError> {
-    let status = if msg.metadata.authentic_data {
+/// AD set = secure, else insecure.
+fn ad_status(msg: &Message) -> DnssecStatus {
+    if msg.metadata.authentic_data {
         DnssecStatus::Secure
     } else {
         DnssecStatus::Insecure
-    };
+    }
+}
+
+/// The answer of a validating resolver: AD set = secure, else insecure.
+pub fn interpret(name: &str, rtype: RecordType, msg: &Message) -> Result<Answer<Record>, DnsError> {
+    let status = ad_status(msg);
     let records: Vec<Record> = msg
         .answers
         .iter()
@@ -208,7 +225,8 @@ mod tests {
                 RecordType::A,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .answer;
         assert_eq!(got.status(), DnssecStatus::Secure);
         assert_eq!(got.records().len(), 1);
         server.await.unwrap();

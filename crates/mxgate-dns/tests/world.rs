@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mxgate_config::{DnsConfig, DnssecMode};
-use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxLookup};
+use mxgate_dns::{Alias, Answer, DnsClient, DnsError, DnssecStatus, MxLookup};
 use mxgate_testkit::dns::{DnsWorld, Signing};
 
 async fn world() -> DnsWorld {
@@ -28,6 +28,9 @@ async fn world() -> DnsWorld {
         .record("bogus.test. 300 IN MX 10 mx.bogus.test.")
         .record("mx.bogus.test. 300 IN A 127.0.0.4")
         .record("slow.secure.test. 300 IN A 127.0.0.5")
+        .record("alias.secure.test. 300 IN CNAME hop.secure.test.")
+        .record("hop.secure.test. 300 IN CNAME MX.secure.test.")
+        .record("alias.insecure.test. 300 IN CNAME mx.secure.test.")
         .drop_queries_for("slow.secure.test.")
         .start()
         .await
@@ -177,4 +180,118 @@ async fn trust_ad_mode_through_unbound() {
         c.mx("bogus.test").await,
         Err(DnsError::Temporary { .. })
     ));
+}
+
+/// RFC 2308: a denial is cached, so the AAAA lookup of an IPv4-only MX host (and the
+/// TLSA lookup of a host without TLSA) reaches the server once, not once per plan; in
+/// every mode, and with the DNSSEC status the first answer had.
+#[tokio::test]
+async fn denials_are_cached_per_rfc_2308() {
+    use hickory_proto::rr::RecordType;
+    let w = world().await;
+    for mode in [DnssecMode::Validate, DnssecMode::Off] {
+        let c = client(&w, mode);
+        let status = |s| {
+            if mode == DnssecMode::Off {
+                DnssecStatus::Insecure
+            } else {
+                s
+            }
+        };
+        for host in ["mx.secure.test", "mx.insecure.test"] {
+            let before = w.query_count(host, RecordType::AAAA);
+            for _ in 0..3 {
+                let a = c.addresses(host).await.unwrap();
+                assert_eq!(a.records().len(), 1, "{mode:?} {host}");
+            }
+            assert_eq!(
+                w.query_count(host, RecordType::AAAA) - before,
+                1,
+                "{mode:?} {host}: AAAA asked more than once"
+            );
+        }
+        for (host, want) in [
+            ("mx2.secure.test", status(DnssecStatus::Secure)),
+            ("mx.insecure.test", status(DnssecStatus::Insecure)),
+        ] {
+            let tlsa_name = format!("_25._tcp.{host}");
+            let before = w.query_count(&tlsa_name, RecordType::TLSA);
+            for _ in 0..2 {
+                let t = c.tlsa(25, host).await.unwrap();
+                assert_eq!(t, Answer::NxDomain { status: want }, "{mode:?} {host}");
+            }
+            assert_eq!(w.query_count(&tlsa_name, RecordType::TLSA) - before, 1);
+        }
+        // Bogus denials are never cached: each lookup asks again.
+        if mode == DnssecMode::Validate {
+            let name = "_25._tcp.mx.bogus.test";
+            let before = w.query_count(name, RecordType::TLSA);
+            assert!(matches!(
+                c.tlsa(25, "mx.bogus.test").await,
+                Err(DnsError::Bogus { .. })
+            ));
+            let once = w.query_count(name, RecordType::TLSA) - before;
+            assert!(once >= 1);
+            assert!(matches!(
+                c.tlsa(25, "mx.bogus.test").await,
+                Err(DnsError::Bogus { .. })
+            ));
+            assert_eq!(w.query_count(name, RecordType::TLSA) - before, 2 * once);
+        }
+    }
+}
+
+/// RFC 7672 §2.2.3 needs the expanded name of an MX host that is a CNAME and whether
+/// every link of the chain is secure: both come back with the addresses, in
+/// `validate` and in `trust-ad` mode.
+#[tokio::test]
+async fn cname_chains_come_back_with_the_addresses() {
+    let w = world().await;
+    let secure_chain = Some(Alias {
+        target: "mx.secure.test".into(),
+        status: DnssecStatus::Secure,
+    });
+    let insecure_chain = Some(Alias {
+        target: "mx.secure.test".into(),
+        status: DnssecStatus::Insecure,
+    });
+    let c = client(&w, DnssecMode::Validate);
+    let got = c.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain);
+    assert_eq!(got.addresses.status(), DnssecStatus::Secure);
+    assert_eq!(got.addresses.records().len(), 1);
+    // An insecure link makes the chain and the addresses insecure.
+    let got = c.host_addresses("alias.insecure.test").await.unwrap();
+    assert_eq!(got.alias, insecure_chain);
+    assert_eq!(got.addresses.status(), DnssecStatus::Insecure);
+    // No CNAME, no alias.
+    assert_eq!(
+        c.host_addresses("mx.secure.test").await.unwrap().alias,
+        None
+    );
+    // Asked again (AAAA NODATA now cached): the same chain.
+    let got = c.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain);
+    // Off mode: the chain is followed but never secure.
+    let off = client(&w, DnssecMode::Off);
+    let got = off.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias.map(|a| a.status), Some(DnssecStatus::Insecure));
+
+    use mxgate_testkit::dns::unbound::Unbound;
+    if !Unbound::available() {
+        eprintln!("unbound not installed: skipping the trust-ad half");
+        return;
+    }
+    let u = Unbound::start(&w).await.unwrap();
+    let stub = DnsClient::new(&DnsConfig {
+        nameservers: vec![u.addr()],
+        dnssec: DnssecMode::TrustAd,
+        timeout: Duration::from_secs(2),
+        ..DnsConfig::default()
+    })
+    .unwrap();
+    let got = stub.host_addresses("alias.secure.test").await.unwrap();
+    assert_eq!(got.alias, secure_chain, "{}", u.log());
+    let got = stub.host_addresses("alias.insecure.test").await.unwrap();
+    assert_eq!(got.alias, insecure_chain);
 }

@@ -1,45 +1,15 @@
 //! DANE for SMTP (RFC 7672, RFC 6698 §2.1, RFC 7671 §5): which TLSA records are
-//! usable, how a presented chain matches them ([`match_chain`], pure), and the rustls
-//! [`DaneVerifier`] built on that.
+//! usable and how a presented chain matches them ([`match_chain`], pure). The rustls
+//! verifier built on it is [`crate::verify::DaneVerifier`].
 //!
 //! This module does not look up TLSA records (the engine does, through mxgate-dns) and
 //! does not support PKIX-TA(0)/PKIX-EE(1): RFC 7672 §3.1.3 makes them unusable for SMTP.
 
-use std::fmt;
-use std::sync::Arc;
-
-use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::auth::Auth;
 use crate::plan::TlsaRecord;
-
-/// How a TLS session was authenticated (log field `auth=`, metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Auth {
-    None,
-    Pkix,
-    DaneEe,
-    DaneTa,
-}
-
-impl Auth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Auth::None => "none",
-            Auth::Pkix => "pkix",
-            Auth::DaneEe => "dane-ee",
-            Auth::DaneTa => "dane-ta",
-        }
-    }
-}
-
-impl fmt::Display for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 impl TlsaRecord {
     /// RFC 7672 §3.1 (paraphrased): SMTP clients support DANE-TA(2) and DANE-EE(3);
@@ -189,53 +159,6 @@ fn verify_to_anchor(
     } else {
         Err(DaneError::BadName(names.join(", ")))
     }
-}
-
-/// rustls verifier for a DANE requirement. The handshake signature is still checked
-/// against the leaf's key.
-#[derive(Debug)]
-pub struct DaneVerifier {
-    tlsa: Vec<TlsaRecord>,
-    names: Vec<String>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl DaneVerifier {
-    pub fn new(
-        tlsa: Vec<TlsaRecord>,
-        names: Vec<String>,
-        algs: WebPkiSupportedAlgorithms,
-    ) -> Arc<Self> {
-        Arc::new(DaneVerifier { tlsa, names, algs })
-    }
-}
-
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = Vec::with_capacity(intermediates.len() + 1);
-        chain.push(end_entity.clone());
-        chain.extend(intermediates.iter().cloned());
-        match match_chain(&self.tlsa, &chain, &self.names, now) {
-            Ok(_) => Ok(ServerCertVerified::assertion()),
-            // A typed certificate error, so delivery reports a DANE mismatch as such
-            // (RFC 8460 §4.3.2.1 `tlsa-invalid`); the detail goes to the log.
-            Err(e) => {
-                tracing::info!(names = ?self.names, "dane: {e}");
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-        }
-    }
-
-    crate::tls::verify_handshake_signatures_with_algs!();
 }
 
 #[cfg(test)]

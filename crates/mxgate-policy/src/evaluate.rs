@@ -10,7 +10,8 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::{CertificateError, Error as TlsError};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::dane::{match_chain, Auth, DaneError};
+use crate::auth::Auth;
+use crate::dane::{match_chain, DaneError};
 use crate::plan::TlsRequirement;
 use crate::reason::SkipReason;
 

@@ -1,25 +1,25 @@
-//! rustls client configurations per [`TlsRequirement`], and their verifiers.
+//! rustls client configurations per [`TlsRequirement`]: the trust roots, the protocol
+//! versions, which verifier (`verify.rs`) a requirement gets, and after a handshake
+//! which [`Auth`] it performed.
 //!
 //! Every configuration uses the ring provider, TLS 1.2+ (or 1.3 only), and rustls'
-//! default cipher suites (all AEAD with forward secrecy). Verifiers always check the
-//! handshake signature; what differs is how the certificate is judged:
-//! [`DangerAcceptAnyCertificate`] (opportunistic/encrypt), [`PkixNamesVerifier`]
-//! (verify, MTA-STS enforce) and [`crate::dane::DaneVerifier`]. This module does not
-//! open connections.
+//! default cipher suites (all AEAD with forward secrecy). This module does not open
+//! connections.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use mxgate_config::TlsVersion;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::CertificateDer;
 
-use crate::dane::{Auth, DaneVerifier};
+use crate::auth::Auth;
 use crate::plan::TlsRequirement;
+use crate::verify::{DaneVerifier, DangerAcceptAnyCertificate, PkixNamesVerifier};
 
 /// The protocol versions allowed at `min` (docs/policy.md: `min_tls_version` applies to
 /// every TLS connection). RFC 8996 §2/§3: TLS 1.0 and 1.1 "MUST NOT be used"; rustls
@@ -71,115 +71,6 @@ pub fn load_roots(ca_file: &Path) -> Result<RootCertStore, RootsError> {
     Ok(roots)
 }
 
-/// The handshake-signature half of [`ServerCertVerifier`], checked with `self.algs`
-/// (the provider's algorithms). Every verifier here checks handshake signatures the
-/// same way; only how the certificate is judged differs.
-macro_rules! verify_handshake_signatures_with_algs {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.algs.supported_schemes()
-        }
-    };
-}
-pub(crate) use verify_handshake_signatures_with_algs;
-
-/// Accepts any certificate, still checking the handshake signature. Only for levels
-/// that do not authenticate (`may`, `encrypt`, DANE with unusable TLSA records):
-/// docs/policy.md "none (any certificate)".
-#[derive(Debug)]
-pub struct DangerAcceptAnyCertificate {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for DangerAcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    verify_handshake_signatures_with_algs!();
-}
-
-/// PKIX to the configured roots, and ANY of `names` in the certificate (not only the
-/// SNI: a `match` list may differ from the MX name).
-#[derive(Debug)]
-pub struct PkixNamesVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    names: Vec<String>,
-}
-
-impl ServerCertVerifier for PkixNamesVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut last = rustls::Error::General("no reference identifier configured".into());
-        for name in &self.names {
-            let Ok(sn) = ServerName::try_from(name.as_str()) else {
-                continue;
-            };
-            match self
-                .inner
-                .verify_server_cert(end_entity, intermediates, &sn, ocsp_response, now)
-            {
-                Ok(v) => return Ok(v),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// Builds the rustls configuration for one requirement.
 pub fn build_client_config(
     provider: &Arc<CryptoProvider>,
@@ -190,17 +81,14 @@ pub fn build_client_config(
     let algs = provider.signature_verification_algorithms;
     let verifier: Arc<dyn ServerCertVerifier> = match requirement {
         TlsRequirement::Cleartext | TlsRequirement::Opportunistic | TlsRequirement::Encrypt => {
-            Arc::new(DangerAcceptAnyCertificate { algs })
+            DangerAcceptAnyCertificate::new(algs)
         }
         TlsRequirement::Pkix { names } => {
             let inner =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
-            Arc::new(PkixNamesVerifier {
-                inner,
-                names: names.clone(),
-            })
+            PkixNamesVerifier::new(inner, names.clone())
         }
         TlsRequirement::Dane { tlsa, names } => {
             DaneVerifier::new(tlsa.clone(), names.clone(), algs)

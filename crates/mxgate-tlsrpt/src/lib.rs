@@ -7,6 +7,8 @@
 //! - [`mail`]: the RFC 8460 §5.3 `multipart/report` mail, pure; [`dkim`] signs it.
 //! - [`store`]: the persisted counters and pending reports (`tlsrpt.path`).
 //! - [`service`]: the task that counts, saves, closes periods and sends.
+//! - [`shared`]: counters shared by several instances (one report per domain and
+//!   period from one of them); [`sharing`] is the service's side of it.
 //!
 //! Not here: deciding what a delivery session's policy and result were (the binary
 //! maps delivery's session facts into a [`SessionRecord`]), DNS (a [`Discover`] the
@@ -19,6 +21,8 @@ pub mod model;
 pub mod record;
 pub mod report;
 pub mod service;
+pub mod shared;
+pub mod sharing;
 pub mod store;
 pub mod time;
 
@@ -29,6 +33,7 @@ pub use model::{
 pub use record::{Destination, TlsRptRecord};
 pub use report::{Report, Submitter};
 pub use service::{
-    start, Discover, DiscoverError, ListView, MailSink, SendSummary, Settings, StartError,
-    SubmitError, TlsRpt, TxtAnswer,
+    start, Discover, DiscoverError, ListView, MailSink, PostError, SendSummary, Settings,
+    StartError, SubmitError, TlsRpt, TxtAnswer,
 };
+pub use shared::{AddOutcome, ClaimOutcome, PeriodKey, SharedCounters};

@@ -23,6 +23,8 @@ use crate::mail::{self, MailInput};
 use crate::model::{SessionRecord, SessionResult};
 use crate::record::{parse_records, record_name, Destination, RecordError};
 use crate::report::{self, Report, Submitter};
+use crate::shared::SharedCounters;
+use crate::sharing;
 use crate::store::{self, backoff, PendingReport, State};
 use crate::time::{now_unix, rfc3339};
 
@@ -40,6 +42,9 @@ pub struct Settings {
     /// The HTTPS client for `https:` destinations (the normal TLS roots plus
     /// `delivery.ca_file`).
     pub http: reqwest::Client,
+    /// Counters shared with other instances (`[cluster]`, docs/scaling.md); `None`:
+    /// this instance reports what it counted.
+    pub shared: Option<Arc<dyn SharedCounters>>,
 }
 
 /// A TXT answer with its TTL; no record (NXDOMAIN, NODATA) is an empty list.
@@ -186,7 +191,7 @@ pub fn start<D: Discover, M: MailSink>(
         path: settings.path.clone(),
         source,
     })?;
-    let state = match store::load(&settings.path) {
+    let mut state = match store::load(&settings.path) {
         Ok(Some(state)) => state,
         Ok(None) => State::new(now_unix(), settings.period),
         Err(e @ store::LoadError::Corrupt { .. }) => {
@@ -195,6 +200,14 @@ pub fn start<D: Discover, M: MailSink>(
         }
         Err(e) => return Err(e.into()),
     };
+    state.sharing = settings.shared.is_some();
+    if !state.sharing {
+        // Shared before, alone now: everything counted is this instance's to report.
+        state.current.unshared = Default::default();
+        for p in &mut state.pending {
+            p.shared = None;
+        }
+    }
     let (tx, rx) = mpsc::channel(CHANNEL);
     let ctx = Arc::new(Ctx {
         settings,
@@ -277,6 +290,9 @@ async fn run<D: Discover, M: MailSink>(
                     for p in &mut state.pending {
                         p.next_try = p.next_try.min(now);
                     }
+                    if let Some(shared) = &s.shared {
+                        sharing::resolve_due(&mut state, shared.as_ref(), now, s.period, s.send_delay).await;
+                    }
                     persist(&s.path, &state).await;
                     dirty = false;
                     let batch = take_due(&state, &mut in_flight, now);
@@ -294,6 +310,13 @@ async fn run<D: Discover, M: MailSink>(
                 }
             },
             _ = flush.tick() => {
+                if let Some(shared) = &s.shared {
+                    if !state.current.unshared.is_empty()
+                        && sharing::share_open(&mut state, shared.as_ref(), s.period, s.send_delay).await
+                    {
+                        dirty = true;
+                    }
+                }
                 if dirty {
                     persist(&s.path, &state).await;
                     dirty = false;
@@ -305,6 +328,12 @@ async fn run<D: Discover, M: MailSink>(
                     state.close(now, s.period, s.send_delay, &s.submitter.domain);
                     persist(&s.path, &state).await;
                     dirty = false;
+                }
+                if let Some(shared) = &s.shared {
+                    if sharing::resolve_due(&mut state, shared.as_ref(), now, s.period, s.send_delay).await {
+                        persist(&s.path, &state).await;
+                        dirty = false;
+                    }
                 }
                 for p in take_due(&state, &mut in_flight, now) {
                     let ctx = ctx.clone();
@@ -484,7 +513,7 @@ async fn send_report<D: Discover, M: MailSink>(ctx: Arc<Ctx<D, M>>, p: PendingRe
     let mut failed = false;
     for dest in destinations.iter().filter(|d| !p.sent_to.contains(d)) {
         let result = match dest {
-            Destination::Https(url) => post(&s.http, url, &gz).await,
+            Destination::Https(url) => post(&s.http, url, &gz).await.map_err(SendError::Post),
             Destination::Mailto(addr) => {
                 let now = now_unix();
                 let message = mail::build(&MailInput {
@@ -505,7 +534,7 @@ async fn send_report<D: Discover, M: MailSink>(ctx: Arc<Ctx<D, M>>, p: PendingRe
                 ctx.mail
                     .submit(&s.from, addr, message)
                     .await
-                    .map_err(|e| e.0)
+                    .map_err(SendError::Mail)
             }
         };
         let label = match &result {
@@ -523,7 +552,8 @@ async fn send_report<D: Discover, M: MailSink>(ctx: Arc<Ctx<D, M>>, p: PendingRe
             Err(e) => {
                 tracing::warn!(domain = %p.policy_domain, report_id = %p.report_id, to = %dest, error = %e, "TLS-RPT report not sent; will retry");
                 failed = true;
-                done.views.push(view(dest.to_string(), "failed", Some(e)));
+                done.views
+                    .push(view(dest.to_string(), "failed", Some(e.to_string())));
             }
         }
     }
@@ -531,29 +561,52 @@ async fn send_report<D: Discover, M: MailSink>(ctx: Arc<Ctx<D, M>>, p: PendingRe
     done
 }
 
+/// Why one address did not take a report.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Post(PostError),
+    #[error(transparent)]
+    Mail(SubmitError),
+}
+
+/// Why an `https:` report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// No HTTP response (connection, TLS, timeout); the text has the whole cause chain.
+    #[error("{}", chain(.0))]
+    Request(reqwest::Error),
+    /// The collector answered, but not with a 2xx.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+}
+
+/// An error and its sources, `: `-separated (reqwest's own text omits the cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// RFC 8460 §5.4: "The report is submitted as the body of an HTTP POST request
 /// ... Content-Type: application/tlsrpt+gzip"; any 2xx is success.
-async fn post(http: &reqwest::Client, url: &str, body: &[u8]) -> Result<(), String> {
+async fn post(http: &reqwest::Client, url: &str, body: &[u8]) -> Result<(), PostError> {
     let response = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/tlsrpt+gzip")
         .body(body.to_vec())
         .send()
         .await
-        .map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            msg
-        })?;
+        .map_err(PostError::Request)?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("HTTP {}", response.status()))
+        Err(PostError::Status(response.status()))
     }
 }
 

@@ -25,7 +25,12 @@ const STATE_FILE: &str = "state.json";
 pub struct OpenPeriod {
     pub start: u64,
     pub end: u64,
+    /// Every session this instance counted in the period.
     pub tally: Tally,
+    /// With shared counters (docs/scaling.md): the part of `tally` not yet added to
+    /// the shared store.
+    #[serde(default)]
+    pub unshared: Tally,
 }
 
 /// One report of a closed period: one policy domain, sent to every `rua` address.
@@ -44,14 +49,29 @@ pub struct PendingReport {
     pub attempts: u32,
     /// Given up after this time (the end of the following period).
     pub give_up_at: u64,
+    /// With shared counters: `Some` until the shared store's election has decided who
+    /// reports this domain and period, holding the part of `policies` not yet added
+    /// to the shared store. `None`: `policies` is what this instance sends.
+    #[serde(default)]
+    pub shared: Option<Vec<PolicyCounts>>,
 }
 
 /// Everything persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
+    /// Names this instance in the shared store's elections (random, kept).
+    #[serde(default = "new_instance_id")]
+    pub instance: String,
     pub current: OpenPeriod,
     pub pending: Vec<PendingReport>,
+    /// Counts are also shared with other instances (set by the service at start).
+    #[serde(skip)]
+    pub sharing: bool,
+}
+
+fn new_instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl State {
@@ -59,12 +79,15 @@ impl State {
         let (start, end) = period_containing(now, period);
         State {
             version: STATE_VERSION,
+            instance: new_instance_id(),
             current: OpenPeriod {
                 start,
                 end,
                 tally: Tally::default(),
+                unshared: Tally::default(),
             },
             pending: Vec::new(),
+            sharing: false,
         }
     }
 
@@ -80,6 +103,9 @@ impl State {
     ) {
         if now >= self.current.end {
             self.close(now, period, spread, submitter);
+        }
+        if self.sharing {
+            self.current.unshared.record(record.clone());
         }
         self.current.tally.record(record);
     }
@@ -98,12 +124,13 @@ impl State {
             (natural_end, period_containing(now, period))
         };
         let start = self.current.start;
-        let closed = std::mem::replace(
+        let mut closed = std::mem::replace(
             &mut self.current,
             OpenPeriod {
                 start: next.0,
                 end: next.1,
                 tally: Tally::default(),
+                unshared: Tally::default(),
             },
         );
         let len = period.as_secs().max(1);
@@ -113,6 +140,9 @@ impl State {
             } else {
                 rand::random::<u64>() % spread.as_secs().max(1)
             };
+            let shared = self
+                .sharing
+                .then(|| closed.unshared.domains.remove(&domain).unwrap_or_default());
             self.pending.push(PendingReport {
                 report_id: new_report_id(start, &domain, submitter),
                 policy_domain: domain,
@@ -123,6 +153,7 @@ impl State {
                 next_try: now + jitter,
                 attempts: 0,
                 give_up_at: now + len.max(spread.as_secs()) + len,
+                shared,
             });
         }
     }

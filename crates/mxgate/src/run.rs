@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxgate_cluster::policy::RedisPolicyCache;
+use mxgate_cluster::tlsrpt::RedisTlsRptCounters;
 use mxgate_cluster::Cluster;
 use mxgate_config::Config;
 use mxgate_delivery::Delivery;
@@ -80,10 +81,10 @@ async fn run_async(config: Config, config_path: Option<PathBuf>) -> Result<(), C
         config.server.hostname.clone(),
     );
     let tlsrpt = if config.tlsrpt.enabled {
-        Some(
-            crate::tlsrpt::settings(&config, dns.clone())
-                .map_err(|e| CliError::Startup(format!("tlsrpt: {e}")))?,
-        )
+        let counters = cluster.as_ref().map(|c| {
+            Arc::new(RedisTlsRptCounters::new(c.clone())) as Arc<dyn mxgate_tlsrpt::SharedCounters>
+        });
+        Some(crate::tlsrpt::settings(&config, dns.clone(), counters).map_err(startup("tlsrpt"))?)
     } else {
         None
     };

@@ -18,7 +18,7 @@ use mxgate_queue::{DeliveryJob, FailureKind, MessageStore, Outcome, Queue, Queue
 use mxgate_smtp::{Envelope, Notify, Recipient};
 use mxgate_tlsrpt::{
     Discover, DiscoverError, FailureDetail, MailSink, Policy, ResultType, SessionRecord,
-    SessionResult, SubmitError, Submitter, TlsRpt, TxtAnswer,
+    SessionResult, SharedCounters, SubmitError, Submitter, TlsRpt, TxtAnswer,
 };
 
 use crate::reload::ReloadablePolicy;
@@ -255,25 +255,41 @@ fn rand_id() -> u32 {
         .map_or(0, |d| d.subsec_nanos())
 }
 
-/// The service settings from the configuration.
-pub fn settings(config: &Config, dns: Arc<DnsClient>) -> Result<mxgate_tlsrpt::Settings, String> {
+/// Why the TLS-RPT service cannot be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("tlsrpt.dkim_key: {0}")]
+    Dkim(#[from] mxgate_tlsrpt::DkimError),
+    #[error("delivery.ca_file: {0}")]
+    Roots(#[from] mxgate_policy::tls::RootsError),
+    #[error("policy.min_tls_version: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the HTTPS client for report addresses: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The service settings from the configuration; `shared`: the cluster's counters.
+pub fn settings(
+    config: &Config,
+    dns: Arc<DnsClient>,
+    shared: Option<Arc<dyn SharedCounters>>,
+) -> Result<mxgate_tlsrpt::Settings, SettingsError> {
     let t = &config.tlsrpt;
     let host = &config.server.hostname;
     let dkim = if t.signs() {
-        Some(Arc::new(
-            mxgate_tlsrpt::DkimSigner::load(&t.dkim_domain, &t.dkim_selector, &t.dkim_key)
-                .map_err(|e| e.to_string())?,
-        ))
+        Some(Arc::new(mxgate_tlsrpt::DkimSigner::load(
+            &t.dkim_domain,
+            &t.dkim_selector,
+            &t.dkim_key,
+        )?))
     } else {
         None
     };
-    let roots =
-        mxgate_policy::tls::load_roots(&config.delivery.ca_file).map_err(|e| e.to_string())?;
+    let roots = mxgate_policy::tls::load_roots(&config.delivery.ca_file)?;
     let tls = rustls::ClientConfig::builder_with_provider(mxgate_policy::tls::provider())
         .with_protocol_versions(mxgate_policy::tls::protocol_versions(
             config.policy.min_tls_version,
-        ))
-        .map_err(|e| e.to_string())?
+        ))?
         .with_root_certificates(Arc::new(roots))
         .with_no_client_auth();
     let http = reqwest::Client::builder()
@@ -284,8 +300,7 @@ pub fn settings(config: &Config, dns: Arc<DnsClient>) -> Result<mxgate_tlsrpt::S
         .no_proxy()
         .https_only(true)
         .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     Ok(mxgate_tlsrpt::Settings {
         path: t.path.clone(),
         period: t.period,
@@ -299,5 +314,6 @@ pub fn settings(config: &Config, dns: Arc<DnsClient>) -> Result<mxgate_tlsrpt::S
         from: t.sender(host),
         dkim,
         http,
+        shared,
     })
 }
