@@ -37,8 +37,8 @@ def _finish(proc):
 def fsync_and_cpu(name, port, pid, sink, sessions, msgs, size, workdir, cpu=False):
     if shutil.which("perf") is None:
         return {"system": name, "error": "perf not installed"}
-    fs_data = os.path.join(workdir, f"perf-fsync-{name}.data")
-    cpu_data = os.path.join(workdir, f"perf-cpu-{name}.data")
+    fs_data = os.path.join(workdir, f"perf-fsync-{name}-{sessions}.data")
+    cpu_data = os.path.join(workdir, f"perf-cpu-{name}-{sessions}.data")
     fs = _start(["perf", "record", "-a", "-e", "syscalls:sys_enter_fsync", "-e",
                  "syscalls:sys_enter_fdatasync", "-o", fs_data])
     prof = _start(["perf", "record", "-F", "1999", "-g", "-p", str(pid), "-o", cpu_data]) if cpu else None

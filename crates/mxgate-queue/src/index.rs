@@ -218,4 +218,3 @@ pub(crate) struct PendingDsn {
     /// The attempts made so far (the wait grows with them).
     pub tries: u32,
 }
-
