@@ -561,7 +561,7 @@ async fn enforce_domain_that_moved_its_mx_and_bumped_its_id_is_delivered_at_once
         "fetched_at": now - 60,
     });
     // The very format the store reads (a file it could not read would hide the test).
-    serde_json::from_value::<mxgate_policy::sts::store::CachedPolicy>(old.clone()).unwrap();
+    serde_json::from_value::<mxgate_policy::sts::CachedPolicy>(old.clone()).unwrap();
     std::fs::write(cache.join(format!("{d}.json")), old.to_string()).unwrap();
     let mut s = settings(&world, port);
     s.ca_file = Some(ca_path);

@@ -314,6 +314,23 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
     )
     .await;
 
+    // A configured `dane-only` domain whose TLSA record matches another key: DNS
+    // supplies the records, but the level is the operator's, so `TLS-Required: No`
+    // does not lower it either.
+    let donly = "donly.dane.test";
+    world = mx_records(world, donly, 11).record(&tlsa(
+        port,
+        "mx.donly.dane.test",
+        3,
+        &sha256(&other.spki_der),
+    ));
+    let donly_mx = Mx::direct(
+        11,
+        port,
+        tls_config(&ca.issue(&["mx.donly.dane.test"], Validity::current())),
+    )
+    .await;
+
     let world = world.start().await.unwrap();
     let sts_names: Vec<String> = policies
         .iter()
@@ -332,7 +349,9 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
     s.mta_sts_port = https.port();
     // One attempt per deferred message, so the failure counts are exact.
     s.queue = "retry_intervals = [\"1h\"]\n".into();
-    s.domains = format!("\"{verify}\" = {{ level = \"verify\" }}\n");
+    s.domains = format!(
+        "\"{verify}\" = {{ level = \"verify\" }}\n\"{donly}\" = {{ level = \"dane-only\" }}\n"
+    );
     s.tlsrpt = format!(
         "send_delay = \"0s\"\nflush_interval = \"1s\"\norganization_name = \"mxgate tests\"\n\
          dkim_domain = \"relay.mxgate.test\"\ndkim_selector = \"tlsrpt\"\ndkim_key = {:?}\n",
@@ -346,16 +365,21 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
         submit_to(&gate, d).await;
     }
     submit_with(&gate, verify, "TLS-Required: No\r\n").await;
+    submit_with(&gate, donly, "TLS-Required: No\r\n").await;
     good_mx.receiver.wait_for(2).await;
     plain_mx.receiver.wait_for(2).await;
     testing_mx.receiver.wait_for(1).await;
     testcert_mx.receiver.wait_for(1).await;
-    for d in [bad, strip, dane, verify] {
+    for d in [bad, strip, dane, verify, donly] {
         log_line(&gate, d, "deferred").await;
     }
     assert!(
         verify_mx.receiver.messages().is_empty(),
         "a configured verify level must not be lowered"
+    );
+    assert!(
+        donly_mx.receiver.messages().is_empty(),
+        "a configured dane-only level must not be lowered"
     );
 
     // What will be reported, before it is sent.
@@ -649,6 +673,22 @@ fn successes(listed: &Value, domain: &str) -> u64 {
         .sum()
 }
 
+/// Waits until `tlsrpt list` counts `n` successful sessions for `domain`; fails if it
+/// counts more, or not that many in time.
+async fn wait_successes(gate: &Mxgate, domain: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = successes(&tlsrpt_list(gate), domain);
+        assert!(got <= n as u64, "{got} successes, {n} delivered\n{}", gate.log());
+        if got == n as u64 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{got} of {n} successes\n{}", gate.log());
+        // The control socket is the only view of the counters from outside.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the saved state mentions `needle` (the file is the only view of what a
 /// crash would keep).
 async fn wait_saved(dir: &std::path::Path, needle: &str) {
@@ -696,21 +736,22 @@ async fn counters_survive_kill_9_and_sigterm() {
     )
     .unwrap();
     gate.spawn();
-    assert_eq!(
-        successes(&tlsrpt_list(&gate), "plain.rpt.test"),
-        1,
-        "{}",
-        gate.log()
-    );
+    // kill -9 may land after the counters were saved but before the message's
+    // completion record reached the log (the at-least-once window of ARCHITECTURE.md):
+    // then it is delivered, and counted, once more. Either way every delivered session
+    // is counted exactly once.
+    common::world::queue_is_empty(&gate).await;
+    let delivered = mx.receiver.messages().len();
+    wait_successes(&gate, "plain.rpt.test", delivered).await;
     submit_to(&gate, "plain.rpt.test").await;
-    mx.receiver.wait_for(2).await;
-    log_line(&gate, "plain.rpt.test", "sent").await;
+    mx.receiver.wait_for(delivered + 1).await;
+    wait_successes(&gate, "plain.rpt.test", delivered + 1).await;
     gate.signal(libc::SIGTERM);
     assert!(gate.wait_exit().success());
     gate.spawn();
     assert_eq!(
         successes(&tlsrpt_list(&gate), "plain.rpt.test"),
-        2,
+        delivered as u64 + 1,
         "{}",
         gate.log()
     );
@@ -723,7 +764,7 @@ async fn counters_survive_kill_9_and_sigterm() {
     assert_eq!(report.policies[0].policy_type, "no-policy-found");
     assert_eq!(
         (report.policies[0].successes, report.policies[0].failures),
-        (2, 0)
+        (delivered as u64 + 1, 0)
     );
 }
 

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use mxgate_policy::sts::shared::{SharedFuture, SharedPolicyCache};
-use mxgate_policy::sts::store::{now_unix, CachedPolicy};
+use mxgate_policy::sts::store::now_unix;
+use mxgate_policy::sts::CachedPolicy;
 
 use crate::Cluster;
 

@@ -336,6 +336,7 @@ impl<P: Planner> Delivery<P> {
             domain: job.domain.clone(),
             level: Level::May,
             source: mxgate_policy::PolicySource::Config,
+            configured: Level::May,
             min_tls_version: self.policy.min_tls_version(),
             on_tls_failure: OnTlsFailure::Defer,
             mx: vec![mxgate_policy::MxPlan {
@@ -779,6 +780,7 @@ mod tests {
                 domain: domain.to_string(),
                 level: Level::None,
                 source: PolicySource::Config,
+                configured: Level::None,
                 min_tls_version: TlsVersion::Tls12,
                 on_tls_failure: OnTlsFailure::Defer,
                 mx: vec![MxPlan {

@@ -14,6 +14,14 @@ use std::time::Duration;
 
 use crate::{Alias, Answer, DnsError, DnssecStatus, MxHost, MxLookup};
 
+/// One lookup: the answer, the CNAME chain it followed and, for a denial, how long it
+/// may be cached.
+pub(crate) struct Lookup {
+    pub(crate) answer: Answer<Record>,
+    pub(crate) alias: Option<Alias>,
+    pub(crate) denial_ttl: Option<Duration>,
+}
+
 /// hickory's per-RRset proof as a status (RFC 4035 §4.3 names the same four states).
 pub fn status_of_proof(proof: Proof) -> DnssecStatus {
     match proof {

@@ -13,7 +13,7 @@ use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use mxgate_config::{DnsConfig, DnssecMode};
 
-use crate::classify::{self, StatusSource};
+use crate::classify::{self, Lookup, StatusSource};
 use crate::negcache::NegativeCache;
 use crate::selftest::{self, SelfTest};
 use crate::stub::StubResolver;
@@ -338,14 +338,6 @@ pub(crate) fn fqdn(name: &str) -> Result<Name, DnsError> {
     Name::from_ascii(format!("{trimmed}.")).map_err(|_| DnsError::InvalidName {
         name: name.to_string(),
     })
-}
-
-/// One lookup: the answer, the CNAME chain it followed and, for a denial, how long it
-/// may be cached.
-pub(crate) struct Lookup {
-    pub(crate) answer: Answer<Record>,
-    pub(crate) alias: Option<Alias>,
-    pub(crate) denial_ttl: Option<Duration>,
 }
 
 /// The CNAME chains of the A and the AAAA lookup → one. Both lead to the same name in

@@ -15,8 +15,7 @@ use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::classify::{cname_chain, negative, rtype_name};
-use crate::client::Lookup;
+use crate::classify::{cname_chain, negative, rtype_name, Lookup};
 use crate::negcache::denial_ttl;
 use crate::{Answer, DnsError, DnssecStatus};
 

@@ -185,6 +185,7 @@ impl PolicyEngine {
             domain,
             level: decision.level,
             source: decision.source,
+            configured: level,
             min_tls_version,
             on_tls_failure,
             mx,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::decide::{AddrFacts, HostFacts, TlsaFacts};
 use crate::plan::{DeliveryPlan, MxPlan, TlsRequirement, TlsaRecord};
 use crate::reason::{PlanError, SkipReason};
-use crate::sts::store::CachedPolicy;
+use crate::sts::CachedPolicy;
 
 /// `level` when no level could be decided (the destination's own DNS failed).
 pub const UNKNOWN_LEVEL: &str = "unknown";

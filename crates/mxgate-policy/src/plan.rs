@@ -101,6 +101,9 @@ pub struct DeliveryPlan {
     /// `auto`). `dane-only` stays `dane-only` for people; metrics label it `dane`.
     pub level: Level,
     pub source: PolicySource,
+    /// The level the operator set for this domain (`policy.domains`, else
+    /// `policy.default`); `auto` where the level is learned from the domain's DNS.
+    pub configured: Level,
     pub min_tls_version: TlsVersion,
     pub on_tls_failure: OnTlsFailure,
     pub mx: Vec<MxPlan>,
@@ -109,12 +112,15 @@ pub struct DeliveryPlan {
 impl DeliveryPlan {
     /// The plan for a message carrying `TLS-Required: No` (RFC 8689 §5: the sender
     /// asks that TLS policies "such as MTA-STS and DANE" be ignored so the message gets
-    /// through). Only levels learned from the destination's DNS are lowered, to `may`
-    /// on every MX (an MX that MTA-STS excluded becomes dialable); a level the operator
-    /// configured (`source = config`) stays, and so does the fallback (never above
-    /// what the operator chose).
+    /// through). Only levels learned from the destination's DNS under `auto` are
+    /// lowered, to `may` on every MX (an MX that MTA-STS excluded becomes dialable); a
+    /// level the operator configured (`mta-sts`, `dane`, `dane-only` included, in
+    /// `policy.domains` or as `policy.default`) stays, and so does the fallback (never
+    /// above what the operator chose).
     pub fn lowered_for_tls_required_no(mut self) -> DeliveryPlan {
-        if !matches!(self.source, PolicySource::MtaSts | PolicySource::Dane) {
+        if self.configured != Level::Auto
+            || !matches!(self.source, PolicySource::MtaSts | PolicySource::Dane)
+        {
             return self;
         }
         self.level = Level::May;
@@ -137,6 +143,7 @@ mod tests {
     use super::*;
 
     fn plan(
+        configured: Level,
         source: PolicySource,
         level: Level,
         requirement: Result<TlsRequirement, SkipReason>,
@@ -145,6 +152,7 @@ mod tests {
             domain: "d.example".into(),
             level,
             source,
+            configured,
             min_tls_version: TlsVersion::Tls12,
             on_tls_failure: OnTlsFailure::Defer,
             mx: vec![MxPlan {
@@ -182,6 +190,7 @@ mod tests {
         };
         let cases = [
             (
+                Level::Auto,
                 PolicySource::MtaSts,
                 Level::MtaSts,
                 pkix(),
@@ -189,6 +198,7 @@ mod tests {
                 Ok(TlsRequirement::Opportunistic),
             ),
             (
+                Level::Auto,
                 PolicySource::MtaSts,
                 Level::MtaSts,
                 excluded(),
@@ -196,6 +206,7 @@ mod tests {
                 Ok(TlsRequirement::Opportunistic),
             ),
             (
+                Level::Auto,
                 PolicySource::Dane,
                 Level::Dane,
                 dane(),
@@ -203,6 +214,7 @@ mod tests {
                 Ok(TlsRequirement::Opportunistic),
             ),
             (
+                Level::Auto,
                 PolicySource::MtaSts,
                 Level::MtaSts,
                 no_address(),
@@ -210,6 +222,7 @@ mod tests {
                 no_address(),
             ),
             (
+                Level::Verify,
                 PolicySource::Config,
                 Level::Verify,
                 pkix(),
@@ -217,6 +230,7 @@ mod tests {
                 pkix(),
             ),
             (
+                Level::DaneOnly,
                 PolicySource::Config,
                 Level::DaneOnly,
                 dane(),
@@ -224,6 +238,7 @@ mod tests {
                 dane(),
             ),
             (
+                Level::Auto,
                 PolicySource::Fallback,
                 Level::Encrypt,
                 Ok(TlsRequirement::Encrypt),
@@ -231,17 +246,44 @@ mod tests {
                 Ok(TlsRequirement::Encrypt),
             ),
             (
+                Level::Auto,
                 PolicySource::Fallback,
                 Level::None,
                 Ok(TlsRequirement::Cleartext),
                 Level::None,
                 Ok(TlsRequirement::Cleartext),
+            ),
+            // Levels the operator configured stay, even where DNS supplied the records.
+            (
+                Level::DaneOnly,
+                PolicySource::Dane,
+                Level::DaneOnly,
+                dane(),
+                Level::DaneOnly,
+                dane(),
+            ),
+            (
+                Level::Dane,
+                PolicySource::Dane,
+                Level::Dane,
+                dane(),
+                Level::Dane,
+                dane(),
+            ),
+            (
+                Level::MtaSts,
+                PolicySource::MtaSts,
+                Level::MtaSts,
+                excluded(),
+                Level::MtaSts,
+                excluded(),
             ),
         ];
-        for (source, level, req, want_level, want_req) in cases {
-            let lowered = plan(source, level, req).lowered_for_tls_required_no();
-            assert_eq!(lowered.level, want_level, "{source:?} {level:?}");
-            assert_eq!(lowered.mx[0].requirement, want_req, "{source:?} {level:?}");
+        for (configured, source, level, req, want_level, want_req) in cases {
+            let lowered = plan(configured, source, level, req).lowered_for_tls_required_no();
+            assert_eq!(lowered.level, want_level, "{configured:?} {source:?} {level:?}");
+            let got = &lowered.mx[0].requirement;
+            assert_eq!(got, &want_req, "{configured:?} {source:?} {level:?}");
             assert_eq!(lowered.source, source);
         }
     }

@@ -19,6 +19,7 @@ fn plan(level: Level, source: PolicySource, mx: Vec<MxPlan>) -> Result<DeliveryP
         domain: "example.com".into(),
         level,
         source,
+        configured: Level::Auto,
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
         mx,

@@ -179,6 +179,7 @@ pub fn plan(
         domain: "dest.test".into(),
         level,
         source: PolicySource::Config,
+        configured: level,
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
         mx: mx

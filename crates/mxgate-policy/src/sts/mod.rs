@@ -1,6 +1,6 @@
 //! MTA-STS (RFC 8461): the TXT record and policy parsers (pure), the HTTPS fetch
 //! ([`fetch`]), the persistent policy store ([`store`]) and the trait of a cache shared
-//! between instances ([`shared`]).
+//! between instances ([`shared`]); [`CachedPolicy`] is what the last two hold.
 //!
 //! The parsers are strict where the RFC is normative and lenient only where it says
 //! to ignore (unknown fields). They do not do I/O and do not decide delivery: that is
@@ -10,11 +10,43 @@ pub mod fetch;
 pub mod shared;
 pub mod store;
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
 use serde::{Deserialize, Serialize};
 
 /// RFC 8461 §3.2: "max_age: Max lifetime of the policy (plaintext non-negative integer
 /// seconds, maximum value of 31557600)."
 pub const MAX_AGE_LIMIT: u64 = 31_557_600;
+
+/// One cached policy, as stored on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPolicy {
+    pub domain: String,
+    pub id: String,
+    pub policy: MtaStsPolicy,
+    /// Unix seconds.
+    pub fetched_at: u64,
+}
+
+impl CachedPolicy {
+    pub fn expires_at(&self) -> u64 {
+        self.fetched_at.saturating_add(self.policy.max_age)
+    }
+
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.expires_at()
+    }
+
+    /// When to refresh proactively: between 50 % and 75 % of max_age, per domain.
+    pub fn refresh_at(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.domain.hash(&mut h);
+        let share = 50 + h.finish() % 26; // percent
+        self.fetched_at
+            .saturating_add(self.policy.max_age.saturating_mul(share) / 100)
+    }
+}
 
 /// `mode` of a policy (RFC 8461 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

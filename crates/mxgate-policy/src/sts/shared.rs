@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::store::CachedPolicy;
+use super::CachedPolicy;
 
 /// A future returned by a [`SharedPolicyCache`].
 pub type SharedFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

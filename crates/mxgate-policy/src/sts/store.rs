@@ -7,49 +7,17 @@
 //! policy with a growing back-off. A corrupt cache file is logged and ignored. The store
 //! does not decide delivery and never holds a map guard across an `.await`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
 use super::fetch::{StsSource, TxtOutcome};
 use super::shared::SharedPolicyCache;
-use super::MtaStsPolicy;
+use super::CachedPolicy;
 use crate::decide::StsState;
-
-/// One cached policy, as stored on disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedPolicy {
-    pub domain: String,
-    pub id: String,
-    pub policy: MtaStsPolicy,
-    /// Unix seconds.
-    pub fetched_at: u64,
-}
-
-impl CachedPolicy {
-    pub fn expires_at(&self) -> u64 {
-        self.fetched_at.saturating_add(self.policy.max_age)
-    }
-
-    pub fn is_fresh(&self, now: u64) -> bool {
-        now < self.expires_at()
-    }
-
-    /// When to refresh proactively: between 50 % and 75 % of max_age, per domain.
-    pub fn refresh_at(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.domain.hash(&mut h);
-        let share = 50 + h.finish() % 26; // percent
-        self.fetched_at
-            .saturating_add(self.policy.max_age.saturating_mul(share) / 100)
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Entry {
@@ -386,7 +354,7 @@ fn write_atomic(dir: &Path, path: &Path, p: &CachedPolicy) -> std::io::Result<()
 mod tests {
     use super::*;
     use crate::sts::fetch::{BoxFut, FetchError};
-    use crate::sts::MtaStsMode;
+    use crate::sts::{MtaStsMode, MtaStsPolicy};
     use std::sync::Mutex;
 
     /// A scripted source: TXT answer and fetch result per call, counting fetches.
