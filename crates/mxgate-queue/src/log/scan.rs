@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(scan.cut_at, Some(d_at + d.len() as u64));
         assert!(!scan.not_a_segment);
         // A damaged body counts only where bodies are verified (the last segment).
-        let mut bad_body = segment(&[m.clone()]);
+        let mut bad_body = segment(std::slice::from_ref(&m));
         let last = bad_body.len() - 1;
         bad_body[last] ^= 1;
         assert_eq!(scan_segment(&bad_body, true).unwrap().cut_at, Some(m_at));
