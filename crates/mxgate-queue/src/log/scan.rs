@@ -26,6 +26,8 @@ pub(crate) enum Item {
         rec: MessageRec,
         /// Offset of the body in the segment.
         body_offset: u64,
+        /// Length of the record's header and metadata (the body follows them).
+        head_len: u64,
         body_len: u64,
         body_crc: u32,
     },
@@ -112,6 +114,7 @@ fn read_record<S: Source + ?Sized>(
             Ok(rec) => Item::Message {
                 rec,
                 body_offset,
+                head_len: meta_end as u64,
                 body_len: h.body_len,
                 body_crc: h.body_crc,
             },
