@@ -594,11 +594,12 @@ impl Queue {
                 }
             }
         }
-        // While a DSN of an earlier bounce of this message is parked, the message
-        // stays (its bounce is not on disk yet) and leaves once that DSN is stored
+        // While another task of this message runs (it may be storing the DSN of a
+        // bounce already final in memory) or a DSN of an earlier bounce is parked, the
+        // message stays, and the last of them to end removes it
         // (`Queue::remove_if_done`): this job's outcome must then be on disk itself.
         let lines = if needs_state_record(
-            final_now && !self.has_parked_dsn(id),
+            final_now && !self.removal_waits(id),
             !failed.is_empty(),
             !delayed.is_empty(),
         ) {
@@ -610,7 +611,7 @@ impl Queue {
             lines
         };
         if final_now {
-            if self.has_parked_dsn(id) {
+            if self.removal_waits(id) {
                 let _ = self.persist(id, lines).await;
             } else if let Err(e) = self.remove(id, false).await {
                 tracing::error!(id = %id, error = %e, "cannot record the message as done");
@@ -619,12 +620,14 @@ impl Queue {
         self.count_recorded();
     }
 
-    /// Whether `id` has bounces whose DSN is not stored yet.
-    fn has_parked_dsn(&self, id: &QueueId) -> bool {
+    /// Whether a finished message must wait for something else of it before it may
+    /// leave: bounces whose DSN is not stored yet, or a job, operator action or DSN
+    /// retry other than the caller's (each holds one `busy`) still running.
+    fn removal_waits(&self, id: &QueueId) -> bool {
         self.lock()
             .msgs
             .get(id)
-            .is_some_and(|e| e.dsn_retry.is_some())
+            .is_some_and(|e| e.dsn_retry.is_some() || e.busy > 1)
     }
 
     /// The wait before the `tries`+1-th attempt to store a parked DSN.
