@@ -281,7 +281,10 @@ mod tests {
         ];
         for (configured, source, level, req, want_level, want_req) in cases {
             let lowered = plan(configured, source, level, req).lowered_for_tls_required_no();
-            assert_eq!(lowered.level, want_level, "{configured:?} {source:?} {level:?}");
+            assert_eq!(
+                lowered.level, want_level,
+                "{configured:?} {source:?} {level:?}"
+            );
             let got = &lowered.mx[0].requirement;
             assert_eq!(got, &want_req, "{configured:?} {source:?} {level:?}");
             assert_eq!(lowered.source, source);
