@@ -340,6 +340,7 @@ impl<P: Planner> Delivery<P> {
             configured: Level::May,
             min_tls_version: self.policy.min_tls_version(),
             on_tls_failure: OnTlsFailure::Defer,
+            mta_sts_failure: None,
             mx: vec![mxgate_policy::MxPlan {
                 host,
                 preference: 0,
@@ -518,6 +519,10 @@ impl Reporter<'_> {
             local_addr: None,
             requirement: None,
             tls: None,
+            mta_sts_failure: self.plan.mta_sts_failure.as_ref().map(|e| SessionFailure {
+                kind: decide::sts_fetch_kind(e.class()),
+                reason: decide::bounded(&format!("mta-sts: {e}")),
+            }),
             result: Ok(()),
             is_tls_report: self.is_tls_report,
         }
@@ -758,6 +763,7 @@ mod tests {
                 configured: Level::None,
                 min_tls_version: TlsVersion::Tls12,
                 on_tls_failure: OnTlsFailure::Defer,
+                mta_sts_failure: None,
                 mx: vec![MxPlan {
                     host: "mx.test".into(),
                     preference: 0,
