@@ -182,6 +182,7 @@ pub fn plan(
         configured: level,
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
+        mta_sts_failure: None,
         mx: mx
             .into_iter()
             .enumerate()
