@@ -495,7 +495,7 @@ impl Queue {
                         let reported = failure
                             .status
                             .with_class(mxgate_smtp::StatusClass::Permanent);
-                        tracing::info!(id = %due.id, to = %address, status = %reported, reason = ?why, diagnostic = %failure.diagnostic, "recipient bounced");
+                        tracing::info!(id = %due.id, to = %format_args!("<{}>", mxgate_smtp::LogValue(&address)), status = %reported, reason = %record::reason_str(why), diagnostic = mxgate_smtp::log_quoted(&failure.diagnostic).as_str(), "recipient bounced");
                         r.status = RecipientStatus::Bounced;
                         r.last_error = Some(failure.clone());
                         r.why = Some(why);
