@@ -679,11 +679,19 @@ async fn wait_successes(gate: &Mxgate, domain: &str, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let got = successes(&tlsrpt_list(gate), domain);
-        assert!(got <= n as u64, "{got} successes, {n} delivered\n{}", gate.log());
+        assert!(
+            got <= n as u64,
+            "{got} successes, {n} delivered\n{}",
+            gate.log()
+        );
         if got == n as u64 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{got} of {n} successes\n{}", gate.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{got} of {n} successes\n{}",
+            gate.log()
+        );
         // The control socket is the only view of the counters from outside.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -106,6 +106,11 @@ pub struct DeliveryPlan {
     pub configured: Level,
     pub min_tls_version: TlsVersion,
     pub on_tls_failure: OnTlsFailure,
+    /// The TCP port every MX of the plan is dialled on (`delivery.smtp_port` of the
+    /// engine that made the plan). Its DANE requirements come from the TLSA records of
+    /// `_PORT._tcp.HOST` for this very port (RFC 6698 §3, RFC 7672 §2.2.3), so delivery
+    /// dials this port and no other.
+    pub port: u16,
     pub mx: Vec<MxPlan>,
 }
 
@@ -155,6 +160,7 @@ mod tests {
             configured,
             min_tls_version: TlsVersion::Tls12,
             on_tls_failure: OnTlsFailure::Defer,
+            port: 25,
             mx: vec![MxPlan {
                 host: "mx.d.example".into(),
                 preference: 10,
@@ -281,7 +287,10 @@ mod tests {
         ];
         for (configured, source, level, req, want_level, want_req) in cases {
             let lowered = plan(configured, source, level, req).lowered_for_tls_required_no();
-            assert_eq!(lowered.level, want_level, "{configured:?} {source:?} {level:?}");
+            assert_eq!(
+                lowered.level, want_level,
+                "{configured:?} {source:?} {level:?}"
+            );
             let got = &lowered.mx[0].requirement;
             assert_eq!(got, &want_req, "{configured:?} {source:?} {level:?}");
             assert_eq!(lowered.source, source);
