@@ -60,6 +60,9 @@ pub(crate) struct Entry {
     /// bounce is recorded only once the DSN is on disk.
     pub dsn_retry: Option<Box<PendingDsn>>,
     pub size: u64,
+    /// Length of the message record's header and metadata (the record is this plus
+    /// `size`): what the message costs in the spool (compaction's accounting).
+    pub head_len: u64,
     pub dsn: bool,
     /// The delay warning (`queue.delay_warning`) has been sent for this message.
     pub warned: bool,
@@ -82,8 +85,9 @@ impl Entry {
 pub(crate) struct SegUse {
     /// Live messages with a record in it.
     pub msgs: u32,
-    /// Body bytes of the live messages whose message record is in it.
-    pub body_bytes: u64,
+    /// Bytes of the message records (header, metadata, body) of the live messages
+    /// whose message record is in it.
+    pub live_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +100,11 @@ pub(crate) struct Index {
     pub schedule: BTreeSet<(u64, QueueId)>,
     /// Use of every segment that live messages have records in.
     pub segs: BTreeMap<u64, SegUse>,
+    /// The sum of every segment's `live_bytes`: what the queued mail needs on disk.
+    pub live_bytes: u64,
+    /// A compaction pass could not free the oldest segment (a message in it was busy):
+    /// the next pass is not before this time (ms on the queue's clock).
+    pub compact_after_ms: u64,
     /// The oldest segment that may still exist on disk; segments are removed in order.
     pub oldest_seg: u64,
     /// Body bytes held in memory for first attempts.
@@ -113,7 +122,9 @@ impl Index {
         for &s in &entry.segs {
             self.segs.entry(s).or_default().msgs += 1;
         }
-        self.segs.entry(entry.loc.seg).or_default().body_bytes += entry.size;
+        let bytes = entry.head_len + entry.size;
+        self.segs.entry(entry.loc.seg).or_default().live_bytes += bytes;
+        self.live_bytes += bytes;
         if entry.mem.is_some() {
             self.mem_used += entry.size;
         }
@@ -131,9 +142,11 @@ impl Index {
                 u.msgs = u.msgs.saturating_sub(1);
             }
         }
+        let bytes = e.head_len + e.size;
         if let Some(u) = self.segs.get_mut(&e.loc.seg) {
-            u.body_bytes = u.body_bytes.saturating_sub(e.size);
+            u.live_bytes = u.live_bytes.saturating_sub(bytes);
         }
+        self.live_bytes = self.live_bytes.saturating_sub(bytes);
         if e.mem.is_some() {
             self.mem_used = self.mem_used.saturating_sub(e.size);
         }
@@ -174,17 +187,23 @@ impl Index {
         out
     }
 
-    /// Brings `schedule` up to date after recipients of `id` changed.
+    /// Brings `schedule` up to date after recipients of `id` changed, or after an
+    /// operator action or a compaction copy of it began or ended: while one waits or
+    /// runs, no job may start, so the message is not in `schedule` at all (else the
+    /// scheduler would find it due and skip it over and over, a busy loop).
     pub fn reschedule(&mut self, id: &QueueId) {
         let Some(e) = self.msgs.get_mut(id) else {
             return;
         };
-        let key = e
-            .rcpts
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Pending && !r.in_flight)
-            .map(|r| r.next_ms)
-            .min();
+        let key = if e.op.is_some() || e.moving {
+            None
+        } else {
+            e.rcpts
+                .iter()
+                .filter(|r| r.status == RecipientStatus::Pending && !r.in_flight)
+                .map(|r| r.next_ms)
+                .min()
+        };
         if key != e.sched {
             if let Some(old) = e.sched {
                 self.schedule.remove(&(old, id.clone()));
@@ -208,13 +227,18 @@ pub(crate) struct Snapshot {
     pub mem: Option<Bytes>,
 }
 
-/// A bounce whose DSN could not be stored yet: everything `finish` needs to try again.
+/// Bounces whose DSN could not be stored yet (disk full), with the state lines of the
+/// jobs that bounced them: retried by the scheduler; the lines are written only once
+/// the DSN is stored. A message has at most one; a bounce parked while one exists is
+/// appended to it (`failed` and `lines` only grow at the end, so a retry knows what
+/// it covered by their lengths when it began).
 #[derive(Debug, Clone)]
 pub(crate) struct PendingDsn {
     pub snapshot: Snapshot,
     pub lines: Vec<StateRec>,
     pub failed: Vec<FailedRecipient>,
-    pub final_now: bool,
     /// The attempts made so far (the wait grows with them).
     pub tries: u32,
+    /// Its key in [`Index::dsn_due`]; `None` while a retry runs.
+    pub due: Option<u64>,
 }

@@ -27,6 +27,7 @@ mod scheduler;
 mod spool;
 pub mod transport;
 
+pub use log::scan::{encode_record, scan_segment, RecordKind, ScannedRecord, SegmentScan};
 pub use log::writer::Tuning;
 pub use queue::{
     FinalEvent, MessageSummary, Queue, QueueCounts, QueueError, QueueSettings, RecipientSummary,

@@ -127,6 +127,8 @@ pub struct Queue {
     pub(crate) tuning: Tuning,
     /// A compaction pass is running.
     pub(crate) compacting: std::sync::atomic::AtomicBool,
+    /// Turns of the scheduler loop (each a wake-up), for tests.
+    pub(crate) wakeups: std::sync::atomic::AtomicU64,
     ids: Mutex<IdGen>,
     events: broadcast::Sender<FinalEvent>,
     counts: watch::Sender<QueueCounts>,
@@ -191,6 +193,7 @@ impl Queue {
             log,
             tuning,
             compacting: std::sync::atomic::AtomicBool::new(false),
+            wakeups: std::sync::atomic::AtomicU64::new(0),
             ids: Mutex::new(idgen),
             events,
             counts: watch::Sender::new(QueueCounts::default()),
@@ -287,6 +290,7 @@ impl Queue {
                     moving: false,
                     dsn_retry: None,
                     size,
+                    head_len,
                     dsn,
                     warned: false,
                     rcpts,
@@ -353,29 +357,41 @@ impl Queue {
         out
     }
 
-    /// Removes segments nobody needs any more (oldest first), and starts a compaction
-    /// pass when the oldest one is mostly dead.
+    /// Removes segments nobody needs any more (oldest first), and wakes the scheduler
+    /// when compaction has work now.
     pub(crate) fn trim_segments(&self, index: &mut Index) {
         let active = self.log.active();
         for seg in index.removable_segments(active) {
             self.log.remove(seg);
         }
-        let oldest = index.oldest_seg;
-        if oldest + 1 < active {
-            let live = index.segs.get(&oldest).map_or(0, |u| u.body_bytes);
-            if live <= self.tuning.segment_bytes / 4 {
-                self.wake.notify_one(); // the scheduler loop starts compaction
-            }
+        if self
+            .compaction_due(index)
+            .is_some_and(|at| at <= self.now_ms())
+        {
+            self.wake.notify_one(); // the scheduler loop starts compaction
         }
     }
 
-    /// Whether compaction has work: the oldest segment is closed, not the one before
-    /// the active one, and mostly dead.
-    pub(crate) fn wants_compaction(&self, index: &Index) -> bool {
+    /// When compaction has work, the earliest time its next pass may start (now, or
+    /// later after a pass that could not free the oldest segment). It has work when
+    /// the oldest segment is closed, not the one before the active one, and either
+    /// mostly dead (its live records fill at most a quarter of a segment) or the
+    /// closed segments (counted as full) hold more than twice the live records plus
+    /// one segment: then even a busy oldest segment is copied forward, since segments
+    /// are removed in order and it keeps every newer one on disk. That is the bound of
+    /// docs/operations.md; with more than that on disk at least the live bytes plus
+    /// one segment are dead, so a pass through the log copies less than it frees.
+    pub(crate) fn compaction_due(&self, index: &Index) -> Option<u64> {
         let active = self.log.active();
         let oldest = index.oldest_seg;
-        oldest + 1 < active
-            && index.segs.get(&oldest).map_or(0, |u| u.body_bytes) <= self.tuning.segment_bytes / 4
+        if oldest + 1 >= active {
+            return None;
+        }
+        let seg = self.tuning.segment_bytes;
+        let live = index.segs.get(&oldest).map_or(0, |u| u.live_bytes);
+        let closed = (active - oldest).saturating_mul(seg);
+        let over = closed > index.live_bytes.saturating_mul(2).saturating_add(seg);
+        (live <= seg / 4 || over).then_some(index.compact_after_ms)
     }
 
     /// Updates the `watch` of counts and the gauges (docs/operations.md).
@@ -414,6 +430,13 @@ impl Queue {
         } else {
             self.log.append_lazy(Self::id_record(Kind::Done, id));
         }
+        self.forget(id, deleted);
+        Ok(())
+    }
+
+    /// Takes a message whose removal record is written (or, lazy, on its way) out of
+    /// the index and tells subscribers.
+    fn forget(&self, id: &QueueId, deleted: bool) {
         let summary = {
             let mut index = self.lock();
             let entry = index.remove(id);
@@ -421,8 +444,8 @@ impl Queue {
                 if e.jobs_in_flight > 0 {
                     index.active = index.active.saturating_sub(1);
                 }
-                if e.dsn_retry.is_some() {
-                    index.dsn_due.retain(|(_, d)| d != id);
+                if let Some(at) = e.dsn_retry.as_ref().and_then(|p| p.due) {
+                    index.dsn_due.remove(&(at, id.clone()));
                 }
             }
             self.trim_segments(&mut index);
@@ -432,7 +455,21 @@ impl Queue {
         if let Some(summary) = summary {
             let _ = self.events.send(FinalEvent { summary, deleted });
         }
-        Ok(())
+    }
+
+    /// Removes a delivered or bounced message (lazy completion record, see
+    /// [`Queue::remove`]) if nothing is left to do for it: every recipient final, no
+    /// job, operator action or copy running, and no bounce whose DSN is still parked.
+    /// Called by whoever ends the last of these, so that a message whose last job
+    /// ended while a DSN of an earlier bounce was parked leaves once that DSN is stored.
+    pub(crate) fn remove_if_done(&self, id: &QueueId) {
+        let done = self.lock().msgs.get(id).is_some_and(|e| {
+            e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && e.all_final()
+        });
+        if done {
+            self.log.append_lazy(Self::id_record(Kind::Done, id));
+            self.forget(id, false);
+        }
     }
 
     /// Persists state records for a message (one commit).
@@ -504,7 +541,8 @@ impl Queue {
 
     /// Deletes a message without any notification to its sender. If an attempt is
     /// running, the delete takes effect when it ends (recipients it delivered stay
-    /// delivered; the rest are never tried again).
+    /// delivered; the rest are never tried again). A DSN still parked for an earlier
+    /// bounce (disk full) is dropped with it.
     pub async fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
         {
             let mut index = self.lock();
@@ -540,6 +578,21 @@ impl Queue {
     #[cfg(feature = "test-util")]
     pub fn fail_next_syncs(&self, n: u32) {
         self.log.fail_next_syncs(n);
+    }
+
+    /// Test hook: how often the scheduler loop has woken up since open (it sleeps
+    /// until an event or its next deadline, so this stays small while idle).
+    #[cfg(feature = "test-util")]
+    pub fn scheduler_wakeups(&self) -> u64 {
+        self.wakeups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Test hook: the segment files on disk and the bytes the queued messages'
+    /// records need (header, metadata and body each), as compaction counts them.
+    #[cfg(feature = "test-util")]
+    pub fn spool_use(&self) -> (u64, u64) {
+        let index = self.lock();
+        (self.log.active() + 1 - index.oldest_seg, index.live_bytes)
     }
 
     /// Counts, updated on every change.

@@ -45,6 +45,7 @@ fn new_rcpt(arrival_ms: u64) -> Rcpt {
 pub(crate) fn entry_from_rec(
     rec: &MessageRec,
     loc: BodyLoc,
+    head_len: u64,
     size: u64,
 ) -> Result<Entry, RecordError> {
     let envelope = record::envelope_from_rec(rec.env.clone())?;
@@ -60,6 +61,7 @@ pub(crate) fn entry_from_rec(
         moving: false,
         dsn_retry: None,
         size,
+        head_len,
         dsn: rec.dsn,
         warned: false,
         jobs_in_flight: 0,
@@ -165,6 +167,7 @@ fn apply(index: &mut Index, ids: &mut IdGen, seq: u64, item: Item) -> Result<(),
         Item::Message {
             rec,
             body_offset,
+            head_len,
             body_len,
             body_crc,
         } => {
@@ -173,7 +176,7 @@ fn apply(index: &mut Index, ids: &mut IdGen, seq: u64, item: Item) -> Result<(),
                 offset: body_offset,
                 crc: body_crc,
             };
-            let entry = entry_from_rec(&rec, loc, body_len)?;
+            let entry = entry_from_rec(&rec, loc, head_len, body_len)?;
             ids.observe(&rec.id);
             let id = QueueId(rec.id);
             // A copy written forward replaces the older one (and its states).
@@ -374,7 +377,7 @@ pub(crate) async fn import_v1(
                 offset: written.offset + head_len,
                 crc,
             };
-            match entry_from_rec(&rec, loc, size) {
+            match entry_from_rec(&rec, loc, head_len, size) {
                 Ok(entry) if !entry.all_final() => {
                     lock().insert(id, entry);
                 }

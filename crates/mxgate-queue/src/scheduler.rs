@@ -39,6 +39,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const GAUGE_REFRESH: Duration = Duration::from_secs(15);
 /// Longest wait before a DSN that could not be stored (disk full) is tried again.
 const DSN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Shortest such wait: a full disk is not polled faster than this.
+const DSN_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Wait after a compaction pass that could not free the oldest segment (a message in
+/// it was busy, or the disk is full) before the next pass.
+const COMPACT_RETRY: Duration = Duration::from_secs(1);
 
 /// A job taken from the index, before its body is read.
 #[derive(Debug)]
@@ -193,6 +198,7 @@ impl Queue {
         let mut gauges = tokio::time::interval(GAUGE_REFRESH);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             while running.try_join_next().is_some() {}
             let (ops, dsns, next_dsn) = self.take_housekeeping();
             for id in ops {
@@ -203,20 +209,24 @@ impl Queue {
                 let q = Arc::clone(&self);
                 running.spawn(async move { q.retry_dsn(&id).await });
             }
-            if self.wants_compaction(&self.lock()) && !self.compacting.swap(true, Ordering::AcqRel)
-            {
-                let q = Arc::clone(&self);
-                running.spawn(async move {
-                    q.compact().await;
-                    q.compacting.store(false, Ordering::Release);
-                });
+            let mut next_compaction = None;
+            match self.compaction_due(&self.lock()) {
+                Some(at) if at > self.now_ms() => next_compaction = Some(at),
+                Some(_) if !self.compacting.swap(true, Ordering::AcqRel) => {
+                    let q = Arc::clone(&self);
+                    running.spawn(async move {
+                        q.compact().await;
+                        q.compacting.store(false, Ordering::Release);
+                    });
+                }
+                _ => {} // none, or a pass runs (it wakes the loop when it ends)
             }
             let budget = max.saturating_sub(running.len());
             let (jobs, next_due) = self.take_due(budget);
-            let next_due = match (next_due, next_dsn) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next_due = [next_due, next_dsn, next_compaction]
+                .into_iter()
+                .flatten()
+                .min();
             for due in jobs {
                 let q = Arc::clone(&self);
                 let t = Arc::clone(&transport);
@@ -279,7 +289,10 @@ impl Queue {
                     continue;
                 };
                 if e.op.is_some() || e.moving {
-                    continue; // rescheduled once the operator action or the copy ends
+                    // Not due while it waits (`Index::reschedule`); back in the
+                    // schedule once the operator action or the copy ends.
+                    index.reschedule(&id);
+                    continue;
                 }
                 let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
                 for (i, r) in e.rcpts.iter().enumerate() {
@@ -556,16 +569,7 @@ impl Queue {
                 .await
             {
                 tracing::error!(id = %id, error = %e, "cannot queue DSN; the bounce is recorded once it is queued");
-                self.defer_dsn(
-                    id,
-                    PendingDsn {
-                        snapshot,
-                        lines,
-                        failed,
-                        final_now,
-                        tries: 1,
-                    },
-                );
+                self.defer_dsn(id, snapshot, lines, failed);
                 self.count_recorded();
                 return;
             }
@@ -586,17 +590,45 @@ impl Queue {
                 }
             }
         }
-        if needs_state_record(final_now, !failed.is_empty(), !delayed.is_empty()) {
+        // While a DSN of an earlier bounce of this message is parked, the message
+        // stays (its bounce is not on disk yet) and leaves once that DSN is stored
+        // (`Queue::remove_if_done`): this job's outcome must then be on disk itself.
+        let lines = if needs_state_record(
+            final_now && !self.has_parked_dsn(id),
+            !failed.is_empty(),
+            !delayed.is_empty(),
+        ) {
             // On failure (disk full) the outcome stays in memory; a crash repeats the
             // attempt.
             let _ = self.persist(id, lines).await;
-        }
+            Vec::new()
+        } else {
+            lines
+        };
         if final_now {
-            if let Err(e) = self.remove(id, false).await {
+            if self.has_parked_dsn(id) {
+                let _ = self.persist(id, lines).await;
+            } else if let Err(e) = self.remove(id, false).await {
                 tracing::error!(id = %id, error = %e, "cannot record the message as done");
             }
         }
         self.count_recorded();
+    }
+
+    /// Whether `id` has bounces whose DSN is not stored yet.
+    fn has_parked_dsn(&self, id: &QueueId) -> bool {
+        self.lock()
+            .msgs
+            .get(id)
+            .is_some_and(|e| e.dsn_retry.is_some())
+    }
+
+    /// The wait before the `tries`+1-th attempt to store a parked DSN.
+    fn dsn_wait(&self, tries: u32) -> u64 {
+        self.retry
+            .delay_after(tries)
+            .clamp(DSN_RETRY_MIN, DSN_RETRY_MAX)
+            .as_millis() as u64
     }
 
     fn count_recorded(&self) {
@@ -605,53 +637,96 @@ impl Queue {
         self.publish_counts(&index);
     }
 
-    /// Parks a bounce whose DSN could not be stored, to be tried again.
-    fn defer_dsn(&self, id: &QueueId, pending: PendingDsn) {
-        let wait = self
-            .retry
-            .delay_after(pending.tries)
-            .min(DSN_RETRY_MAX)
-            .max(Duration::from_millis(200));
-        let at = self.now_ms() + wait.as_millis() as u64;
+    /// Parks a bounce whose DSN could not be stored, to be tried again; one parked
+    /// earlier for the same message (another job's, or an operator bounce) takes it
+    /// along: one DSN for both, at the earlier one's time.
+    fn defer_dsn(
+        &self,
+        id: &QueueId,
+        snapshot: Snapshot,
+        lines: Vec<StateRec>,
+        failed: Vec<FailedRecipient>,
+    ) {
+        let at = self.now_ms() + self.dsn_wait(1);
         let mut index = self.lock();
-        if let Some(e) = index.msgs.get_mut(id) {
-            e.dsn_retry = Some(Box::new(pending));
-            index.dsn_due.insert((at, id.clone()));
+        let Index { msgs, dsn_due, .. } = &mut *index;
+        if let Some(e) = msgs.get_mut(id) {
+            match &mut e.dsn_retry {
+                Some(p) => {
+                    p.lines.extend(lines);
+                    p.failed.extend(failed);
+                }
+                None => {
+                    dsn_due.insert((at, id.clone()));
+                    e.dsn_retry = Some(Box::new(PendingDsn {
+                        snapshot,
+                        lines,
+                        failed,
+                        tries: 1,
+                        due: Some(at),
+                    }));
+                }
+            }
         }
         drop(index);
         self.wake.notify_one();
     }
 
-    /// Tries again to store the DSN of a parked bounce, then records the bounce.
+    /// Tries again to store the DSN of the parked bounces of `id`, then records them.
+    /// Runs as one of the message's busy tasks (`take_housekeeping`); the bounces stay
+    /// parked until their DSN is stored, so that nothing removes the message before.
     async fn retry_dsn(&self, id: &QueueId) {
-        let pending = {
-            let mut index = self.lock();
-            match index.msgs.get_mut(id).and_then(|e| e.dsn_retry.take()) {
-                Some(p) => *p,
-                None => return,
-            }
+        let taken = self.lock().msgs.get(id).and_then(|e| {
+            let p = e.dsn_retry.as_ref()?;
+            Some((p.snapshot.clone(), p.failed.clone(), p.lines.len(), p.tries))
+        });
+        let Some((snapshot, failed, n_lines, tries)) = taken else {
+            self.end_busy(id);
+            return;
         };
-        if let Err(e) = self
-            .send_dsn(id, &pending.snapshot, &pending.failed, DsnAction::Failed)
+        match self
+            .send_dsn(id, &snapshot, &failed, DsnAction::Failed)
             .await
         {
-            tracing::warn!(id = %id, error = %e, tries = pending.tries + 1, "cannot queue DSN yet");
-            let mut p = pending;
-            p.tries += 1;
-            self.defer_dsn(id, p);
-            return;
-        }
-        let PendingDsn {
-            lines, final_now, ..
-        } = pending;
-        let _ = self.persist(id, lines).await;
-        if final_now {
-            if let Err(e) = self.remove(id, false).await {
-                tracing::error!(id = %id, error = %e, "cannot record the message as done");
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, tries = tries + 1, "cannot queue DSN yet");
+                let at = self.now_ms() + self.dsn_wait(tries + 1);
+                let mut index = self.lock();
+                let Index { msgs, dsn_due, .. } = &mut *index;
+                if let Some(p) = msgs.get_mut(id).and_then(|e| e.dsn_retry.as_mut()) {
+                    p.tries += 1;
+                    p.due = Some(at);
+                    dsn_due.insert((at, id.clone()));
+                }
             }
-        } else {
-            self.lock().reschedule(id);
+            Ok(()) => {
+                let now = self.now_ms();
+                let lines = {
+                    let mut index = self.lock();
+                    let Index { msgs, dsn_due, .. } = &mut *index;
+                    let mut lines = Vec::new();
+                    if let Some(e) = msgs.get_mut(id) {
+                        if let Some(mut p) = e.dsn_retry.take() {
+                            lines = p.lines.drain(..n_lines.min(p.lines.len())).collect();
+                            p.failed.drain(..failed.len().min(p.failed.len()));
+                            if p.failed.is_empty() {
+                                lines.append(&mut p.lines);
+                            } else {
+                                // Bounced while this DSN was being stored: theirs next.
+                                p.tries = 0;
+                                p.due = Some(now);
+                                dsn_due.insert((now, id.clone()));
+                                e.dsn_retry = Some(p);
+                            }
+                        }
+                    }
+                    lines
+                };
+                let _ = self.persist(id, lines).await;
+            }
         }
+        self.lock().reschedule(id);
+        self.end_busy(id);
         self.wake.notify_one();
     }
 
@@ -666,29 +741,42 @@ impl Queue {
             if *at > now {
                 break;
             }
-            if let Some((_, id)) = index.dsn_due.pop_first() {
-                dsns.push(id);
+            let Some((_, id)) = index.dsn_due.pop_first() else {
+                break;
+            };
+            // The retry is one of the message's busy tasks: an operator action or a
+            // compaction copy waits for it.
+            if let Some(e) = index.msgs.get_mut(&id) {
+                if let Some(p) = e.dsn_retry.as_mut() {
+                    p.due = None;
+                    e.busy += 1;
+                    dsns.push(id);
+                }
             }
         }
         let next = index.dsn_due.first().map(|(at, _)| *at);
         (ops, dsns, next)
     }
 
-    /// Ends one job, operator action or copy of `id`; when none is left, an operator
-    /// action that waited for it becomes ready.
+    /// Ends one job, operator action, DSN retry or copy of `id`; when none is left, an
+    /// operator action that waited for it becomes ready, or else a message with
+    /// nothing left to do leaves (`Queue::remove_if_done`).
     pub(crate) fn end_busy(&self, id: &QueueId) {
         let mut index = self.lock();
-        let ready = match index.msgs.get_mut(id) {
+        let (ready, idle) = match index.msgs.get_mut(id) {
             Some(e) => {
                 e.busy = e.busy.saturating_sub(1);
-                e.busy == 0 && e.op.is_some()
+                (e.busy == 0 && e.op.is_some(), e.busy == 0)
             }
-            None => false,
+            None => (false, false),
         };
         if ready {
             index.ops_ready.push(id.clone());
             drop(index);
             self.wake.notify_one();
+        } else if idle {
+            drop(index);
+            self.remove_if_done(id);
         }
     }
 
@@ -719,8 +807,11 @@ impl Queue {
 
     /// Copies the live messages of the oldest segment forward (a message record with
     /// their current states), so that a few long-deferred messages do not keep a whole
-    /// segment on disk; the segment is then removed. Messages with a job, an operator
-    /// action or a parked DSN are left for a later pass.
+    /// segment on disk, nor the oldest segment every newer one (see
+    /// `Queue::compaction_due`); the segment is then removed. Messages with a job, an
+    /// operator action or a parked DSN are left for a later pass, after
+    /// [`COMPACT_RETRY`]. Each copy is committed before the old record may go: a crash
+    /// at any point leaves one of the two (recovery takes the later one).
     async fn compact(&self) {
         let oldest = self.lock().oldest_seg;
         let ids: Vec<QueueId> = self
@@ -734,11 +825,11 @@ impl Queue {
         for id in ids {
             let taken = {
                 let mut index = self.lock();
-                match index.msgs.get_mut(&id) {
+                let taken = match index.msgs.get_mut(&id) {
                     Some(e)
                         if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving =>
                     {
-                        e.moving = true;
+                        e.moving = true; // out of the schedule until copied (below)
                         e.busy += 1;
                         let st = e
                             .rcpts
@@ -760,7 +851,9 @@ impl Queue {
                         ))
                     }
                     _ => None,
-                }
+                };
+                index.reschedule(&id);
+                taken
             };
             let Some((rec, loc, size)) = taken else {
                 continue;
@@ -772,18 +865,22 @@ impl Queue {
                 record::encode_head(&mut head, record::Kind::Message, &meta, &body);
                 let head_len = head.len() as u64;
                 let w = self.log.append(head, body, false).await?;
-                Ok::<_, io::Error>(BodyLoc {
-                    seg: w.seg,
-                    offset: w.offset + head_len,
-                    crc: loc.crc,
-                })
+                Ok::<_, io::Error>((
+                    BodyLoc {
+                        seg: w.seg,
+                        offset: w.offset + head_len,
+                        crc: loc.crc,
+                    },
+                    head_len,
+                ))
             }
             .await;
             {
                 let mut index = self.lock();
-                if let Ok(new) = &result {
+                if let Ok((new, head_len)) = &result {
                     if let Some(mut e) = index.remove(&id) {
                         e.loc = *new;
+                        e.head_len = *head_len;
                         e.segs = vec![new.seg];
                         e.moving = false;
                         index.insert(id.clone(), e);
@@ -802,6 +899,12 @@ impl Queue {
         }
         let mut index = self.lock();
         self.trim_segments(&mut index);
+        // Not freed (a message in it was busy, or a copy failed): not again at once.
+        index.compact_after_ms = if index.oldest_seg == oldest {
+            self.now_ms() + COMPACT_RETRY.as_millis() as u64
+        } else {
+            0
+        };
         drop(index);
         if moved > 0 {
             tracing::info!(
@@ -901,6 +1004,9 @@ impl Queue {
     /// Returns how many recipients are bounced. If an attempt is running, the bounce
     /// takes effect when it ends, for the recipients it left pending (one it delivered
     /// meanwhile is not also bounced); the count is then of the recipients pending now.
+    /// If the DSN cannot be stored (disk full), the bounce is parked like one of a
+    /// delivery attempt: in effect at once (no further attempts), on disk once the DSN
+    /// is, which is retried with a growing wait (one DSN with any bounce parked earlier).
     pub async fn bounce(&self, id: &QueueId) -> Result<usize, QueueError> {
         let mut lines = Vec::new();
         let mut failed = Vec::new();
@@ -910,7 +1016,7 @@ impl Queue {
                 .msgs
                 .get_mut(id)
                 .ok_or_else(|| QueueError::NotFound(id.clone()))?;
-            if e.busy > 0 || e.dsn_retry.is_some() {
+            if e.busy > 0 {
                 let pending = e
                     .rcpts
                     .iter()
@@ -919,6 +1025,7 @@ impl Queue {
                 if e.op.is_none() {
                     e.op = Some(Op::Bounce);
                 }
+                index.reschedule(id);
                 tracing::info!(id = %id, recipients = pending, "bounce by operator: when the running attempt ends");
                 return Ok(pending);
             }

@@ -176,3 +176,213 @@ async fn dsn_on_a_full_disk_is_retried_and_the_bounce_recorded_only_after_it() {
     let q = Queue::open_tuned(s(), tuning).await.unwrap();
     assert!(q.list().is_empty(), "nothing comes back: {:?}", q.list());
 }
+
+fn full_disk_tuning() -> Tuning {
+    Tuning {
+        segment_bytes: 16 * 1024,
+        prealloc_bytes: 4 * 1024,
+        reserve_bytes: 64 * 1024,
+    }
+}
+
+/// Waits (with a deadline) until `cond` holds for the queue, re-checking on every
+/// change of its counts.
+async fn until(q: &Queue, what: &str, cond: impl Fn(&Queue) -> bool) {
+    let mut counts = q.counts();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !cond(q) {
+            let _ = tokio::time::timeout(Duration::from_millis(100), counts.changed()).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
+}
+
+/// How often `Final-Recipient: rfc822; ADDRESS` appears in the DSNs given so far.
+fn reported(dsns: &[String], address: &str) -> usize {
+    let line = format!("Final-Recipient: rfc822; {address}\r\n");
+    dsns.iter().map(|d| d.matches(&line).count()).sum()
+}
+
+/// Collects the DSNs (sender `<>`) among the jobs given so far.
+fn take_dsns(
+    jobs: &mut tokio::sync::mpsc::UnboundedReceiver<(
+        mxgate_queue::DeliveryJob,
+        tokio::time::Instant,
+    )>,
+    into: &mut Vec<String>,
+) {
+    while let Ok((job, _)) = jobs.try_recv() {
+        if job.envelope.sender.is_empty() {
+            into.push(String::from_utf8_lossy(&job.message).into_owned());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_bounce_while_a_dsn_is_parked_takes_effect_without_a_busy_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("q");
+    let _tmpfs = Tmpfs::mount(&spool, "1m");
+    let s = || {
+        let mut s = settings(&spool, &[1], 86400);
+        s.queue.retry_intervals = vec![Duration::from_secs(1)];
+        s
+    };
+    let q = Queue::open_tuned(s(), full_disk_tuning()).await.unwrap();
+    let id = store(
+        &q,
+        envelope("a@sender.test", &["gone@dest.test", "later@other.test"]),
+    )
+    .await;
+    let filler = spool.join("filler");
+    fill(&filler);
+    let (t, mut jobs) = Scripted::new(|job, i| {
+        if job.envelope.recipients[i].address.starts_with("gone") {
+            Outcome::Failed(failure("5.1.1", "550 5.1.1 no such user", true))
+        } else {
+            Outcome::Deferred(failure("4.4.1", "connection refused", false))
+        }
+    });
+    let mut events = q.subscribe();
+    let (stop, run) = start(&q, &t);
+    // gone@ bounced, its DSN parked (disk full); later@ deferred.
+    until(&q, "bounce parked, deferral made", |q| {
+        let m = q.show(&id).unwrap();
+        m.recipients[0].state == RecipientStatus::Bounced && m.recipients[1].attempts >= 1
+    })
+    .await;
+
+    // The operator bounces the message (and flushes it, for good measure).
+    assert_eq!(q.bounce(&id).await.unwrap(), 1, "later@ was pending");
+    let _ = q.flush(Some(&id));
+    until(&q, "the operator's bounce in effect", |q| {
+        q.show(&id).unwrap().recipients[1].state == RecipientStatus::Bounced
+    })
+    .await;
+    // The disk is still full: the DSN is retried now and then, nothing else happens.
+    // (A window to count wake-ups in, not a synchronisation.)
+    let before = q.scheduler_wakeups();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woke = q.scheduler_wakeups() - before;
+    eprintln!("scheduler wake-ups in 3 s after the bounce: {woke}");
+    assert!(woke <= 30, "the scheduler woke {woke} times in 3 s");
+    let attempts = q.show(&id).unwrap().recipients[1].attempts;
+    assert!(attempts <= 2, "no attempts after the bounce: {attempts}");
+
+    // Space returns: one DSN reports both, and the message leaves.
+    std::fs::remove_file(&filler).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(20), final_event(&mut events, &id))
+        .await
+        .expect("the message leaves once its DSN is queued");
+    let states: Vec<_> = ev.summary.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(states, [RecipientStatus::Bounced, RecipientStatus::Bounced]);
+    tokio::time::timeout(Duration::from_secs(20), q.wait_empty())
+        .await
+        .expect("the DSN is delivered");
+    stop.cancel();
+    run.await.unwrap();
+    let mut dsns = Vec::new();
+    take_dsns(&mut jobs, &mut dsns);
+    assert_eq!(reported(&dsns, "gone@dest.test"), 1, "{dsns:?}");
+    assert_eq!(reported(&dsns, "later@other.test"), 1, "{dsns:?}");
+    assert!(
+        dsns.iter().any(|d| d.contains("bounced by operator")),
+        "{dsns:?}"
+    );
+    drop(q);
+    let q = Queue::open_tuned(s(), full_disk_tuning()).await.unwrap();
+    assert!(q.list().is_empty(), "nothing comes back: {:?}", q.list());
+}
+
+/// Delivers `ok@` only once a permit is added; bounces `gone@`; delivers DSNs.
+struct Gated {
+    gate: tokio::sync::Semaphore,
+    jobs: tokio::sync::mpsc::UnboundedSender<(mxgate_queue::DeliveryJob, tokio::time::Instant)>,
+}
+
+impl mxgate_queue::Transport for Gated {
+    async fn deliver(&self, job: mxgate_queue::DeliveryJob) -> Vec<mxgate_queue::RecipientOutcome> {
+        let dsn = job.envelope.sender.is_empty();
+        if !dsn && job.domain == "other.test" {
+            let _permit = self.gate.acquire().await.unwrap();
+        }
+        let outcomes = job
+            .recipients
+            .iter()
+            .map(|&index| mxgate_queue::RecipientOutcome {
+                index,
+                outcome: if !dsn && job.envelope.recipients[index].address.starts_with("gone") {
+                    Outcome::Failed(failure("5.1.1", "550 5.1.1 no such user", true))
+                } else {
+                    delivered()
+                },
+            })
+            .collect();
+        let _ = self.jobs.send((job, tokio::time::Instant::now()));
+        outcomes
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_finished_while_its_dsn_is_parked_keeps_the_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("q");
+    let _tmpfs = Tmpfs::mount(&spool, "1m");
+    let s = || {
+        let mut s = settings(&spool, &[1], 86400);
+        s.queue.retry_intervals = vec![Duration::from_secs(1)];
+        s
+    };
+    let q = Queue::open_tuned(s(), full_disk_tuning()).await.unwrap();
+    let id = store(
+        &q,
+        envelope("a@sender.test", &["gone@dest.test", "ok@other.test"]),
+    )
+    .await;
+    let filler = spool.join("filler");
+    fill(&filler);
+    let (tx, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+    let t = Arc::new(Gated {
+        gate: tokio::sync::Semaphore::new(0),
+        jobs: tx,
+    });
+    let mut events = q.subscribe();
+    let (stop, run) = start(&q, &t);
+    until(&q, "bounce parked", |q| {
+        q.show(&id).unwrap().recipients[0].state == RecipientStatus::Bounced
+    })
+    .await;
+    // The other job ends now, delivering the last pending recipient.
+    t.gate.add_permits(1);
+    until(&q, "ok@ delivered", |q| {
+        q.show(&id)
+            .is_none_or(|m| m.recipients[1].state == RecipientStatus::Delivered)
+    })
+    .await;
+    assert!(
+        q.show(&id).is_some(),
+        "the message stays while the DSN of its bounce is not queued"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(20), final_event(&mut events, &id))
+        .await
+        .expect("the message leaves once its DSN is queued");
+    let states: Vec<_> = ev.summary.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [RecipientStatus::Bounced, RecipientStatus::Delivered]
+    );
+    tokio::time::timeout(Duration::from_secs(20), q.wait_empty())
+        .await
+        .expect("the DSN is delivered");
+    stop.cancel();
+    run.await.unwrap();
+    let mut dsns = Vec::new();
+    take_dsns(&mut jobs, &mut dsns);
+    assert_eq!(reported(&dsns, "gone@dest.test"), 1, "{dsns:?}");
+    assert_eq!(reported(&dsns, "ok@other.test"), 0, "{dsns:?}");
+    drop(q);
+    let q = Queue::open_tuned(s(), full_disk_tuning()).await.unwrap();
+    assert!(q.list().is_empty(), "nothing comes back: {:?}", q.list());
+}

@@ -161,7 +161,12 @@ fn parse_rua(value: &str) -> Result<Vec<Destination>, RecordError> {
                     .ok_or(RecordError::Syntax("bad percent-encoding in mailto:"))?;
                 match addr.rsplit_once('@') {
                     Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
-                        if addr.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>') {
+                        // The address becomes an SMTP recipient (RFC 5321 §4.1.2): no
+                        // space or control character (DEL included), no angle bracket.
+                        if addr
+                            .bytes()
+                            .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+                        {
                             return Err(RecordError::Syntax("malformed mailto: address"));
                         }
                         out.push(Destination::Mailto(addr));
@@ -335,6 +340,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(r.rua, vec![mailto("r@example.com")]);
+    }
+
+    #[test]
+    fn no_control_character_in_a_mailto_address_even_percent_encoded() {
+        for txt in [
+            "v=TLSRPTv1; rua=mailto:a%7F@x.example",
+            "v=TLSRPTv1; rua=mailto:a@x.example%7f",
+            "v=TLSRPTv1; rua=mailto:a%0D%0A@x.example",
+            "v=TLSRPTv1; rua=mailto:a%00@x.example",
+            "v=TLSRPTv1; rua=mailto:%3Ca@x.example%3E",
+        ] {
+            assert_eq!(
+                rec(&[txt]),
+                Err(RecordError::Syntax("malformed mailto: address")),
+                "{txt}"
+            );
+        }
     }
 
     #[test]

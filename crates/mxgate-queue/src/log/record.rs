@@ -38,7 +38,7 @@ pub(crate) const MAX_META_LEN: u32 = 16 * 1024 * 1024;
 
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// A message: envelope and body (and, when copied forward, its recipients' states).
     Message = 1,
     /// Per-recipient state changes of one message.
@@ -72,7 +72,7 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    /// Bytes of the whole record.
+    /// Bytes of the whole record (no overflow: [`parse_header`] refuses such lengths).
     pub fn record_len(&self) -> u64 {
         HEADER_LEN as u64 + u64::from(self.meta_len) + self.body_len
     }
@@ -110,7 +110,13 @@ pub(crate) fn parse_header(buf: &[u8]) -> HeaderRead {
         body_crc: u32_at(20),
         head_crc: u32_at(24),
     };
-    if h.meta_len > MAX_META_LEN || (kind != Kind::Message && h.body_len != 0) {
+    // A body length that overflows the record length is not from any writer (and
+    // would make the record seem to end before it starts).
+    let too_long = h
+        .body_len
+        .checked_add(HEADER_LEN as u64 + u64::from(h.meta_len))
+        .is_none();
+    if h.meta_len > MAX_META_LEN || (kind != Kind::Message && h.body_len != 0) || too_long {
         return HeaderRead::Bad;
     }
     HeaderRead::Header(h)
