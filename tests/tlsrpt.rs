@@ -604,10 +604,16 @@ async fn reports_reach_https_and_mail_collectors_with_exact_counts() {
         metrics.contains("mxgate_tlsrpt_sessions_total{policy_type=\"sts\",result=\"success\"} 2"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("policy=\"mta-sts\",reason=\"testing\""),
-        "{metrics}"
-    );
+    // Testing failures count with the reason enforce would have failed on: the MX
+    // outside the policy (policy_excluded), the self-signed certificate of testcert
+    // (certificate_invalid, as the enforced one of selfsigned).
+    for series in [
+        "mxgate_tls_policy_failures_total{policy=\"mta-sts\",reason=\"policy_excluded\"} 1",
+        "mxgate_tls_policy_failures_total{policy=\"mta-sts\",reason=\"certificate_invalid\"} 2",
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
+    assert!(!metrics.contains("reason=\"testing\""), "{metrics}");
     // The testing failure is logged.
     assert!(gate.log().contains("mta-sts testing: policy not met"));
     if let Ok(path) = std::env::var("TLSRPT_SAMPLE_OUT") {
@@ -836,4 +842,146 @@ async fn report_mails_go_to_the_relay_when_one_is_set() {
     assert_eq!(domain, "plain.rpt.test");
     assert_eq!(report.policies[0].successes, 1);
     collector.wait_posts(1).await;
+}
+
+/// RFC 8460 §4.3.2.2: domains whose `_mta-sts` TXT record announces a policy that
+/// cannot be obtained — the policy URL answers 404, the body is no valid policy, the
+/// policy host's certificate is not trusted. Mail is delivered as though the domain had
+/// no policy (RFC 8461 §5), and every session is reported as an `sts` failure of the
+/// matching result type, under a policy block without policy-string or mx-host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unobtainable_sts_policies_are_reported_as_sts_policy_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("TLSRPT Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let port = common::free_port();
+    let collector = Collector::start(&ca.issue(&["reports.rpt.test"], Validity::current())).await;
+    let cport = collector.addr.port();
+    let mut world = DnsWorld::builder()
+        .zone("rpt.test.", Signing::Insecure)
+        .record("reports.rpt.test. 300 IN A 127.0.0.1");
+    let missing = "missing.rpt.test";
+    let malformed = "malformed.rpt.test";
+    let untrusted = "untrusted.rpt.test";
+    let mut mxs = Vec::new();
+    for (n, d) in [(2u8, missing), (3, malformed), (4, untrusted)] {
+        world = mx_records(world, d, n).record(&tlsrpt_txt(d, cport));
+        mxs.push(
+            Mx::direct(
+                n,
+                port,
+                tls_config(&ca.issue(&[&format!("mx.{d}")], Validity::current())),
+            )
+            .await,
+        );
+    }
+    world = sts_records(world, missing, "m1");
+    world = sts_records(world, malformed, "b1");
+    // The untrusted policy host lives on another loopback address (same port).
+    world = world
+        .record(&format!(
+            "_mta-sts.{untrusted}. 300 IN TXT \"v=STSv1; id=u1\""
+        ))
+        .record(&format!("mta-sts.{untrusted}. 300 IN A 127.0.0.20"));
+    let world = world.start().await.unwrap();
+    let https = HttpsServer::start(
+        ca.issue(
+            &[
+                &format!("mta-sts.{missing}"),
+                &format!("mta-sts.{malformed}"),
+            ],
+            Validity::current(),
+        )
+        .server_config(),
+    )
+    .await
+    .unwrap();
+    https.serve_policy(missing, HttpResponse::status(404));
+    // No mx and no max_age (RFC 8461 §3.2).
+    https.serve_policy(
+        malformed,
+        HttpResponse::policy("version: STSv1\r\nmode: enforce\r\n"),
+    );
+    let self_signed = HttpsServer::start_on(
+        SocketAddr::from(([127, 0, 0, 20], https.port())),
+        TestCert::self_signed(&[&format!("mta-sts.{untrusted}")]).server_config(),
+    )
+    .await
+    .unwrap();
+    self_signed.serve_policy(
+        untrusted,
+        HttpResponse::policy(&sts_policy("enforce", &[&format!("mx.{untrusted}")])),
+    );
+
+    let mut s = settings(&world, world.addr(), port, &ca_path, "validate");
+    s.mta_sts_port = https.port();
+    s.tlsrpt = "send_delay = \"0s\"\nflush_interval = \"1s\"\n".into();
+    let gate = Mxgate::start(dir.path(), &s);
+    for d in [missing, missing, malformed, untrusted] {
+        submit_to(&gate, d).await;
+    }
+    // RFC 8461 §5: delivered as though the domain had not implemented MTA-STS.
+    mxs[0].receiver.wait_for(2).await;
+    mxs[1].receiver.wait_for(1).await;
+    mxs[2].receiver.wait_for(1).await;
+    assert_eq!(
+        self_signed.requests(&format!("mta-sts.{untrusted}")),
+        0,
+        "no request to a policy host whose certificate failed"
+    );
+
+    let (code, out, err) = gate.cli(&["tlsrpt", "send"]);
+    assert_eq!(code, 0, "tlsrpt send: {out}{err}\n{}", gate.log());
+    let posts = collector.wait_posts(3).await;
+    let mut by_domain: BTreeMap<String, ParsedReport> = BTreeMap::new();
+    for post in &posts {
+        let report = parse_report(&post.body);
+        let domain = report.policies[0].policy_domain.clone();
+        assert!(
+            by_domain.insert(domain, report).is_none(),
+            "one POST per domain"
+        );
+    }
+    for (d, ip, sessions, result_type) in [
+        (missing, "127.0.0.2", 2, "sts-policy-fetch-error"),
+        (malformed, "127.0.0.3", 1, "sts-policy-invalid"),
+        (untrusted, "127.0.0.4", 1, "sts-webpki-invalid"),
+    ] {
+        let report = &by_domain[d];
+        assert_eq!(report.policies.len(), 1, "{d}: {report:?}");
+        let p = &report.policies[0];
+        assert_eq!(
+            (p.policy_type.as_str(), p.successes, p.failures),
+            ("sts", 0, sessions),
+            "{d}: {p:?}"
+        );
+        assert!(
+            p.policy_string.is_empty() && p.mx_host.is_empty(),
+            "{d}: no policy was obtained to quote: {p:?}"
+        );
+        assert_eq!(
+            p.details,
+            vec![Failure {
+                result_type: result_type.into(),
+                receiving_mx_hostname: Some(format!("mx.{d}")),
+                receiving_ip: Some(ip.into()),
+                failed_session_count: sessions,
+            }],
+            "{d}"
+        );
+    }
+    let metrics = reqwest_free_get(gate.metrics).await;
+    for result in ["http_status", "parse_error", "certificate"] {
+        assert!(
+            metrics.contains(&format!(
+                "mxgate_mta_sts_fetches_total{{result=\"{result}\"}}"
+            )),
+            "{result}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("mxgate_tlsrpt_sessions_total{policy_type=\"sts\",result=\"failure\"} 4"),
+        "{metrics}"
+    );
 }

@@ -10,6 +10,7 @@
 //! This module does not choose the TLS level (that is `mxgate-policy`).
 
 use mxgate_config::OnTlsFailure;
+use mxgate_policy::sts::fetch::FetchFailure;
 use mxgate_policy::{DeliveryPlan, LookupFailure, PlanError, SkipReason, TlsRequirement};
 use mxgate_queue::{DeliveryFailure, FailureKind, Outcome, MAX_DIAGNOSTIC};
 use mxgate_smtp::reply::Reply;
@@ -330,6 +331,16 @@ pub fn skip_kind(reason: &SkipReason) -> FailureKind {
         SkipReason::NotInMtaStsPolicy { .. } => FailureKind::StsMxNotListed,
         SkipReason::DaneOnlyNoTlsa { .. } => FailureKind::DaneRequired,
         SkipReason::DaneOnlyUnusableTlsa { .. } => FailureKind::TlsaInvalid,
+    }
+}
+
+/// The failure kind of an announced MTA-STS policy that could not be obtained
+/// (RFC 8460 §4.3.2.2).
+pub fn sts_fetch_kind(failure: FetchFailure) -> FailureKind {
+    match failure {
+        FetchFailure::Fetch => FailureKind::StsPolicyFetch,
+        FetchFailure::Invalid => FailureKind::StsPolicyInvalid,
+        FetchFailure::Webpki => FailureKind::StsWebpkiInvalid,
     }
 }
 

@@ -364,6 +364,7 @@ impl<P: Planner> Delivery<P> {
             min_tls_version: self.policy.min_tls_version(),
             on_tls_failure: OnTlsFailure::Defer,
             port,
+            mta_sts_failure: None,
             mx: vec![mxgate_policy::MxPlan {
                 host,
                 preference: 0,
@@ -544,6 +545,10 @@ impl Reporter<'_> {
             local_addr: None,
             requirement: None,
             tls: None,
+            mta_sts_failure: self.plan.mta_sts_failure.as_ref().map(|e| SessionFailure {
+                kind: decide::sts_fetch_kind(e.class()),
+                reason: decide::bounded(&format!("mta-sts: {e}")),
+            }),
             result: Ok(()),
             is_tls_report: self.is_tls_report,
         }
@@ -811,6 +816,7 @@ mod tests {
                 min_tls_version: TlsVersion::Tls12,
                 on_tls_failure: OnTlsFailure::Defer,
                 port: 1,
+                mta_sts_failure: None,
                 mx: vec![MxPlan {
                     host: "mx.test".into(),
                     preference: 0,

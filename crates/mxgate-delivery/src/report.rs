@@ -38,6 +38,12 @@ pub struct SessionReport {
     pub requirement: Option<TlsRequirement>,
     /// TLS version, cipher and authentication, when TLS was established.
     pub tls: Option<TlsFacts>,
+    /// The domain announces an MTA-STS policy that could not be fetched or validated
+    /// (the plan's `mta_sts_failure`, as [`FailureKind::StsPolicyFetch`],
+    /// [`FailureKind::StsPolicyInvalid`] or [`FailureKind::StsWebpkiInvalid`]): the
+    /// session ran under the fallback level (RFC 8461 §5), and RFC 8460 §4.3.2.2 reports
+    /// it as that policy failure.
+    pub mta_sts_failure: Option<SessionFailure>,
     /// `Ok` when the session reached the mail transaction under its requirement;
     /// otherwise the failure's kind and a short sentence for people.
     pub result: Result<(), SessionFailure>,

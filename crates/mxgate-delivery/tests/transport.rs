@@ -295,6 +295,62 @@ async fn every_session_and_skipped_mx_is_reported_to_the_sink() {
     assert_eq!(ok.domain, "dest.test");
     assert_eq!(ok.level, Level::MtaSts);
     assert!(reports.iter().all(|r| !r.is_tls_report));
+    assert!(reports.iter().all(|r| r.mta_sts_failure.is_none()));
+}
+
+/// A plan made without the announced MTA-STS policy (RFC 8461 §5) says so on every
+/// session report, with the RFC 8460 §4.3.2.2 kind of the failure.
+#[tokio::test]
+async fn an_unobtainable_mta_sts_policy_is_on_every_session_report() {
+    use mxgate_policy::sts::fetch::FetchError;
+    use mxgate_queue::FailureKind;
+    for (error, kind) in [
+        (FetchError::Status(404), FailureKind::StsPolicyFetch),
+        (FetchError::Timeout, FailureKind::StsPolicyFetch),
+        (
+            FetchError::Parse("policy: no max_age".into()),
+            FailureKind::StsPolicyInvalid,
+        ),
+        (
+            FetchError::Certificate("invalid peer certificate: UnknownIssuer".into()),
+            FailureKind::StsWebpkiInvalid,
+        ),
+    ] {
+        let receiver = SmtpReceiver::start(ReceiverConfig::default())
+            .await
+            .unwrap();
+        let mut p = plan(
+            Level::May,
+            vec![(
+                "mx.dest.test",
+                vec![ip("127.0.0.2"), ip("127.0.0.1")],
+                Ok(TlsRequirement::Opportunistic),
+            )],
+        );
+        p.mta_sts_failure = Some(error.clone());
+        let sink = Arc::new(Collect::default());
+        let d = delivery(
+            receiver.port(),
+            FixedPlanner {
+                plan: Ok(p),
+                tls: insecure_config(),
+            },
+        )
+        .with_session_sink(sink.clone());
+        let out = d.deliver(job(&["r1@dest.test"])).await;
+        assert!(
+            matches!(out[0].outcome, Outcome::Delivered { .. }),
+            "{out:?}"
+        );
+        let reports = sink.0.lock().unwrap().clone();
+        assert_eq!(reports.len(), 2, "refused, then delivered: {reports:#?}");
+        for r in &reports {
+            let f = r.mta_sts_failure.as_ref().expect("carried");
+            assert_eq!(f.kind, kind, "{error:?}");
+            assert_eq!(f.reason, format!("mta-sts: {error}"));
+        }
+        assert_eq!(reports[1].result, Ok(()));
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use mxgate_dns::DnssecStatus;
 
 use crate::plan::{PolicySource, TlsRequirement, TlsaRecord};
 use crate::reason::{LookupFailure, SkipReason};
+use crate::sts::fetch::FetchError;
 use crate::sts::{MtaStsMode, MtaStsPolicy};
 
 /// What the TLSA lookup for one MX host found (RFC 7672 §2.2).
@@ -84,10 +85,13 @@ pub struct HostFacts {
 pub enum StsState {
     /// Not consulted (the level does not use MTA-STS, or DANE decided everything).
     NotConsulted,
-    /// No `_mta-sts` TXT record and no cached policy, or a fetch failed with no
-    /// unexpired cached policy (RFC 8461 §5: deliver "as though the domain has not
-    /// implemented MTA-STS").
+    /// No `_mta-sts` TXT record and no cached policy (or the TXT lookup failed).
     Absent,
+    /// The `_mta-sts` TXT record announces a policy, but it could not be fetched or
+    /// validated and no unexpired policy is cached. RFC 8461 §5: "senders MUST continue
+    /// with delivery as though the domain has not implemented MTA-STS" — decided as
+    /// [`StsState::Absent`]; the failure is kept for TLS reports (RFC 8460 §4.3.2.2).
+    Unavailable(FetchError),
     /// A valid policy, fresh or cached and unexpired.
     Policy(MtaStsPolicy),
 }
@@ -201,7 +205,7 @@ fn base_level(level: Level) -> Level {
 /// MTA-STS (RFC 8461 §4, §5) for one host; `None` = no policy, use the fallback.
 fn sts_for_host(sts: &StsState, host: &str) -> Option<Result<TlsRequirement, SkipReason>> {
     match sts {
-        StsState::NotConsulted | StsState::Absent => None,
+        StsState::NotConsulted | StsState::Absent | StsState::Unavailable(_) => None,
         StsState::Policy(p) => match p.mode {
             // RFC 8461 §5: "none: In this mode, Sending MTAs should treat the Policy
             // Domain as though it does not have any active policy."

@@ -15,7 +15,9 @@ use tokio::task::JoinSet;
 
 use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
 use crate::explain::{Configured, Explanation, StatusNames, StsReport};
-use crate::plan::{DeliveryPlan, MxPlan, ShadowRequirement, TlsRequirement, TlsaRecord};
+use crate::plan::{
+    DeliveryPlan, MxPlan, PolicySource, ShadowRequirement, TlsRequirement, TlsaRecord,
+};
 use crate::reason::{LookupFailure, PlanError, SkipReason};
 use crate::sts::fetch::{FetchError, NetworkSource, StsSource};
 use crate::sts::store::{now_unix, CacheWrite, PolicyStore, StsLookup};
@@ -184,6 +186,13 @@ impl PolicyEngine {
                 }
             })
             .collect();
+        // RFC 8460 §4.3.2.2: only where the policy that failed would have applied.
+        let mta_sts_failure = match &facts.sts.state {
+            StsState::Unavailable(e) if decision.source == PolicySource::Fallback => {
+                Some(e.clone())
+            }
+            _ => None,
+        };
         let plan = DeliveryPlan {
             domain,
             level: decision.level,
@@ -193,6 +202,7 @@ impl PolicyEngine {
             on_tls_failure,
             port,
             mx,
+            mta_sts_failure,
         };
         Ok((plan, facts, level))
     }

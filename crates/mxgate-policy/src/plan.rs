@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use mxgate_config::{Level, OnTlsFailure, TlsVersion};
 
 use crate::reason::SkipReason;
+use crate::sts::fetch::FetchError;
 
 /// Where the level applied to a destination came from (log field `source=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +113,12 @@ pub struct DeliveryPlan {
     /// dials this port and no other.
     pub port: u16,
     pub mx: Vec<MxPlan>,
+    /// The domain announces an MTA-STS policy (`_mta-sts` TXT, RFC 8461 §3.1) that
+    /// could not be fetched or validated, no unexpired policy is cached, and that policy
+    /// would have decided the level: the plan is the fallback (RFC 8461 §5), and TLS
+    /// reports count each session as this failure (RFC 8460 §4.3.2.2). `None` otherwise,
+    /// also where DANE applies (RFC 8461 §2).
+    pub mta_sts_failure: Option<FetchError>,
 }
 
 impl DeliveryPlan {
@@ -161,6 +168,7 @@ mod tests {
             min_tls_version: TlsVersion::Tls12,
             on_tls_failure: OnTlsFailure::Defer,
             port: 25,
+            mta_sts_failure: None,
             mx: vec![MxPlan {
                 host: "mx.d.example".into(),
                 preference: 10,

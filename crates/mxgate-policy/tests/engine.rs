@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mxgate_config::{Config, DnsConfig, DnssecMode, DomainPolicy, Level};
 use mxgate_dns::DnsClient;
+use mxgate_policy::sts::fetch::{FetchError, FetchFailure};
 use mxgate_policy::{
     CacheWrite, PlanError, PolicyEngine, PolicySource, SkipReason, TlsRequirement,
 };
@@ -62,6 +63,10 @@ async fn world() -> World {
         .record("evil.insecure.test. 300 IN A 127.0.0.1")
         .record("_mta-sts.sts.insecure.test. 300 IN TXT \"v=STSv1; id=20240101\"")
         .record("mta-sts.sts.insecure.test. 300 IN A 127.0.0.1")
+        // MTA-STS announced, but the policy host's certificate names other hosts.
+        .record("wrongname.insecure.test. 300 IN MX 10 mx.plain.insecure.test.")
+        .record("_mta-sts.wrongname.insecure.test. 300 IN TXT \"v=STSv1; id=1\"")
+        .record("mta-sts.wrongname.insecure.test. 300 IN A 127.0.0.1")
         // Neither DANE nor MTA-STS; an implicit MX.
         .record("plain.insecure.test. 300 IN MX 10 mx.plain.insecure.test.")
         .record("mx.plain.insecure.test. 300 IN A 127.0.0.1")
@@ -236,23 +241,68 @@ async fn mta_sts_policy_survives_server_outage_and_restart() {
     assert!(p.mx[1].requirement.is_err());
 }
 
+/// RFC 8461 §5: a policy that cannot be fetched or validated means delivery as though
+/// the domain had none; the plan keeps why, classed as RFC 8460 §4.3.2.2 does.
 #[tokio::test]
 async fn bad_policies_are_no_policy() {
     let w = world().await;
     let e = engine(&w, |_| {});
-    for bad in [
-        HttpResponse::status(200)
-            .header("Content-Type", "text/html")
-            .body(ENFORCE.as_bytes()),
-        HttpResponse::redirect(302, "https://mta-sts.sts.insecure.test/other"),
-        HttpResponse::status(404),
-        HttpResponse::policy(&format!("{ENFORCE}{}", "x: y\n".repeat(20000))),
-        HttpResponse::policy("version: STSv1\nmode: enforce\n"),
+    for (bad, class) in [
+        (
+            HttpResponse::status(200)
+                .header("Content-Type", "text/html")
+                .body(ENFORCE.as_bytes()),
+            FetchFailure::Fetch,
+        ),
+        (
+            HttpResponse::redirect(302, "https://mta-sts.sts.insecure.test/other"),
+            FetchFailure::Fetch,
+        ),
+        (HttpResponse::status(404), FetchFailure::Fetch),
+        (
+            HttpResponse::policy(&format!("{ENFORCE}{}", "x: y\n".repeat(20000))),
+            FetchFailure::Fetch,
+        ),
+        (
+            HttpResponse::policy("version: STSv1\nmode: enforce\n"),
+            FetchFailure::Invalid,
+        ),
+        (
+            HttpResponse::policy("version: STSv2\nmode: enforce\nmx: a.test\nmax_age: 1\n"),
+            FetchFailure::Invalid,
+        ),
     ] {
         w.https.serve_policy("sts.insecure.test", bad.clone());
         let p = e.plan("sts.insecure.test").await.unwrap();
         assert_eq!(p.source, PolicySource::Fallback, "{bad:?}");
+        let failure = p.mta_sts_failure.as_ref().expect("the failure is kept");
+        assert_eq!(failure.class(), class, "{bad:?}: {failure}");
     }
+    // A policy that is served again clears it.
+    w.https
+        .serve_policy("sts.insecure.test", HttpResponse::policy(ENFORCE));
+    let p = e.plan("sts.insecure.test").await.unwrap();
+    assert_eq!((p.source, p.mta_sts_failure), (PolicySource::MtaSts, None));
+    // Without a TXT record there is nothing to report.
+    assert_eq!(
+        e.plan("plain.insecure.test").await.unwrap().mta_sts_failure,
+        None
+    );
+}
+
+/// RFC 8461 §3.3: the policy host's certificate must be valid for `mta-sts.DOMAIN`:
+/// one for other names fails PKIX validation (RFC 8460 `sts-webpki-invalid`), and the
+/// request is never sent.
+#[tokio::test]
+async fn a_policy_host_certificate_for_other_names_is_a_webpki_failure() {
+    let w = world().await;
+    let e = engine(&w, |_| {});
+    let p = e.plan("wrongname.insecure.test").await.unwrap();
+    assert_eq!(p.source, PolicySource::Fallback);
+    let failure = p.mta_sts_failure.expect("the failure is kept");
+    assert_eq!(failure.class(), FetchFailure::Webpki, "{failure}");
+    assert!(matches!(failure, FetchError::Certificate(_)), "{failure:?}");
+    assert_eq!(w.https.requests("mta-sts.wrongname.insecure.test"), 0);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ fn plan(level: Level, source: PolicySource, mx: Vec<MxPlan>) -> Result<DeliveryP
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
         port: 25,
+        mta_sts_failure: None,
         mx,
     })
 }

@@ -1,9 +1,10 @@
 //! A scripted HTTPS server for MTA-STS policy fetches (RFC 8461 §3.3).
 //!
-//! [`HttpsServer`] listens on 127.0.0.1 with a caller-supplied rustls configuration and
-//! answers each HTTP/1.1 request from a route table keyed by host (the `Host` header, or
-//! SNI when the header is missing) and path: status, headers, body, an optional delay
-//! before the response and optionally no `Content-Length`. Unrouted requests get 404. It
+//! [`HttpsServer`] listens on 127.0.0.1 (or a chosen address) with a caller-supplied
+//! rustls configuration and answers each HTTP/1.1 request from a route table keyed by
+//! host (the `Host` header, or SNI when the header is missing) and path: status,
+//! headers, body, an optional delay before the response and optionally no
+//! `Content-Length`. Unrouted requests get 404. It
 //! counts requests per host and can be stopped and restarted on the same port, so a test
 //! can take a policy server down and bring it back.
 //!
@@ -149,7 +150,14 @@ pub struct HttpsServer {
 impl HttpsServer {
     /// Starts serving on 127.0.0.1 and an ephemeral port with `tls`.
     pub async fn start(tls: Arc<ServerConfig>) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), tls).await
+    }
+
+    /// Starts serving on `addr` (port 0: an ephemeral one) with `tls`; e.g. a second
+    /// policy host with another certificate on another loopback address and the same
+    /// port (`policy.mta_sts_port` is one port for every domain).
+    pub async fn start_on(addr: SocketAddr, tls: Arc<ServerConfig>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let mut server = Self {
             addr: listener.local_addr()?,
             acceptor: TlsAcceptor::from(tls),

@@ -75,6 +75,19 @@ impl Policy {
         }
     }
 
+    /// MTA-STS announced by the domain's `_mta-sts` TXT record (RFC 8461 §3.1) but not
+    /// obtained: the fetch failed, the policy was invalid, or its host failed PKIX
+    /// validation (RFC 8460 §4.3.2.2). `policy-type` is `sts` — the policy that was to
+    /// be applied — with neither `policy-string` nor `mx-host`: RFC 8460 §4.4 fills
+    /// those from the applied policy, and there is none to quote.
+    pub fn sts_unavailable() -> Policy {
+        Policy {
+            policy_type: PolicyType::Sts,
+            policy_string: Vec::new(),
+            mx_host: Vec::new(),
+        }
+    }
+
     /// DANE: the TLSA records (presentation form) of one MX host.
     pub fn tlsa(mx_host: &str, records: Vec<String>) -> Policy {
         Policy {
@@ -134,6 +147,12 @@ impl ResultType {
             ResultType::StsPolicyInvalid => "sts-policy-invalid",
             ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
         }
+    }
+
+    /// The result type named `name` (its RFC 8460 §4.3 spelling); `None` for any other
+    /// string.
+    pub fn parse(name: &str) -> Option<ResultType> {
+        ResultType::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 
@@ -424,6 +443,28 @@ mod tests {
     fn result_types_have_the_rfc_names() {
         for rt in ResultType::ALL {
             assert_eq!(serde_json::to_value(rt).unwrap(), rt.as_str());
+            assert_eq!(ResultType::parse(rt.as_str()), Some(rt));
+        }
+        assert_eq!(
+            ResultType::parse("sts-policy-fetch-error"),
+            Some(ResultType::StsPolicyFetchError)
+        );
+        assert_eq!(
+            ResultType::parse("sts-policy-invalid"),
+            Some(ResultType::StsPolicyInvalid)
+        );
+        assert_eq!(
+            ResultType::parse("sts-webpki-invalid"),
+            Some(ResultType::StsWebpkiInvalid)
+        );
+        for not_one in [
+            "",
+            "testing",
+            "no-policy-found",
+            "STS-POLICY-INVALID",
+            "sts-policy-fetch",
+        ] {
+            assert_eq!(ResultType::parse(not_one), None, "{not_one:?}");
         }
         for pt in PolicyType::ALL {
             assert_eq!(serde_json::to_value(pt).unwrap(), pt.as_str());

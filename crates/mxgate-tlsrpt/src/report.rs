@@ -254,6 +254,91 @@ mod tests {
         assert!(v["policies"][0].get("failure-details").is_none());
     }
 
+    /// RFC 8460 §4.3.2.2: an announced MTA-STS policy that could not be obtained is an
+    /// `sts` policy block without policy-string or mx-host, every session a failure of
+    /// the policy failure's result type; a policy obtained later in the period is a
+    /// policy block of its own.
+    #[test]
+    fn an_unobtainable_sts_policy_is_reported_as_sts_policy_failures() {
+        let failure = |rt: ResultType, mx: &str| {
+            SessionResult::Failure(FailureDetail {
+                receiving_mx_hostname: Some(mx.into()),
+                failure_reason_code: Some(rt.as_str().into()),
+                ..FailureDetail::new(rt)
+            })
+        };
+        let mut t = Tally::default();
+        for result in [
+            failure(ResultType::StsPolicyFetchError, "mx1.example.com"),
+            failure(ResultType::StsPolicyFetchError, "mx1.example.com"),
+            failure(ResultType::StsPolicyInvalid, "mx1.example.com"),
+            failure(ResultType::StsWebpkiInvalid, "mx2.example.com"),
+        ] {
+            t.record(SessionRecord {
+                policy_domain: "example.com".into(),
+                policy: Policy::sts_unavailable(),
+                result,
+            });
+        }
+        t.record(SessionRecord {
+            policy_domain: "example.com".into(),
+            policy: Policy::sts(
+                "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmax_age: 600\n",
+            ),
+            result: SessionResult::Success,
+        });
+        let sub = Submitter {
+            organization_name: "Relay Inc".into(),
+            contact_info: "postmaster@relay.example".into(),
+            domain: "relay.example".into(),
+        };
+        let r = build(
+            &sub,
+            "example.com",
+            0,
+            86400,
+            "id-3",
+            &t.domains["example.com"],
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["policies"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["policies"][0]["policy"],
+            serde_json::json!({"policy-type": "sts", "policy-domain": "example.com"})
+        );
+        assert_eq!(
+            v["policies"][0]["summary"],
+            serde_json::json!({"total-successful-session-count": 0, "total-failure-session-count": 4})
+        );
+        let details: Vec<(String, u64)> = v["policies"][0]["failure-details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["result-type"].as_str().unwrap().to_string(),
+                    d["failed-session-count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            details,
+            [
+                ("sts-policy-fetch-error".to_string(), 2),
+                ("sts-policy-invalid".to_string(), 1),
+                ("sts-webpki-invalid".to_string(), 1)
+            ]
+        );
+        assert_eq!(
+            v["policies"][1]["policy"]["policy-string"][1],
+            "mode: enforce"
+        );
+        assert_eq!(
+            v["policies"][1]["summary"]["total-successful-session-count"],
+            1
+        );
+    }
+
     #[test]
     fn gzip_round_trips_and_ids_are_unique() {
         let sub = Submitter {

@@ -184,6 +184,7 @@ pub fn plan(
         on_tls_failure: OnTlsFailure::Defer,
         // The receiver's port; the tests' `delivery` helpers set it.
         port: 25,
+        mta_sts_failure: None,
         mx: mx
             .into_iter()
             .enumerate()

@@ -34,11 +34,16 @@ pub enum TxtOutcome {
     Failed(String),
 }
 
-/// Why a policy fetch failed; `label()` is the `result` of the fetch metric.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a policy fetch failed; `label()` is the `result` of the fetch metric,
+/// [`FetchError::class`] what RFC 8460 §4.3.2.2 calls it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum FetchError {
     #[error("policy fetch: {0}")]
     Network(String),
+    /// RFC 8461 §3.3: the policy host's certificate must chain to a trusted root and be
+    /// valid for `mta-sts.DOMAIN`; this one is not.
+    #[error("policy fetch: certificate of the policy host not valid: {0}")]
+    Certificate(String),
     #[error("policy fetch: HTTP status {0} (only 200 is accepted)")]
     Status(u16),
     #[error("policy fetch: Content-Type {0:?} is not text/plain")]
@@ -55,6 +60,7 @@ impl FetchError {
     pub fn label(&self) -> &'static str {
         match self {
             FetchError::Network(_) => "network_error",
+            FetchError::Certificate(_) => "certificate",
             FetchError::Status(_) => "http_status",
             FetchError::ContentType(_) => "content_type",
             FetchError::TooLarge => "too_large",
@@ -62,6 +68,34 @@ impl FetchError {
             FetchError::Parse(_) => "parse_error",
         }
     }
+
+    /// The RFC 8460 §4.3.2.2 class of this failure.
+    pub fn class(&self) -> FetchFailure {
+        match self {
+            FetchError::Certificate(_) => FetchFailure::Webpki,
+            FetchError::Parse(_) => FetchFailure::Invalid,
+            FetchError::Network(_)
+            | FetchError::Status(_)
+            | FetchError::ContentType(_)
+            | FetchError::TooLarge
+            | FetchError::Timeout => FetchFailure::Fetch,
+        }
+    }
+}
+
+/// The MTA-STS policy failures of RFC 8460 §4.3.2.2, for a domain whose `_mta-sts`
+/// TXT record announces a policy that could not be obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FetchFailure {
+    /// `sts-policy-fetch-error`: "a failure to retrieve an MTA-STS policy" (the host is
+    /// unreachable, times out, answers other than `200 text/plain`, or too much).
+    Fetch,
+    /// `sts-policy-invalid`: a body was retrieved but is not a valid policy (RFC 8461
+    /// §3.2).
+    Invalid,
+    /// `sts-webpki-invalid`: the policy "could not be authenticated using PKIX
+    /// validation" (RFC 8461 §3.3).
+    Webpki,
 }
 
 /// Where policies come from; a trait so the store can be tested without a network.
@@ -172,6 +206,8 @@ impl NetworkSource {
 fn classify(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout
+    } else if let Some(tls) = certificate_error(&e) {
+        FetchError::Certificate(tls.to_string())
     } else {
         // Include the source chain: reqwest's top-level message hides TLS errors.
         let mut msg = e.to_string();
@@ -183,6 +219,32 @@ fn classify(e: reqwest::Error) -> FetchError {
         }
         FetchError::Network(msg)
     }
+}
+
+/// The rustls certificate error somewhere in `e`'s source chain, if the fetch failed on
+/// the policy host's certificate. tokio-rustls hands rustls errors up inside an
+/// `io::Error`, whose `source()` skips its payload, so each `io::Error` is opened too.
+fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let is_certificate = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return is_certificate(r).then_some(r);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 impl StsSource for NetworkSource {
@@ -211,5 +273,66 @@ impl StsSource for NetworkSource {
                 .map_err(|_| FetchError::Timeout)??;
             parse_policy(&body).map_err(|e| FetchError::Parse(e.to_string()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_errors_have_their_rfc_8460_classes() {
+        let rows = [
+            (FetchError::Network("refused".into()), FetchFailure::Fetch),
+            (FetchError::Status(404), FetchFailure::Fetch),
+            (
+                FetchError::ContentType("text/html".into()),
+                FetchFailure::Fetch,
+            ),
+            (FetchError::TooLarge, FetchFailure::Fetch),
+            (FetchError::Timeout, FetchFailure::Fetch),
+            (
+                FetchError::Parse("no max_age".into()),
+                FetchFailure::Invalid,
+            ),
+            (
+                FetchError::Certificate("UnknownIssuer".into()),
+                FetchFailure::Webpki,
+            ),
+        ];
+        for (e, class) in rows {
+            assert_eq!(e.class(), class, "{e:?}");
+        }
+    }
+
+    /// A wrapper whose `source()` is an `io::Error`, as hyper's connect errors are.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn certificate_errors_are_found_inside_io_errors() {
+        let tls = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let found = Wrapped(tls(untrusted.clone()));
+        assert_eq!(certificate_error(&found), Some(&untrusted));
+        // Other TLS failures, and plain I/O errors, are no certificate failures.
+        let alert = Wrapped(tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure,
+        )));
+        assert_eq!(certificate_error(&alert), None);
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(certificate_error(&refused), None);
     }
 }

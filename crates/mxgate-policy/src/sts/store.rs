@@ -272,9 +272,10 @@ impl PolicyStore {
                             // can be fetched via HTTPS (for any reason), and there is no
                             // valid (non-expired) previously cached policy, senders MUST
                             // continue with delivery as though the domain has not
-                            // implemented MTA-STS."
+                            // implemented MTA-STS." The failure is kept: TLS
+                            // reports say it (RFC 8460 §4.3.2.2).
                             None => StsLookup {
-                                state: StsState::Absent,
+                                state: StsState::Unavailable(e),
                                 cached: None,
                             },
                         }
@@ -415,9 +416,9 @@ mod tests {
         *down.txt.lock().unwrap() = TxtOutcome::Id("2".into());
         assert!(enforce(&store2.lookup("example.com", 4000).await));
         assert_eq!(*down.fetches.lock().unwrap(), 1);
-        // After expiry, nothing is left.
+        // After expiry, nothing is left but the failure (for TLS reports).
         let l = store2.lookup("example.com", 1000 + 86400).await;
-        assert_eq!(l.state, StsState::Absent);
+        assert_eq!(l.state, StsState::Unavailable(FetchError::Timeout));
     }
 
     /// Another instance's view of the shared cache (the Redis one is tested end to end
@@ -472,7 +473,10 @@ mod tests {
         // Without the shared cache, the same B has no policy (RFC 8461 §5).
         let dir_c = tempfile::tempdir().unwrap();
         let c = PolicyStore::new(dir_c.path().into(), down.clone());
-        assert_eq!(c.lookup("example.com", 2000).await.state, StsState::Absent);
+        assert_eq!(
+            c.lookup("example.com", 2000).await.state,
+            StsState::Unavailable(FetchError::Timeout)
+        );
     }
 
     #[tokio::test]
