@@ -460,7 +460,7 @@ async fn json_log_format_gives_json_lines() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let line = loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(l) = log.lines().find(|l| l.contains("status=sent")) {
+        if let Some(l) = log.lines().find(|l| l.contains(r#""status":"sent""#)) {
             break l.to_string();
         }
         assert!(
@@ -476,13 +476,25 @@ async fn json_log_format_gives_json_lines() {
     }
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["level"], "INFO");
-    let message = v["message"].as_str().unwrap_or_default();
-    let f = fields(message);
-    assert_eq!(
-        (&*f["to"], &*f["status"]),
-        ("<j@clear.ops.test>", "sent"),
-        "{line}"
-    );
+    // Real fields, each its own key (not key=value text inside `message`).
+    assert!(v.get("message").is_none(), "{line}");
+    for (key, want) in [
+        ("to", "<j@clear.ops.test>"),
+        ("status", "sent"),
+        ("policy", "may"),
+        ("dsn", "2.0.0"),
+        ("conn", "new"),
+    ] {
+        assert_eq!(v[key], want, "{key}: {line}");
+    }
+    // The reply is the server's words, without the text format's quotes.
+    let reply = v["reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("250 "), "{line}");
+    for key in [
+        "id", "from", "relay", "tls", "cipher", "auth", "trust", "delay",
+    ] {
+        assert!(v[key].is_string(), "{key} missing: {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
