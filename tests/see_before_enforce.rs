@@ -331,6 +331,16 @@ async fn resolver_that_strips_signatures_fails_the_self_test_and_nothing_leaks()
             .contains("resolver does not validate DNSSEC"),
         "{v}"
     );
+    // `check` runs the same self-test first, and blames the resolver too.
+    let (code, out, err) = cli(&gate.config_path, &["check", "dane.sec.test"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("resolver self-test failed"), "{err}");
+    assert!(
+        format!("{out}{err}").contains("resolver does not validate DNSSEC"),
+        "{out}{err}"
+    );
+    assert!(!out.contains("bogus"), "{out}");
+    assert_eq!(receiver.connections(), 0, "check dialled the DANE MX");
     let metrics = scrape(gate.metrics);
     if std::env::var_os("DUMP").is_some() {
         eprintln!("{}\n{v}", gate.log());

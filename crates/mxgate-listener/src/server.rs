@@ -312,7 +312,7 @@ impl Connection {
         match &result {
             Ok(id) => {
                 metrics::counter!(MESSAGES_RECEIVED).increment(1);
-                tracing::info!(id = %id, from = %format!("<{from}>"), nrcpt, size, client = %self.peer.ip(), "message accepted");
+                tracing::info!(id = %id, from = %format_args!("<{}>", mxgate_smtp::LogValue(&from)), nrcpt, size, client = %self.peer.ip(), "message accepted");
             }
             Err(e) => {
                 tracing::warn!(from = %format!("<{from}>"), nrcpt, size, client = %self.peer.ip(), error = %e, "message not stored");

@@ -11,6 +11,7 @@
 //! - [`client`]: client command formatting from an [`Envelope`].
 //! - [`data`]: DATA reader (server) and dot-stuffing (client).
 //! - [`date`]: RFC 5322 and RFC 3339 dates of a Unix time, in UTC.
+//! - [`logvalue`]: values from outside made safe for `key=value` log fields.
 //! - [`status`]: RFC 3463 [`EnhancedStatus`].
 //! - [`xtext`]: RFC 3461 xtext.
 
@@ -23,6 +24,7 @@ pub mod date;
 pub mod ehlo;
 pub mod envelope;
 pub mod line;
+pub mod logvalue;
 pub mod reply;
 pub mod status;
 pub mod xtext;
@@ -33,5 +35,6 @@ pub use data::{dot_stuff, DataError, DataOutcome, DataReader};
 pub use ehlo::Capabilities;
 pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 pub use line::{LineError, LineReader};
+pub use logvalue::{log_quoted, LogValue};
 pub use reply::{parse_reply, reply_complete, EnhancedCode, Reply, ReplyError, ReplyScan};
 pub use status::{EnhancedStatus, StatusClass, StatusParseError};

@@ -530,6 +530,7 @@ pub fn check(config: Config, domain: &str, json: bool) -> Result<ExitCode, CliEr
         let dns = Arc::new(
             DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?,
         );
+        crate::inspect::resolver_self_test(&dns).await;
         let engine = Arc::new(
             PolicyEngine::new(config.clone(), dns)
                 .map_err(|e| CliError::Startup(format!("policy: {e}")))?,

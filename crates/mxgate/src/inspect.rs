@@ -36,17 +36,7 @@ pub fn policy(
         let dns = Arc::new(
             DnsClient::new(&config.dns).map_err(|e| CliError::Startup(format!("dns: {e}")))?,
         );
-        // As the daemon does at start: a resolver that cannot validate is named as the
-        // cause of DNSSEC failures, not the destination.
-        match dns.self_test().await {
-            mxgate_dns::SelfTest::NotValidating { seen, fix } => {
-                eprintln!("mxgate: resolver self-test failed: {seen}; fix: {fix}")
-            }
-            mxgate_dns::SelfTest::LookupFailed { detail } => {
-                eprintln!("mxgate: resolver self-test failed: {detail}")
-            }
-            mxgate_dns::SelfTest::Validates | mxgate_dns::SelfTest::Skipped => {}
-        }
+        resolver_self_test(&dns).await;
         let engine = PolicyEngine::new(config.clone(), dns)
             .map_err(|e| CliError::Startup(format!("policy: {e}")))?;
         let explanation = engine.explain(domain, write).await;
@@ -67,6 +57,21 @@ pub fn policy(
             ExitCode::from(1)
         })
     })
+}
+
+/// The resolver self-test, as the daemon runs it at start (docs/operations.md): a
+/// resolver that cannot validate is then named as the cause of DNSSEC failures, not the
+/// destination, and the failure is printed on stderr with its fix.
+pub(crate) async fn resolver_self_test(dns: &DnsClient) {
+    match dns.self_test().await {
+        mxgate_dns::SelfTest::NotValidating { seen, fix } => {
+            eprintln!("mxgate: resolver self-test failed: {seen}; fix: {fix}")
+        }
+        mxgate_dns::SelfTest::LookupFailed { detail } => {
+            eprintln!("mxgate: resolver self-test failed: {detail}")
+        }
+        mxgate_dns::SelfTest::Validates | mxgate_dns::SelfTest::Skipped => {}
+    }
 }
 
 /// `mxgate queue ACTION`.
@@ -334,6 +339,12 @@ fn explanation_text(v: &Value) -> String {
             .flatten()
         {
             let _ = writeln!(out, "           address {}", addr.as_str().unwrap_or("?"));
+        }
+        // RFC 7672 §2.2.3: TLSA looked up at the name a secure CNAME chain led to.
+        if let Some(base) = mx.get("tlsa_base").and_then(Value::as_str) {
+            if Some(base) != mx.get("host").and_then(Value::as_str) {
+                let _ = writeln!(out, "           TLSA base {base} (secure CNAME)");
+            }
         }
         for t in mx
             .get("tlsa")
