@@ -1,6 +1,8 @@
 //! Operations, through the real binary: `/metrics` after deliveries of each kind, the
 //! per-attempt log line (text and `--log-format json`), `mxgate check` verdicts and exit
-//! codes, SIGHUP reloads (valid and invalid), and SIGTERM without loss.
+//! codes, SIGHUP reloads (valid and invalid; new trust roots retire cached sessions; a new
+//! `delivery.smtp_port` moves the dialled port and its TLSA lookups together), and
+//! SIGTERM without loss.
 //!
 //! One test world per test: a DNSSEC-signed zone `ops.test.` and five MX receivers on
 //! 127.0.0.2..6 sharing one port (`delivery.smtp_port`):
@@ -591,4 +593,141 @@ async fn sigterm_during_deliveries_loses_nothing() {
     let mut want: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(got, want, "every message delivered exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_other_trust_roots_never_reuses_a_session_verified_under_the_old_ones() {
+    let world = World::start(ReceiverConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Mxgate::start(dir.path(), &world.settings(DOMAINS));
+    // `verify`: PKIX against the test CA of `delivery.ca_file`; the clean session is
+    // parked for the next job to the same MX.
+    send(&gate, "first@good.ops.test", "before reload").await;
+    world.good.wait_for(1).await;
+    let first = attempt_line(&gate, "first@good.ops.test", "sent").await;
+    assert_eq!(
+        (&*first["auth"], &*first["conn"]),
+        ("pkix", "new"),
+        "{first:?}"
+    );
+
+    // The same file now holds another CA, which did not sign mx-good's certificate.
+    TestCa::new("Other Ops CA")
+        .write_pem(&world.ca_file)
+        .unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log(
+        |l| l.contains("configuration reloaded"),
+        Duration::from_secs(10),
+    )
+    .await;
+    send(&gate, "second@good.ops.test", "after reload").await;
+    let second = attempt_line(&gate, "second@good.ops.test", "deferred").await;
+    assert_eq!(second["policy"], "verify", "{second:?}");
+    assert!(
+        second["reply"].contains("certificate for mx-good.ops.test not valid"),
+        "{second:?}\n{}",
+        gate.log()
+    );
+    assert_eq!(
+        world.good.messages().len(),
+        1,
+        "nothing may be sent over the session verified under the old roots"
+    );
+    assert!(
+        !gate.log().contains("conn=reused"),
+        "no session may be reused across the reload:\n{}",
+        gate.log()
+    );
+    // The first session ends with QUIT and never carried a second transaction.
+    let sessions = world.good.wait_sessions(1).await;
+    let commands: Vec<String> = sessions[0]
+        .commands
+        .iter()
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    assert_eq!(
+        commands.iter().filter(|c| c.starts_with("MAIL")).count(),
+        1,
+        "{commands:?}"
+    );
+    assert!(!commands.iter().any(|c| c == "RSET"), "{commands:?}");
+    assert_eq!(
+        commands.last().map(String::as_str),
+        Some("QUIT"),
+        "{commands:?}"
+    );
+}
+
+/// RFC 7672 §2.2.3 / RFC 6698 §3: the TLSA records of `_PORT._tcp.HOST` are those of the
+/// port dialled. The MX listens on two ports with different certificates, each port
+/// with its own TLSA record; `delivery.smtp_port` moves from one to the other by SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changing_the_smtp_port_dials_the_port_whose_tlsa_records_were_looked_up() {
+    let cert_a = TestCert::self_signed(&["mx-port.ops.test"]);
+    let cert_b = TestCert::self_signed(&["mx-port.ops.test"]);
+    let on_a = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 7], 0)),
+        ReceiverConfig::with_starttls(cert_a.server_config()),
+    )
+    .await
+    .unwrap();
+    let on_b = SmtpReceiver::start_on(
+        SocketAddr::from(([127, 0, 0, 7], 0)),
+        ReceiverConfig::with_starttls(cert_b.server_config()),
+    )
+    .await
+    .unwrap();
+    let (a, b) = (on_a.port(), on_b.port());
+    assert_ne!(a, b);
+    let records = format!(
+        "port.ops.test. 300 IN MX 10 mx-port.ops.test.
+mx-port.ops.test. 300 IN A 127.0.0.7
+_{a}._tcp.mx-port.ops.test. 300 IN TLSA 3 1 1 {tlsa_a}
+_{b}._tcp.mx-port.ops.test. 300 IN TLSA 3 1 1 {tlsa_b}",
+        tlsa_a = hex(&sha256(&cert_a.spki_der)),
+        tlsa_b = hex(&sha256(&cert_b.spki_der)),
+    );
+    let dns = DnsWorld::builder()
+        .zone("ops.test.", Signing::Secure)
+        .record(&records)
+        .start()
+        .await
+        .unwrap();
+    let mut settings = Settings::new(dns.addr(), a);
+    settings.dnssec = "validate";
+    settings.trust_anchor = Some(dns.trust_anchor_path().to_path_buf());
+    settings.domains = r#""port.ops.test" = { level = "dane-only" }"#.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Mxgate::start(dir.path(), &settings);
+    send(&gate, "first@port.ops.test", "port a").await;
+    on_a.wait_for(1).await;
+    let first = attempt_line(&gate, "first@port.ops.test", "sent").await;
+    assert_eq!(first["auth"], "dane-ee", "{first:?}");
+    assert_eq!(first["relay"], format!("mx-port.ops.test[127.0.0.7]:{a}"));
+
+    let original = std::fs::read_to_string(&gate.config_path).unwrap();
+    let moved = original.replace(&format!("smtp_port = {a}\n"), &format!("smtp_port = {b}\n"));
+    assert_ne!(moved, original);
+    std::fs::write(&gate.config_path, &moved).unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log(
+        |l| l.contains("configuration reloaded"),
+        Duration::from_secs(10),
+    )
+    .await;
+    send(&gate, "second@port.ops.test", "port b").await;
+    let second = attempt_line(&gate, "second@port.ops.test", "sent").await;
+    on_b.wait_for(1).await;
+    assert_eq!(second["auth"], "dane-ee", "{second:?}");
+    assert_eq!(second["relay"], format!("mx-port.ops.test[127.0.0.7]:{b}"));
+    assert_eq!(on_a.messages().len(), 1, "the old port gets nothing more");
+    assert!(
+        !gate
+            .log()
+            .lines()
+            .any(|l| l.contains("only after a restart") && l.contains("smtp_port")),
+        "{}",
+        gate.log()
+    );
 }

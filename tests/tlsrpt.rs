@@ -935,8 +935,17 @@ async fn unobtainable_sts_policies_are_reported_as_sts_policy_failures() {
     assert_eq!(code, 0, "tlsrpt send: {out}{err}\n{}", gate.log());
     let posts = collector.wait_posts(3).await;
     let mut by_domain: BTreeMap<String, ParsedReport> = BTreeMap::new();
+    let mut raw: BTreeMap<String, Value> = BTreeMap::new();
     for post in &posts {
         let report = parse_report(&post.body);
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(&post.body[..])
+            .read_to_string(&mut json)
+            .unwrap();
+        raw.insert(
+            report.policies[0].policy_domain.clone(),
+            serde_json::from_str(&json).unwrap(),
+        );
         let domain = report.policies[0].policy_domain.clone();
         assert!(
             by_domain.insert(domain, report).is_none(),
@@ -970,6 +979,26 @@ async fn unobtainable_sts_policies_are_reported_as_sts_policy_failures() {
             }],
             "{d}"
         );
+    }
+    // failure-reason-code and additional-information say which failure it was.
+    for (d, info) in [
+        (
+            missing,
+            "mta-sts: policy fetch: HTTP status 404 (only 200 is accepted)",
+        ),
+        (malformed, "mta-sts: policy: no max_age"),
+        (
+            untrusted,
+            "mta-sts: policy fetch: certificate of the policy host not valid: ",
+        ),
+    ] {
+        let detail = &raw[d]["policies"][0]["failure-details"][0];
+        assert_eq!(
+            detail["failure-reason-code"], detail["result-type"],
+            "{d}: {detail}"
+        );
+        let text = detail["additional-information"].as_str().unwrap();
+        assert!(text.starts_with(info), "{d}: {text}");
     }
     let metrics = reqwest_free_get(gate.metrics).await;
     for result in ["http_status", "parse_error", "certificate"] {

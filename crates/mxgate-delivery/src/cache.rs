@@ -3,9 +3,17 @@
 //! `smtp_connection_cache_on_demand`).
 //!
 //! A session is found again only under its exact [`SessionKey`]: the address dialled,
-//! the MX host name (SNI and certificate name), the [`TlsRequirement`] value and the
-//! minimum TLS version. A session negotiated for one requirement therefore never serves
-//! a different or stricter one, and a cleartext session never serves a TLS-required job.
+//! the MX host name (SNI and certificate name), the [`TlsRequirement`] value, the
+//! minimum TLS version and the trust generation. A session negotiated for one
+//! requirement therefore never serves a different or stricter one, and a cleartext
+//! session never serves a TLS-required job.
+//!
+//! The trust generation names the TLS client configuration a session's certificate was
+//! verified against (trust roots: webpki-roots and `delivery.ca_file`); a SIGHUP reload
+//! starts a new one (docs/operations.md, "Reload"). Once a key of a newer generation
+//! is seen, every idle session of an older one is closed (`QUIT`), and a session of an
+//! older generation that finishes later is closed instead of parked: a certificate
+//! accepted under the old roots is never trusted again under the new ones.
 //!
 //! Bounds: at most `max_total` idle sessions overall and `max_per_address` per address;
 //! adding beyond either closes the oldest. An idle session lives at most the idle
@@ -39,6 +47,9 @@ pub struct SessionKey {
     pub mx_host: String,
     pub requirement: TlsRequirement,
     pub min_tls_version: TlsVersion,
+    /// The trust configuration the session was verified under (see the module
+    /// documentation); larger is newer.
+    pub trust_generation: u64,
 }
 
 /// An idle session the cache can close.
@@ -58,6 +69,30 @@ struct Inner<T> {
     by_addr: HashMap<SocketAddr, Vec<Entry<T>>>,
     total: usize,
     next_id: u64,
+    /// The newest trust generation of any key seen so far.
+    generation: u64,
+}
+
+impl<T> Inner<T> {
+    /// Notes `generation`; when it is newer than any seen so far, removes and returns
+    /// every session of an older one.
+    fn retire_older(&mut self, generation: u64) -> Vec<Entry<T>> {
+        if generation <= self.generation {
+            return Vec::new();
+        }
+        self.generation = generation;
+        let mut retired = Vec::new();
+        for list in self.by_addr.values_mut() {
+            let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|e| e.key.trust_generation >= generation);
+            *list = keep;
+            retired.extend(old);
+        }
+        self.by_addr.retain(|_, list| !list.is_empty());
+        self.total -= retired.len();
+        retired
+    }
 }
 
 /// Bounded cache of idle sessions; see the module documentation.
@@ -75,6 +110,7 @@ impl<T: Idle> SessionCache<T> {
                 by_addr: HashMap::new(),
                 total: 0,
                 next_id: 0,
+                generation: 0,
             })),
             max_total,
             max_per_address: max_per_address.min(max_total),
@@ -96,37 +132,42 @@ impl<T: Idle> SessionCache<T> {
     }
 
     /// The most recently parked live session for exactly `key`, removed from the cache.
+    /// A `key` of a newer trust generation first closes every older session.
     pub fn take(&self, key: &SessionKey) -> Option<T> {
-        let mut expired = Vec::new();
+        let mut closing = Vec::new();
         let found = {
-            let mut inner = self.lock();
-            let inner = &mut *inner;
-            let list = inner.by_addr.get_mut(&key.addr)?;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            closing.extend(inner.retire_older(key.trust_generation));
             let timeout = self.idle_timeout;
-            let (live, dead): (Vec<_>, Vec<_>) = std::mem::take(list)
-                .into_iter()
-                .partition(|e| e.since.elapsed() < timeout);
-            *list = live;
-            inner.total -= dead.len();
-            expired.extend(dead);
-            let found = list
-                .iter()
-                .rposition(|e| e.key == *key)
-                .map(|i| list.remove(i));
-            if found.is_some() {
-                inner.total -= 1;
-            }
-            if list.is_empty() {
-                inner.by_addr.remove(&key.addr);
+            let mut found = None;
+            if let Some(list) = inner.by_addr.get_mut(&key.addr) {
+                let (live, dead): (Vec<_>, Vec<_>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|e| e.since.elapsed() < timeout);
+                *list = live;
+                inner.total -= dead.len();
+                closing.extend(dead);
+                found = list
+                    .iter()
+                    .rposition(|e| e.key == *key)
+                    .map(|i| list.remove(i));
+                if found.is_some() {
+                    inner.total -= 1;
+                }
+                if list.is_empty() {
+                    inner.by_addr.remove(&key.addr);
+                }
             }
             found
         };
-        close_all(expired.into_iter().map(|e| e.session));
+        close_all(closing.into_iter().map(|e| e.session));
         found.map(|e| e.session)
     }
 
     /// Parks `session` under `key`, closing the oldest sessions beyond the bounds, and
-    /// arms its idle timer. Needs a Tokio runtime.
+    /// arms its idle timer. A session of an older trust generation than one already
+    /// seen is closed instead. Needs a Tokio runtime.
     pub fn put(&self, key: SessionKey, session: T) {
         if self.max_total == 0 {
             close_all([session]);
@@ -134,8 +175,16 @@ impl<T: Idle> SessionCache<T> {
         }
         let addr = key.addr;
         let mut evicted = Vec::new();
+        let retired;
         let id = {
             let mut inner = self.lock();
+            retired = inner.retire_older(key.trust_generation);
+            if key.trust_generation < inner.generation {
+                // Verified under trust roots a reload has replaced.
+                drop(inner);
+                close_all([session]);
+                return;
+            }
             let id = inner.next_id;
             inner.next_id += 1;
             let list = inner.by_addr.entry(addr).or_default();
@@ -163,7 +212,7 @@ impl<T: Idle> SessionCache<T> {
             }
             id
         };
-        close_all(evicted.into_iter().map(|e| e.session));
+        close_all(retired.into_iter().chain(evicted).map(|e| e.session));
         let weak = Arc::downgrade(&self.inner);
         let deadline = Instant::now() + self.idle_timeout;
         tokio::spawn(expire(weak, addr, id, deadline));
@@ -254,6 +303,18 @@ mod tests {
             mx_host: "mx.test".into(),
             requirement,
             min_tls_version: TlsVersion::Tls12,
+            trust_generation: 0,
+        }
+    }
+
+    fn at_generation(mut key: SessionKey, generation: u64) -> SessionKey {
+        key.trust_generation = generation;
+        key
+    }
+
+    fn pkix() -> TlsRequirement {
+        TlsRequirement::Pkix {
+            names: vec!["mx.test".into()],
         }
     }
 
@@ -396,6 +457,74 @@ mod tests {
         assert_eq!(closed_now(&mut rx).await, vec![1]);
         assert!(cache.is_empty());
         assert!(cache.take(&k).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_newer_trust_generation_closes_every_older_session() {
+        let (tx, mut rx) = setup();
+        let cache = SessionCache::new(10, 10, IDLE_TIMEOUT);
+        let here = key(25, pkix());
+        let elsewhere = key(26, TlsRequirement::Cleartext);
+        cache.put(
+            here.clone(),
+            Fake {
+                id: 1,
+                closed: tx.clone(),
+            },
+        );
+        cache.put(elsewhere.clone(), Fake { id: 2, closed: tx });
+        // The first job after a reload: nothing verified under the old roots serves
+        // it, and every old session, at any address, is closed.
+        assert!(cache.take(&at_generation(here.clone(), 1)).is_none());
+        assert_eq!(closed_now(&mut rx).await, vec![1, 2]);
+        assert!(cache.is_empty());
+        assert!(cache.take(&here).is_none());
+        assert!(cache.take(&elsewhere).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_of_an_older_generation_is_closed_not_parked() {
+        let (tx, mut rx) = setup();
+        let cache = SessionCache::new(10, 10, IDLE_TIMEOUT);
+        let old = key(25, pkix());
+        let new = at_generation(old.clone(), 1);
+        cache.put(
+            new.clone(),
+            Fake {
+                id: 1,
+                closed: tx.clone(),
+            },
+        );
+        // A job that began before the reload finishes after it.
+        cache.put(old.clone(), Fake { id: 2, closed: tx });
+        assert_eq!(closed_now(&mut rx).await, vec![2]);
+        assert_eq!(cache.len(), 1);
+        assert!(
+            cache.take(&old).is_none(),
+            "an old job finds no new session"
+        );
+        assert!(closed_now(&mut rx).await.is_empty());
+        assert_eq!(cache.take(&new).map(|f| f.id), Some(1));
+    }
+
+    #[tokio::test]
+    async fn sessions_of_the_current_generation_survive_a_put_of_it() {
+        let (tx, mut rx) = setup();
+        let cache = SessionCache::new(10, 10, IDLE_TIMEOUT);
+        let a = at_generation(key(25, pkix()), 3);
+        let b = at_generation(key(26, pkix()), 3);
+        cache.put(
+            a.clone(),
+            Fake {
+                id: 1,
+                closed: tx.clone(),
+            },
+        );
+        cache.put(b.clone(), Fake { id: 2, closed: tx });
+        assert!(closed_now(&mut rx).await.is_empty());
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.take(&a).map(|f| f.id), Some(1));
+        assert_eq!(cache.take(&b).map(|f| f.id), Some(2));
     }
 
     #[tokio::test]

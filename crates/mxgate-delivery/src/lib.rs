@@ -5,7 +5,9 @@
 //! For each job: ask the [`Planner`] (the [`PolicyEngine`]) for a [`DeliveryPlan`]; a
 //! permanent plan error fails every recipient (null MX `5.1.10`, no such domain
 //! `5.1.2`), a temporary one defers them (`4.4.3`). Then dial each MX of the plan in
-//! order, each of its addresses in order, on `delivery.smtp_port`, within
+//! order, each of its addresses in order, on the plan's port (`delivery.smtp_port` as the
+//! planning engine read it, the port whose TLSA records were looked up: RFC 7672
+//! §2.2.3; so a reload that changes the port changes both at once), within
 //! `max_connections` and `max_connections_per_domain`, and run one SMTP session per
 //! address (new, or reused from the [`SessionCache`]) until every recipient has an outcome. Recipients
 //! left without one are deferred with the reasons gathered on the way (TLS policy
@@ -13,8 +15,10 @@
 //!
 //! Sessions are reused ([`cache`]): after a clean transaction the session is parked,
 //! without its permits, for at most [`cache::IDLE_TIMEOUT`]; the next job dialling the
-//! same address under the same TLS requirement, minimum version and MX name sends
-//! `RSET` and runs its transaction there. A dead cached session is dropped and the job
+//! same address under the same TLS requirement, minimum version, MX name and trust
+//! generation ([`Planner::trust_generation`]: a reload that may have changed the trust
+//! roots retires every session verified under the old ones) sends `RSET` and runs its
+//! transaction there. A dead cached session is dropped and the job
 //! dials afresh. At most `max_connections` sessions are idle in total, and at most
 //! `max_connections_per_domain` per address.
 //!
@@ -87,6 +91,27 @@ pub trait Planner: Send + Sync + 'static {
     /// shadow checks).
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
         None
+    }
+
+    /// Names the trust configuration [`Planner::client_config`] builds from (trust
+    /// roots: webpki-roots and `delivery.ca_file`); it grows whenever that may have
+    /// changed (a SIGHUP reload, docs/operations.md). A cached session serves only jobs
+    /// of the generation it was verified under ([`cache`]).
+    fn trust_generation(&self) -> u64 {
+        0
+    }
+
+    /// [`Planner::client_config`] and the [`Planner::trust_generation`] it was built
+    /// under. A planner that can change both overrides this to read them at once; this
+    /// default reads the generation first, so a reload in between can only label a
+    /// session older than it is (which makes it unusable, never wrongly usable).
+    fn client_config_with_generation(
+        &self,
+        requirement: &TlsRequirement,
+        min_tls_version: TlsVersion,
+    ) -> (Arc<ClientConfig>, u64) {
+        let generation = self.trust_generation();
+        (self.client_config(requirement, min_tls_version), generation)
     }
 }
 
@@ -293,8 +318,7 @@ impl<P: Planner> Delivery<P> {
                 )),
             );
         };
-        self.follow_plan(&job, &plan, self.settings.smtp_port, start, true)
-            .await
+        self.follow_plan(&job, &plan, start, true).await
     }
 
     /// `queue.bounce_relay`: the queue's own DSNs go to one fixed `host:port` (e.g. the
@@ -340,6 +364,7 @@ impl<P: Planner> Delivery<P> {
             configured: Level::May,
             min_tls_version: self.policy.min_tls_version(),
             on_tls_failure: OnTlsFailure::Defer,
+            port,
             mta_sts_failure: None,
             mx: vec![mxgate_policy::MxPlan {
                 host,
@@ -350,14 +375,13 @@ impl<P: Planner> Delivery<P> {
             }],
         };
         // The relay is not the destination's MX: nothing to report about its TLS.
-        self.follow_plan(job, &plan, port, start, false).await
+        self.follow_plan(job, &plan, start, false).await
     }
 
     async fn follow_plan(
         &self,
         job: &DeliveryJob,
         plan: &DeliveryPlan,
-        port: u16,
         start: Instant,
         report_sessions: bool,
     ) -> Vec<RecipientOutcome> {
@@ -386,15 +410,17 @@ impl<P: Planner> Delivery<P> {
                     continue;
                 }
             };
-            let tls_config = match requirement {
-                TlsRequirement::Cleartext => None,
-                _ => Some(
-                    self.policy
-                        .client_config(&requirement, plan.min_tls_version),
-                ),
+            let (tls_config, trust_generation) = match requirement {
+                TlsRequirement::Cleartext => (None, self.policy.trust_generation()),
+                _ => {
+                    let (config, generation) = self
+                        .policy
+                        .client_config_with_generation(&requirement, plan.min_tls_version);
+                    (Some(config), generation)
+                }
             };
             for ip in &mx.addrs {
-                let addr = SocketAddr::new(*ip, port);
+                let addr = SocketAddr::new(*ip, plan.port);
                 // An address listed twice (two MX names, one host) is dialled once: a
                 // session there either decided or may already have delivered.
                 if !tried.insert(addr) {
@@ -413,6 +439,7 @@ impl<P: Planner> Delivery<P> {
                     mx_host: mx.host.clone(),
                     requirement: requirement.clone(),
                     min_tls_version: plan.min_tls_version,
+                    trust_generation,
                 };
                 let params = SessionParams {
                     helo_name: self.hostname.clone(),
@@ -763,6 +790,7 @@ mod tests {
                 configured: Level::None,
                 min_tls_version: TlsVersion::Tls12,
                 on_tls_failure: OnTlsFailure::Defer,
+                port: 1,
                 mta_sts_failure: None,
                 mx: vec![MxPlan {
                     host: "mx.test".into(),
@@ -805,7 +833,6 @@ mod tests {
     #[tokio::test]
     async fn per_domain_limit_holds_back_a_second_connection() {
         let settings = DeliveryConfig {
-            smtp_port: 1,
             max_connections_per_domain: 1,
             ..DeliveryConfig::default()
         };

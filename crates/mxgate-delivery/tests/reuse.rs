@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,15 +22,24 @@ use rustls::ClientConfig;
 /// A planner whose plan the test changes between jobs.
 struct SwitchPlanner {
     plan: Mutex<DeliveryPlan>,
+    /// The receiver's port, which every plan names.
+    port: AtomicU16,
+    /// The trust generation; a test bumps it as a reload would.
+    generation: AtomicU64,
     tls: Arc<ClientConfig>,
 }
 
 impl Planner for SwitchPlanner {
     async fn plan(&self, _domain: &str) -> Result<DeliveryPlan, PlanError> {
-        Ok(self.plan.lock().unwrap().clone())
+        let mut plan = self.plan.lock().unwrap().clone();
+        plan.port = self.port.load(Ordering::SeqCst);
+        Ok(plan)
     }
     fn client_config(&self, _: &TlsRequirement, _: TlsVersion) -> Arc<ClientConfig> {
         self.tls.clone()
+    }
+    fn trust_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 
@@ -43,8 +53,8 @@ fn delivery_with(
     planner: Arc<SwitchPlanner>,
     idle: Duration,
 ) -> Delivery<SwitchPlanner> {
+    planner.port.store(port, Ordering::SeqCst);
     let settings = DeliveryConfig {
-        smtp_port: port,
         connect_timeout: Duration::from_secs(5),
         command_timeout: Duration::from_secs(5),
         ..DeliveryConfig::default()
@@ -55,6 +65,8 @@ fn delivery_with(
 fn planner(requirement: TlsRequirement) -> Arc<SwitchPlanner> {
     Arc::new(SwitchPlanner {
         plan: Mutex::new(one_mx(requirement)),
+        port: AtomicU16::new(0),
+        generation: AtomicU64::new(0),
         tls: insecure_config(),
     })
 }
@@ -168,6 +180,30 @@ async fn a_session_serves_only_the_same_requirement_and_version() {
     let messages = receiver.wait_for(6).await;
     assert!(messages[0].tls.is_none());
     assert!(messages[1..].iter().all(|m| m.tls.is_some()));
+}
+
+#[tokio::test]
+async fn a_new_trust_generation_closes_the_idle_session_and_dials_afresh() {
+    let receiver = SmtpReceiver::start(tls_receiver()).await.unwrap();
+    let switchable = planner(TlsRequirement::Encrypt);
+    let d = delivery_with(receiver.port(), switchable.clone(), Duration::from_secs(30));
+    assert!(delivered(&d.deliver(job(&["r1@dest.test"])).await));
+    assert_eq!(d.idle_sessions(), 1);
+    // A reload: the trust roots may differ, so the verified session is not reused.
+    switchable.generation.store(1, Ordering::SeqCst);
+    assert!(delivered(&d.deliver(job(&["r2@dest.test"])).await));
+    assert_eq!(receiver.connections(), 2, "the second job dialled afresh");
+    // The old session got QUIT at once, without a second transaction.
+    let old = receiver.wait_sessions(1).await;
+    assert_eq!(
+        verbs(&old[0].commands),
+        ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+    );
+    assert_eq!(d.idle_sessions(), 1, "the new session is kept");
+    // Jobs of the new generation share the new session again.
+    assert!(delivered(&d.deliver(job(&["r3@dest.test"])).await));
+    assert_eq!(receiver.connections(), 2);
+    assert_eq!(receiver.wait_for(3).await.len(), 3);
 }
 
 #[tokio::test]

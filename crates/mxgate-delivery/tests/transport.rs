@@ -14,9 +14,12 @@ use mxgate_policy::{LookupFailure, PlanError, SkipReason, TlsRequirement};
 use mxgate_queue::{Outcome, Transport};
 use mxgate_testkit::smtp::{ReceiverConfig, SmtpReceiver};
 
-fn delivery(port: u16, planner: FixedPlanner) -> Delivery<FixedPlanner> {
+/// Delivery to `port`: the plan names the port dialled.
+fn delivery(port: u16, mut planner: FixedPlanner) -> Delivery<FixedPlanner> {
+    if let Ok(plan) = &mut planner.plan {
+        plan.port = port;
+    }
     let settings = DeliveryConfig {
-        smtp_port: port,
         connect_timeout: Duration::from_secs(5),
         command_timeout: Duration::from_secs(5),
         ..DeliveryConfig::default()

@@ -141,7 +141,10 @@ impl PolicyEngine {
         let domain = normalise(domain);
         let (level, match_names, min_tls_version, on_tls_failure) = self.settings(&domain);
         let shadow = self.config.policy.shadow_for(&domain);
-        let facts = self.gather(&domain, level, shadow, write).await?;
+        // One reading of the port for the TLSA lookups and the plan (which delivery
+        // dials): RFC 7672 §2.2.3.
+        let port = self.config.delivery.smtp_port;
+        let facts = self.gather(&domain, level, shadow, port, write).await?;
         let host_facts: Vec<HostFacts> = facts.hosts.iter().map(|h| h.2.clone()).collect();
         let decide_at = |level| {
             decide(&DecisionInput {
@@ -197,6 +200,7 @@ impl PolicyEngine {
             configured: level,
             min_tls_version,
             on_tls_failure,
+            port,
             mx,
             mta_sts_failure,
         };
@@ -331,6 +335,7 @@ impl PolicyEngine {
         domain: &str,
         level: Level,
         shadow: Option<Level>,
+        port: u16,
         write: CacheWrite,
     ) -> Result<Facts, GatherFailure> {
         let dane_level = |l| matches!(l, Level::Dane | Level::DaneOnly | Level::Auto);
@@ -384,7 +389,6 @@ impl PolicyEngine {
             ));
         }
         let implicit = hosts.len() == 1 && hosts[0].host == domain && hosts[0].preference == 0;
-        let port = self.config.delivery.smtp_port;
         let mut set = JoinSet::new();
         for (i, mx) in hosts.iter().enumerate() {
             let dns = self.dns.clone();

@@ -107,6 +107,11 @@ pub struct DeliveryPlan {
     pub configured: Level,
     pub min_tls_version: TlsVersion,
     pub on_tls_failure: OnTlsFailure,
+    /// The TCP port every MX of the plan is dialled on (`delivery.smtp_port` of the
+    /// engine that made the plan). Its DANE requirements come from the TLSA records of
+    /// `_PORT._tcp.HOST` for this very port (RFC 6698 §3, RFC 7672 §2.2.3), so delivery
+    /// dials this port and no other.
+    pub port: u16,
     pub mx: Vec<MxPlan>,
     /// The domain announces an MTA-STS policy (`_mta-sts` TXT, RFC 8461 §3.1) that
     /// could not be fetched or validated, no unexpired policy is cached, and that policy
@@ -162,6 +167,7 @@ mod tests {
             configured,
             min_tls_version: TlsVersion::Tls12,
             on_tls_failure: OnTlsFailure::Defer,
+            port: 25,
             mta_sts_failure: None,
             mx: vec![MxPlan {
                 host: "mx.d.example".into(),

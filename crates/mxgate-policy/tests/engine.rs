@@ -41,6 +41,10 @@ async fn world() -> World {
         // Secure MX without TLSA, and one with only unusable TLSA records.
         .record("notlsa.secure.test. 300 IN MX 10 mx2.secure.test.")
         .record("mx2.secure.test. 300 IN A 127.0.0.1")
+        // mx2 has a TLSA record for port 2525 only.
+        .record(&format!(
+            "_2525._tcp.mx2.secure.test. 300 IN TLSA 3 1 1 {TLSA_HEX}"
+        ))
         .record("unusable.secure.test. 300 IN MX 10 mx3.secure.test.")
         .record("mx3.secure.test. 300 IN A 127.0.0.1")
         .record(&format!(
@@ -101,6 +105,32 @@ fn engine(w: &World, tweak: impl FnOnce(&mut Config)) -> PolicyEngine {
     tweak(&mut config);
     let dns = DnsClient::new(&config.dns).unwrap();
     PolicyEngine::new(Arc::new(config), Arc::new(dns)).unwrap()
+}
+
+/// RFC 7672 §2.2.3: the TLSA records are those of the port the plan is dialled on.
+#[tokio::test]
+async fn the_plan_names_the_port_whose_tlsa_records_it_looked_up() {
+    let w = world().await;
+    let on_25 = engine(&w, |_| {});
+    let p = on_25.plan("notlsa.secure.test").await.unwrap();
+    assert_eq!(p.port, 25);
+    assert!(!matches!(
+        p.mx[0].requirement,
+        Ok(TlsRequirement::Dane { .. })
+    ));
+    let p = on_25.plan("dane.secure.test").await.unwrap();
+    assert_eq!((p.port, p.source), (25, PolicySource::Dane));
+
+    let on_2525 = engine(&w, |c| c.delivery.smtp_port = 2525);
+    let p = on_2525.plan("notlsa.secure.test").await.unwrap();
+    assert_eq!((p.port, p.source), (2525, PolicySource::Dane));
+    assert!(matches!(
+        p.mx[0].requirement,
+        Ok(TlsRequirement::Dane { .. })
+    ));
+    let p = on_2525.plan("dane.secure.test").await.unwrap();
+    assert_eq!(p.port, 2525);
+    assert_ne!(p.source, PolicySource::Dane, "no TLSA record at _2525._tcp");
 }
 
 #[tokio::test]

@@ -44,6 +44,10 @@ const DSN_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Wait after a compaction pass that could not free the oldest segment (a message in
 /// it was busy, or the disk is full) before the next pass.
 const COMPACT_RETRY: Duration = Duration::from_secs(1);
+/// Messages copied forward by compaction per commit, and their body bytes (at least
+/// one message).
+const COMPACT_BATCH: usize = 256;
+const COMPACT_BATCH_BYTES: u64 = 4 << 20;
 
 /// A job taken from the index, before its body is read.
 #[derive(Debug)]
@@ -590,11 +594,12 @@ impl Queue {
                 }
             }
         }
-        // While a DSN of an earlier bounce of this message is parked, the message
-        // stays (its bounce is not on disk yet) and leaves once that DSN is stored
+        // While another task of this message runs (it may be storing the DSN of a
+        // bounce already final in memory) or a DSN of an earlier bounce is parked, the
+        // message stays, and the last of them to end removes it
         // (`Queue::remove_if_done`): this job's outcome must then be on disk itself.
         let lines = if needs_state_record(
-            final_now && !self.has_parked_dsn(id),
+            final_now && !self.removal_waits(id),
             !failed.is_empty(),
             !delayed.is_empty(),
         ) {
@@ -606,7 +611,7 @@ impl Queue {
             lines
         };
         if final_now {
-            if self.has_parked_dsn(id) {
+            if self.removal_waits(id) {
                 let _ = self.persist(id, lines).await;
             } else if let Err(e) = self.remove(id, false).await {
                 tracing::error!(id = %id, error = %e, "cannot record the message as done");
@@ -615,12 +620,14 @@ impl Queue {
         self.count_recorded();
     }
 
-    /// Whether `id` has bounces whose DSN is not stored yet.
-    fn has_parked_dsn(&self, id: &QueueId) -> bool {
+    /// Whether a finished message must wait for something else of it before it may
+    /// leave: bounces whose DSN is not stored yet, or a job, operator action or DSN
+    /// retry other than the caller's (each holds one `busy`) still running.
+    fn removal_waits(&self, id: &QueueId) -> bool {
         self.lock()
             .msgs
             .get(id)
-            .is_some_and(|e| e.dsn_retry.is_some())
+            .is_some_and(|e| e.dsn_retry.is_some() || e.busy > 1)
     }
 
     /// The wait before the `tries`+1-th attempt to store a parked DSN.
@@ -822,77 +829,66 @@ impl Queue {
             .map(|(id, _)| id.clone())
             .collect();
         let mut moved = 0usize;
-        for id in ids {
-            let taken = {
-                let mut index = self.lock();
-                let taken = match index.msgs.get_mut(&id) {
-                    Some(e)
-                        if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving =>
-                    {
-                        e.moving = true; // out of the schedule until copied (below)
-                        e.busy += 1;
-                        let st = e
-                            .rcpts
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, r)| r.attempts > 0 || r.status != RecipientStatus::Pending)
-                            .map(|(i, r)| state_line(i, r, e.warned))
-                            .collect();
-                        Some((
-                            record::MessageRec {
-                                id: id.0.clone(),
-                                at: e.arrival_ms,
-                                dsn: e.dsn,
-                                env: record::envelope_rec(&e.envelope),
-                                st,
-                            },
-                            e.loc,
-                            e.size,
-                        ))
-                    }
-                    _ => None,
+        let mut ids = ids.into_iter().peekable();
+        // In batches that share commits (a whole segment may be copied).
+        while ids.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            while batch.len() < COMPACT_BATCH && bytes < COMPACT_BATCH_BYTES {
+                let Some(id) = ids.next() else {
+                    break;
                 };
-                index.reschedule(&id);
-                taken
-            };
-            let Some((rec, loc, size)) = taken else {
-                continue;
-            };
-            let result = async {
-                let body = self.body(loc, size, None).await?;
-                let meta = serde_json::to_vec(&rec).map_err(io::Error::other)?;
-                let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
-                record::encode_head(&mut head, record::Kind::Message, &meta, &body);
-                let head_len = head.len() as u64;
-                let w = self.log.append(head, body, false).await?;
-                Ok::<_, io::Error>((
-                    BodyLoc {
-                        seg: w.seg,
-                        offset: w.offset + head_len,
-                        crc: loc.crc,
-                    },
-                    head_len,
-                ))
-            }
-            .await;
-            {
-                let mut index = self.lock();
-                if let Ok((new, head_len)) = &result {
-                    if let Some(mut e) = index.remove(&id) {
-                        e.loc = *new;
-                        e.head_len = *head_len;
-                        e.segs = vec![new.seg];
-                        e.moving = false;
-                        index.insert(id.clone(), e);
-                    }
-                    moved += 1;
-                } else if let Some(e) = index.msgs.get_mut(&id) {
-                    e.moving = false;
+                if let Some((rec, loc, size)) = self.take_for_copy(&id) {
+                    bytes += size;
+                    batch.push((id, rec, loc, size));
                 }
-                index.reschedule(&id);
             }
-            self.end_busy(&id);
-            if let Err(e) = result {
+            let mut records = Vec::with_capacity(batch.len());
+            let mut copies = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for (id, rec, loc, size) in batch {
+                if failure.is_some() {
+                    self.end_copy(&id, None);
+                    continue;
+                }
+                let encoded = async {
+                    let body = self.body(loc, size, None).await?;
+                    let meta = serde_json::to_vec(&rec).map_err(io::Error::other)?;
+                    let mut head = Vec::with_capacity(record::HEADER_LEN + meta.len());
+                    record::encode_head(&mut head, record::Kind::Message, &meta, &body);
+                    Ok::<_, io::Error>((head, body))
+                }
+                .await;
+                match encoded {
+                    Ok((head, body)) => {
+                        copies.push((id, loc.crc, head.len() as u64));
+                        records.push((head, body));
+                    }
+                    Err(e) => {
+                        self.end_copy(&id, None);
+                        failure = Some((id, e));
+                    }
+                }
+            }
+            let written = self.log.append_all(records).await;
+            for ((id, crc, head_len), w) in copies.into_iter().zip(written) {
+                match w {
+                    Ok(w) => {
+                        let new = BodyLoc {
+                            seg: w.seg,
+                            offset: w.offset + head_len,
+                            crc,
+                        };
+                        self.end_copy(&id, Some((new, head_len)));
+                        moved += 1;
+                    }
+                    Err(e) => {
+                        self.end_copy(&id, None);
+                        failure.get_or_insert((id, e));
+                    }
+                }
+            }
+            if let Some((id, e)) = failure {
                 tracing::warn!(id = %id, error = %e, "compaction stopped; the message stays where it is");
                 break;
             }
@@ -914,6 +910,65 @@ impl Queue {
             );
         }
         self.wake.notify_one();
+    }
+
+    /// Marks `id` as being copied forward (no job, operator action or DSN retry of it
+    /// may start meanwhile) and returns its message record with its current states,
+    /// unless something of it runs or waits.
+    fn take_for_copy(&self, id: &QueueId) -> Option<(record::MessageRec, BodyLoc, u64)> {
+        let mut index = self.lock();
+        let taken = match index.msgs.get_mut(id) {
+            Some(e) if e.busy == 0 && e.op.is_none() && e.dsn_retry.is_none() && !e.moving => {
+                e.moving = true; // out of the schedule until copied (`end_copy`)
+                e.busy += 1;
+                let st = e
+                    .rcpts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.attempts > 0 || r.status != RecipientStatus::Pending)
+                    .map(|(i, r)| state_line(i, r, e.warned))
+                    .collect();
+                Some((
+                    record::MessageRec {
+                        id: id.0.clone(),
+                        at: e.arrival_ms,
+                        dsn: e.dsn,
+                        env: record::envelope_rec(&e.envelope),
+                        st,
+                    },
+                    e.loc,
+                    e.size,
+                ))
+            }
+            _ => None,
+        };
+        index.reschedule(id);
+        taken
+    }
+
+    /// Ends the copy of `id`: with its new place (committed), or where it was.
+    fn end_copy(&self, id: &QueueId, copied: Option<(BodyLoc, u64)>) {
+        {
+            let mut index = self.lock();
+            match copied {
+                Some((new, head_len)) => {
+                    if let Some(mut e) = index.remove(id) {
+                        e.loc = new;
+                        e.head_len = head_len;
+                        e.segs = vec![new.seg];
+                        e.moving = false;
+                        index.insert(id.clone(), e);
+                    }
+                }
+                None => {
+                    if let Some(e) = index.msgs.get_mut(id) {
+                        e.moving = false;
+                    }
+                }
+            }
+            index.reschedule(id);
+        }
+        self.end_busy(id);
     }
 
     /// Generates and stores one DSN for the recipients of `id` that failed in this pass

@@ -324,6 +324,9 @@ impl mxgate_queue::Transport for Gated {
     }
 }
 
+/// The other job of the message ends while its bounce's DSN is being stored or
+/// already parked (both orders happen): the message must not leave before the DSN is
+/// queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_finished_while_its_dsn_is_parked_keeps_the_dsn() {
     let dir = tempfile::tempdir().unwrap();

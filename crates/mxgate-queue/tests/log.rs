@@ -292,7 +292,10 @@ async fn a_busy_oldest_segment_does_not_keep_every_newer_one() {
     })
     .await;
     let (files, live) = q.spool_use();
-    eprintln!("{files} segments for {live} live bytes");
+    eprintln!(
+        "{files} segments for {live} live bytes, {} commits",
+        q.spool_commits()
+    );
     assert!(within(&q), "{files} segments for {live} live bytes");
     let on_disk = segments(dir.path()).len() as u64;
     assert!(on_disk <= files, "{on_disk} files, {files} counted");

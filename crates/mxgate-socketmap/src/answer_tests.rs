@@ -22,6 +22,7 @@ fn plan(level: Level, source: PolicySource, mx: Vec<MxPlan>) -> Result<DeliveryP
         configured: Level::Auto,
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
+        port: 25,
         mta_sts_failure: None,
         mx,
     })

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mxgate_cluster::policy::RedisPolicyCache;
 use mxgate_cluster::tlsrpt::RedisTlsRptCounters;
 use mxgate_cluster::Cluster;
-use mxgate_config::Config;
+use mxgate_config::{Config, DeliveryConfig};
 use mxgate_delivery::Delivery;
 use mxgate_dns::DnsClient;
 use mxgate_listener::{Listener, ListenerSettings};
@@ -292,7 +292,7 @@ fn reload(
     notify(&[sd_notify::NotifyState::Ready]);
 }
 
-/// Keys whose change needs a restart (sockets and the spool).
+/// Keys whose change needs a restart (sockets, the spool, the SMTP client's limits).
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.listener != new.listener {
@@ -301,8 +301,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.queue != new.queue {
         keys.push("queue");
     }
-    if old.delivery != new.delivery {
-        keys.push("delivery");
+    keys.extend(restart_only_delivery_changes(&old.delivery, &new.delivery));
+    // The TLS-RPT service (and its HTTPS upload client, which trusts `delivery.ca_file`)
+    // is built once at start.
+    if old.tlsrpt != new.tlsrpt {
+        keys.push("tlsrpt");
+    }
+    if new.tlsrpt.enabled && old.delivery.ca_file != new.delivery.ca_file {
+        keys.push("delivery.ca_file (tlsrpt https uploads)");
     }
     if old.dns != new.dns {
         keys.push("dns");
@@ -325,6 +331,54 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
+/// The `[delivery]` keys the running SMTP client holds. `smtp_port` and `ca_file` are
+/// not among them: the policy engine, which a reload replaces, reads both. Its plan
+/// names the port dialled, the one whose TLSA records it looked up (RFC 7672 §2.2.3),
+/// and its TLS configurations verify against the roots it loaded; sessions verified
+/// under the old roots are not reused (`mxgate_delivery::cache`).
+fn restart_only_delivery_changes(old: &DeliveryConfig, new: &DeliveryConfig) -> Vec<&'static str> {
+    // Exhaustive, so that a new key has to be sorted into one kind or the other.
+    let DeliveryConfig {
+        smtp_port: _,
+        ca_file: _,
+        connect_timeout,
+        command_timeout,
+        max_connections,
+        max_connections_per_domain,
+        mx_address_limit,
+        mx_session_limit,
+    } = old;
+    [
+        (
+            "delivery.connect_timeout",
+            *connect_timeout != new.connect_timeout,
+        ),
+        (
+            "delivery.command_timeout",
+            *command_timeout != new.command_timeout,
+        ),
+        (
+            "delivery.max_connections",
+            *max_connections != new.max_connections,
+        ),
+        (
+            "delivery.max_connections_per_domain",
+            *max_connections_per_domain != new.max_connections_per_domain,
+        ),
+        (
+            "delivery.mx_address_limit",
+            *mx_address_limit != new.mx_address_limit,
+        ),
+        (
+            "delivery.mx_session_limit",
+            *mx_session_limit != new.mx_session_limit,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
@@ -345,4 +399,39 @@ fn watchdog_task(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_port_and_ca_file_reload_the_smtp_client_limits_need_a_restart() {
+        let mut old = Config::default();
+        old.tlsrpt.enabled = false;
+        let mut new = old.clone();
+        new.delivery.smtp_port = 2525;
+        new.delivery.ca_file = "/etc/mxgate/other-ca.pem".into();
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.delivery.connect_timeout = Duration::from_secs(7);
+        new.delivery.max_connections = 3;
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["delivery.connect_timeout", "delivery.max_connections"]
+        );
+    }
+
+    #[test]
+    fn tlsrpt_changes_and_its_upload_roots_need_a_restart() {
+        let mut old = Config::default();
+        old.tlsrpt.enabled = true;
+        let mut new = old.clone();
+        new.delivery.ca_file = "/etc/mxgate/other-ca.pem".into();
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["delivery.ca_file (tlsrpt https uploads)"]
+        );
+        new.tlsrpt.enabled = false;
+        assert_eq!(restart_only_changes(&old, &new), ["tlsrpt"]);
+    }
 }

@@ -182,6 +182,8 @@ pub fn plan(
         configured: level,
         min_tls_version: TlsVersion::Tls12,
         on_tls_failure: OnTlsFailure::Defer,
+        // The receiver's port; the tests' `delivery` helpers set it.
+        port: 25,
         mta_sts_failure: None,
         mx: mx
             .into_iter()

@@ -52,7 +52,9 @@ pub enum FetchError {
     TooLarge,
     #[error("policy fetch: timed out")]
     Timeout,
-    #[error("policy: {0}")]
+    /// The body is no valid policy (RFC 8461 §3.2): the parser's sentence, which names
+    /// the policy (`policy: no max_age`, `policy line 2: …`).
+    #[error("{0}")]
     Parse(String),
 }
 
@@ -199,7 +201,7 @@ impl NetworkSource {
             }
             body.extend_from_slice(&chunk);
         }
-        String::from_utf8(body).map_err(|_| FetchError::Parse("body is not UTF-8".into()))
+        String::from_utf8(body).map_err(|_| FetchError::Parse("policy: body is not UTF-8".into()))
     }
 }
 
