@@ -81,8 +81,10 @@ fn lookup_and_decide(p: &PolicyConfig, domain: &str, hosts: &[HostFacts]) -> usi
 fn host(name: &str, addrs: DnssecStatus, tlsa: TlsaFacts) -> HostFacts {
     HostFacts {
         host: name.to_string(),
+        secure_alias: None,
         addrs: AddrFacts::Found(addrs),
         tlsa,
+        tlsa_base: None,
     }
 }
 

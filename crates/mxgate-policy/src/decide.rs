@@ -5,7 +5,7 @@
 //! does not look anything up, fetch policies or verify certificates.
 
 use mxgate_config::Level;
-use mxgate_dns::DnssecStatus;
+use mxgate_dns::{Alias, DnssecStatus};
 
 use crate::plan::{PolicySource, TlsRequirement, TlsaRecord};
 use crate::reason::{LookupFailure, SkipReason};
@@ -76,8 +76,69 @@ impl AddrFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFacts {
     pub host: String,
+    /// The name `host` expands to through a CNAME chain whose every link is
+    /// DNSSEC-secure ([`secure_alias`]); `None` when the host is no alias or the chain
+    /// is not secure.
+    pub secure_alias: Option<String>,
     pub addrs: AddrFacts,
     pub tlsa: TlsaFacts,
+    /// The TLSA base domain whose `_PORT._tcp` lookup `tlsa` reports (one of
+    /// [`tlsa_base_domains`]); `None` when TLSA was not looked up.
+    pub tlsa_base: Option<String>,
+}
+
+impl HostFacts {
+    /// The reference identifiers of a DANE session with this host, TLSA base domain
+    /// first (it is also the SNI, RFC 7672 §8.1). RFC 7672 §3.2.2 (paraphrased): the
+    /// certificate may name the TLSA base domain or the MX host name; a securely
+    /// expanded name is as good as the MX host name it stands for.
+    pub fn reference_names(&self) -> Vec<String> {
+        let mut names = Vec::with_capacity(2);
+        for name in [
+            self.tlsa_base.as_ref(),
+            Some(&self.host),
+            self.secure_alias.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+}
+
+/// The expanded name of an MX host reached through CNAME records, when RFC 7672
+/// §2.2.3 lets it serve as a TLSA base domain: only when every link of the chain is
+/// DNSSEC-secure. An insecure (or indeterminate) link leaves the MX host name as the
+/// only base domain: `Ok(None)`. A bogus link is a failed address lookup (RFC 7672
+/// §2.1.1, paraphrased: a bogus answer makes the host unreachable; DANE is never
+/// silently skipped).
+pub fn secure_alias(host: &str, alias: Option<&Alias>) -> Result<Option<String>, LookupFailure> {
+    match alias {
+        Some(a) if a.status == DnssecStatus::Bogus => Err(LookupFailure::Bogus),
+        Some(a) if a.is_secure() && a.target != host => Ok(Some(a.target.clone())),
+        _ => Ok(None),
+    }
+}
+
+/// The TLSA base domains of an MX host in lookup order (RFC 7672 §2.2.3): a securely
+/// expanded name first, then the MX host name itself; the MX host name alone when it
+/// is no alias or its chain is not secure.
+pub fn tlsa_base_domains(host: &str, secure_alias: Option<&str>) -> Vec<String> {
+    match secure_alias {
+        Some(expanded) if expanded != host => vec![expanded.to_string(), host.to_string()],
+        _ => vec![host.to_string()],
+    }
+}
+
+/// Whether the TLSA lookup at one base domain settles the host, or the next base
+/// domain is tried (RFC 7672 §2.2.3, paraphrased: where no secure TLSA records are
+/// found, the next candidate base domain is tried; a failed lookup defers).
+pub fn tlsa_settles(facts: &TlsaFacts) -> bool {
+    !matches!(facts, TlsaFacts::SecureNone | TlsaFacts::Insecure)
 }
 
 /// The MTA-STS state of the destination domain (RFC 8461 §3, §5).
@@ -147,11 +208,12 @@ fn dane_for_host(h: &HostFacts) -> DaneOutcome {
         // RFC 7672 §2.2 (paraphrased): a secure TLSA RRset with a usable record makes
         // TLS mandatory, authenticated by those records. §2.2.1: "the SMTP client MAY
         // proceed to use DANE TLS [...] even with MX hosts obtained via an "insecure" MX
-        // RRSet" (half-DANE); the MX host name is then the reference identifier.
+        // RRSet" (half-DANE); the MX host name is then the reference identifier (with
+        // the TLSA base domain of a secure CNAME chain, §2.2.3, §3.2.2).
         (AddrFacts::Found(_), TlsaFacts::SecureUsable(tlsa)) => {
             DaneOutcome::Applies(TlsRequirement::Dane {
                 tlsa: tlsa.clone(),
-                names: vec![h.host.clone()],
+                names: h.reference_names(),
             })
         }
         // RFC 7672 §2.2 (paraphrased): a secure TLSA RRset whose records are all

@@ -59,8 +59,10 @@ fn host(s: S) -> (DnssecStatus, HostFacts) {
         mx_status,
         HostFacts {
             host: MX.into(),
+            secure_alias: None,
             addrs,
             tlsa,
+            tlsa_base: None,
         },
     )
 }
@@ -354,4 +356,231 @@ fn needs_sts_only_where_dane_does_not_apply() {
     assert!(!needs_sts(Level::Auto, &facts(S::TlsaBogus)));
     assert!(!needs_sts(Level::Dane, &facts(S::Unsigned)));
     assert!(!needs_sts(Level::Verify, &facts(S::Unsigned)));
+}
+
+// ---------------------------------------------------------------------------------------
+// TLSA base domains of an MX host reached through CNAME records (RFC 7672 §2.2.3)
+// ---------------------------------------------------------------------------------------
+
+const EXPANDED: &str = "real.provider.example";
+
+#[test]
+fn only_a_secure_cname_chain_adds_its_expanded_name() {
+    use DnssecStatus::{Bogus, Indeterminate};
+    let alias = |status| Alias {
+        target: EXPANDED.into(),
+        status,
+    };
+    type Want = Result<Option<String>, LookupFailure>;
+    let rows: Vec<(Option<Alias>, Want)> = vec![
+        // No CNAME: the MX host name alone.
+        (None, Ok(None)),
+        (Some(alias(Secure)), Ok(Some(EXPANDED.into()))),
+        // An insecure or indeterminate link: the expansion is no base domain.
+        (Some(alias(Insecure)), Ok(None)),
+        (Some(alias(Indeterminate)), Ok(None)),
+        // A bogus link fails the host, it never downgrades.
+        (Some(alias(Bogus)), Err(LookupFailure::Bogus)),
+        // A chain that leads back to the host adds nothing.
+        (
+            Some(Alias {
+                target: MX.into(),
+                status: Secure,
+            }),
+            Ok(None),
+        ),
+    ];
+    for (i, (alias, want)) in rows.into_iter().enumerate() {
+        assert_eq!(secure_alias(MX, alias.as_ref()), want, "row {i}: {alias:?}");
+    }
+    assert_eq!(
+        tlsa_base_domains(MX, Some(EXPANDED)),
+        vec![EXPANDED.to_string(), MX.to_string()]
+    );
+    assert_eq!(tlsa_base_domains(MX, None), vec![MX.to_string()]);
+    assert_eq!(tlsa_base_domains(MX, Some(MX)), vec![MX.to_string()]);
+}
+
+#[test]
+fn records_and_failures_settle_the_host_denials_and_insecure_answers_do_not() {
+    assert!(tlsa_settles(&TlsaFacts::SecureUsable(tlsa())));
+    assert!(tlsa_settles(&TlsaFacts::SecureUnusable));
+    assert!(tlsa_settles(&TlsaFacts::Failed(LookupFailure::Bogus)));
+    assert!(tlsa_settles(&TlsaFacts::Failed(LookupFailure::Temporary(
+        "SERVFAIL".into()
+    ))));
+    assert!(!tlsa_settles(&TlsaFacts::SecureNone));
+    assert!(!tlsa_settles(&TlsaFacts::Insecure));
+}
+
+/// The engine's walk over the base domains (engine.rs `host_facts`), on facts given per
+/// name: the facts and base domain it ends with, and the names it asked.
+fn walk(
+    secure: Option<&str>,
+    at: &dyn Fn(&str) -> TlsaFacts,
+) -> (TlsaFacts, Option<String>, Vec<String>) {
+    let (mut facts, mut base, mut asked) = (TlsaFacts::NotLooked, None, Vec::new());
+    for name in tlsa_base_domains(MX, secure) {
+        asked.push(name.clone());
+        facts = at(&name);
+        base = Some(name);
+        if tlsa_settles(&facts) {
+            break;
+        }
+    }
+    (facts, base, asked)
+}
+
+#[test]
+fn cname_table_base_domain_names_and_requirement() {
+    use Level::{Auto, DaneOnly};
+    let usable = || TlsaFacts::SecureUsable(tlsa());
+    let bogus = || TlsaFacts::Failed(LookupFailure::Bogus);
+    // (secure chain?, TLSA at the expanded name, TLSA at the MX host name, level,
+    //  names asked, base used, expected requirement kind, reference names if DANE)
+    type Row = (
+        bool,
+        TlsaFacts,
+        TlsaFacts,
+        Level,
+        Vec<&'static str>,
+        &'static str,
+        R,
+        Vec<&'static str>,
+    );
+    let rows: Vec<Row> = vec![
+        // Secure chain, records at the expanded name: DANE, the expanded name first
+        // (SNI), the MX host name also accepted; the MX host name is not asked.
+        (
+            true,
+            usable(),
+            TlsaFacts::SecureNone,
+            Auto,
+            vec![EXPANDED],
+            EXPANDED,
+            R::Dane,
+            vec![EXPANDED, MX],
+        ),
+        // Securely none at the expanded name: the MX host name's records.
+        (
+            true,
+            TlsaFacts::SecureNone,
+            usable(),
+            Auto,
+            vec![EXPANDED, MX],
+            MX,
+            R::Dane,
+            vec![MX, EXPANDED],
+        ),
+        // Insecure at the expanded name: the MX host name next.
+        (
+            true,
+            TlsaFacts::Insecure,
+            usable(),
+            DaneOnly,
+            vec![EXPANDED, MX],
+            MX,
+            R::Dane,
+            vec![MX, EXPANDED],
+        ),
+        // None anywhere: no DANE (`auto` → fallback, `dane-only` defers).
+        (
+            true,
+            TlsaFacts::SecureNone,
+            TlsaFacts::SecureNone,
+            Auto,
+            vec![EXPANDED, MX],
+            MX,
+            R::May,
+            vec![],
+        ),
+        (
+            true,
+            TlsaFacts::SecureNone,
+            TlsaFacts::Insecure,
+            DaneOnly,
+            vec![EXPANDED, MX],
+            MX,
+            R::Skip("dane-only"),
+            vec![],
+        ),
+        // A failed lookup at the expanded name defers: the MX host name's records
+        // never stand in for it.
+        (
+            true,
+            bogus(),
+            usable(),
+            Auto,
+            vec![EXPANDED],
+            EXPANDED,
+            R::Skip("dane"),
+            vec![],
+        ),
+        // Unusable records at the expanded name settle it: TLS without authentication.
+        (
+            true,
+            TlsaFacts::SecureUnusable,
+            usable(),
+            Auto,
+            vec![EXPANDED],
+            EXPANDED,
+            R::Enc,
+            vec![],
+        ),
+        // Insecure chain: the expanded name is never asked, whatever it holds.
+        (
+            false,
+            usable(),
+            TlsaFacts::SecureNone,
+            Auto,
+            vec![MX],
+            MX,
+            R::May,
+            vec![],
+        ),
+        (
+            false,
+            usable(),
+            usable(),
+            Auto,
+            vec![MX],
+            MX,
+            R::Dane,
+            vec![MX],
+        ),
+    ];
+    for (i, (secure, at_expanded, at_host, level, want_asked, want_base, want, want_names)) in
+        rows.into_iter().enumerate()
+    {
+        let alias = secure.then_some(EXPANDED);
+        let at = |name: &str| {
+            if name == EXPANDED {
+                at_expanded.clone()
+            } else {
+                at_host.clone()
+            }
+        };
+        let (facts, base, asked) = walk(alias, &at);
+        assert_eq!(asked, want_asked, "row {i}: names asked");
+        assert_eq!(base.as_deref(), Some(want_base), "row {i}: base domain");
+        let hosts = [HostFacts {
+            host: MX.into(),
+            secure_alias: alias.map(str::to_string),
+            addrs: AddrFacts::Found(Secure),
+            tlsa: facts,
+            tlsa_base: base,
+        }];
+        let d = decide(&DecisionInput {
+            level,
+            fallback: Level::May,
+            match_names: &[],
+            mx_status: Secure,
+            hosts: &hosts,
+            sts: &StsState::Absent,
+        });
+        assert_eq!(kind(&d.per_host[0]), want, "row {i}: requirement");
+        if let Ok(TlsRequirement::Dane { names, .. }) = &d.per_host[0] {
+            assert_eq!(names, &want_names, "row {i}: reference names");
+        }
+    }
 }

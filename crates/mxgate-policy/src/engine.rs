@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use mxgate_config::{Config, Level, TlsVersion};
-use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, MxHost, MxLookup};
+use mxgate_dns::{Answer, DnsClient, DnsError, DnssecStatus, HostAddresses, MxHost, MxLookup};
 use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
 use tokio::task::JoinSet;
 
-use crate::decide::{decide, needs_sts, AddrFacts, DecisionInput, HostFacts, StsState, TlsaFacts};
+use crate::decide::{
+    decide, needs_sts, secure_alias, tlsa_base_domains, tlsa_settles, AddrFacts, DecisionInput,
+    HostFacts, StsState, TlsaFacts,
+};
 use crate::explain::{Configured, Explanation, StatusNames, StsReport};
 use crate::plan::{
     DeliveryPlan, MxPlan, PolicySource, ShadowRequirement, TlsRequirement, TlsaRecord,
@@ -412,8 +415,10 @@ impl PolicyEngine {
                     Vec::new(),
                     HostFacts {
                         host: mx.host.clone(),
+                        secure_alias: None,
                         addrs: AddrFacts::Failed(LookupFailure::Temporary("lookup aborted".into())),
                         tlsa: TlsaFacts::NotLooked,
+                        tlsa_base: None,
                     },
                     Vec::new(),
                 )
@@ -458,53 +463,47 @@ async fn host_facts(
 ) -> HostLookup {
     let from_status = |s| LookupFailure::from_status(s).blame_resolver(validates);
     let from_error = |e: &DnsError| LookupFailure::from_dns_error(e).blame_resolver(validates);
-    let (addrs, addr_facts) = match dns.addresses(host).await {
-        Ok(Answer::Found { records, status }) => match status {
-            DnssecStatus::Secure | DnssecStatus::Insecure => (records, AddrFacts::Found(status)),
-            other => (Vec::new(), AddrFacts::Failed(from_status(other))),
-        },
-        Ok(_) => (Vec::new(), AddrFacts::NoAddress),
-        Err(e) => (Vec::new(), AddrFacts::Failed(from_error(&e))),
+    let (addrs, addr_facts, alias) = match dns.host_addresses(host).await {
+        Ok(HostAddresses { addresses, alias }) => {
+            let (addrs, facts) = match addresses {
+                Answer::Found { records, status } => match status {
+                    DnssecStatus::Secure | DnssecStatus::Insecure => {
+                        (records, AddrFacts::Found(status))
+                    }
+                    other => (Vec::new(), AddrFacts::Failed(from_status(other))),
+                },
+                _ => (Vec::new(), AddrFacts::NoAddress),
+            };
+            (addrs, facts, alias)
+        }
+        Err(e) => (Vec::new(), AddrFacts::Failed(from_error(&e)), None),
+    };
+    // RFC 7672 §2.2.3: a secure CNAME chain adds its expanded name as a TLSA base
+    // domain; a bogus link fails the address lookup (never a downgrade).
+    let (addrs, addr_facts, secure_alias) = match secure_alias(host, alias.as_ref()) {
+        Ok(expanded) => (addrs, addr_facts, expanded),
+        Err(failure) => (
+            Vec::new(),
+            AddrFacts::Failed(failure.blame_resolver(validates)),
+            None,
+        ),
     };
     let mut all = Vec::new();
+    let mut tlsa = TlsaFacts::NotLooked;
+    let mut tlsa_base = None;
     // RFC 7672 §2.2.2: TLSA records are looked up only when the address records are
     // secure.
-    let tlsa = if uses_dane && addr_facts == AddrFacts::Found(DnssecStatus::Secure) {
-        match dns.tlsa(port, host).await {
-            Ok(Answer::Found { records, status }) => {
-                all = records
-                    .into_iter()
-                    .map(|t| TlsaRecord {
-                        usage: t.usage,
-                        selector: t.selector,
-                        matching: t.matching,
-                        data: t.data,
-                    })
-                    .collect();
-                match status {
-                    DnssecStatus::Secure => {
-                        let usable: Vec<TlsaRecord> =
-                            all.iter().filter(|r| r.is_usable()).cloned().collect();
-                        if usable.is_empty() {
-                            TlsaFacts::SecureUnusable
-                        } else {
-                            TlsaFacts::SecureUsable(usable)
-                        }
-                    }
-                    DnssecStatus::Insecure => TlsaFacts::Insecure,
-                    other => TlsaFacts::Failed(from_status(other)),
-                }
+    if uses_dane && addr_facts == AddrFacts::Found(DnssecStatus::Secure) {
+        for base in tlsa_base_domains(host, secure_alias.as_deref()) {
+            let (facts, records) = tlsa_at(dns, port, &base, validates).await;
+            tlsa = facts;
+            all = records;
+            tlsa_base = Some(base);
+            if tlsa_settles(&tlsa) {
+                break;
             }
-            Ok(Answer::NoData { status } | Answer::NxDomain { status }) => match status {
-                DnssecStatus::Secure => TlsaFacts::SecureNone,
-                DnssecStatus::Insecure => TlsaFacts::Insecure,
-                other => TlsaFacts::Failed(from_status(other)),
-            },
-            Err(e) => TlsaFacts::Failed(from_error(&e)),
         }
-    } else {
-        TlsaFacts::NotLooked
-    };
+    }
     if uses_dane {
         metrics::counter!("mxgate_dane_lookups_total", "result" => tlsa.metric_label())
             .increment(1);
@@ -513,11 +512,63 @@ async fn host_facts(
         addrs,
         HostFacts {
             host: host.to_string(),
+            secure_alias,
             addrs: addr_facts,
             tlsa,
+            tlsa_base,
         },
         all,
     )
+}
+
+/// The TLSA facts at `_PORT._tcp.BASE` (RFC 6698 §3), and every record found (for
+/// reports).
+async fn tlsa_at(
+    dns: &DnsClient,
+    port: u16,
+    base: &str,
+    validates: bool,
+) -> (TlsaFacts, Vec<TlsaRecord>) {
+    let from_status = |s| LookupFailure::from_status(s).blame_resolver(validates);
+    match dns.tlsa(port, base).await {
+        Ok(Answer::Found { records, status }) => {
+            let all: Vec<TlsaRecord> = records
+                .into_iter()
+                .map(|t| TlsaRecord {
+                    usage: t.usage,
+                    selector: t.selector,
+                    matching: t.matching,
+                    data: t.data,
+                })
+                .collect();
+            let facts = match status {
+                DnssecStatus::Secure => {
+                    let usable: Vec<TlsaRecord> =
+                        all.iter().filter(|r| r.is_usable()).cloned().collect();
+                    if usable.is_empty() {
+                        TlsaFacts::SecureUnusable
+                    } else {
+                        TlsaFacts::SecureUsable(usable)
+                    }
+                }
+                DnssecStatus::Insecure => TlsaFacts::Insecure,
+                other => TlsaFacts::Failed(from_status(other)),
+            };
+            (facts, all)
+        }
+        Ok(Answer::NoData { status } | Answer::NxDomain { status }) => {
+            let facts = match status {
+                DnssecStatus::Secure => TlsaFacts::SecureNone,
+                DnssecStatus::Insecure => TlsaFacts::Insecure,
+                other => TlsaFacts::Failed(from_status(other)),
+            };
+            (facts, Vec::new())
+        }
+        Err(e) => (
+            TlsaFacts::Failed(LookupFailure::from_dns_error(&e).blame_resolver(validates)),
+            Vec::new(),
+        ),
+    }
 }
 
 fn dns_error(domain: &str, e: DnsError, validates: bool) -> PlanError {

@@ -190,6 +190,10 @@ pub struct MxReport {
     pub dnssec: String,
     /// DNSSEC status of the host's address lookup alone.
     pub address_dnssec: String,
+    /// The TLSA base domain whose `_PORT._tcp` records `tlsa` shows (RFC 7672 §2.2.3):
+    /// the name a DNSSEC-secure CNAME chain expands the host to, or the host itself;
+    /// `null` when TLSA was not looked up.
+    pub tlsa_base: Option<String>,
     /// DNSSEC status of the TLSA lookup, `null` when TLSA was not looked up.
     pub tlsa_dnssec: Option<String>,
     /// `3 1 1 <hex>` per record.
@@ -233,6 +237,7 @@ impl MxReport {
             addrs: addrs.to_vec(),
             dnssec: names.name(mx_status.weakest(address)),
             address_dnssec: names.name(address),
+            tlsa_base: hf.tlsa_base.clone(),
             tlsa_dnssec: tlsa_status.map(|s| names.name(s)),
             tlsa: tlsa.iter().map(tlsa_text).collect(),
             tlsa_state: match &hf.tlsa {

@@ -340,6 +340,12 @@ fn explanation_text(v: &Value) -> String {
         {
             let _ = writeln!(out, "           address {}", addr.as_str().unwrap_or("?"));
         }
+        // RFC 7672 §2.2.3: TLSA looked up at the name a secure CNAME chain led to.
+        if let Some(base) = mx.get("tlsa_base").and_then(Value::as_str) {
+            if Some(base) != mx.get("host").and_then(Value::as_str) {
+                let _ = writeln!(out, "           TLSA base {base} (secure CNAME)");
+            }
+        }
         for t in mx
             .get("tlsa")
             .and_then(Value::as_array)
