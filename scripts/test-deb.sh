@@ -93,7 +93,9 @@ check "man -l mxgate.toml(5) renders" man_renders /usr/share/man/man5/mxgate.tom
 check "bash completion loads" bash_completes
 check "zsh completion" test -s /usr/share/zsh/vendor-completions/_mxgate
 check "fish completion" test -s /usr/share/fish/vendor_completions.d/mxgate.fish
-for f in copyright changelog.Debian.gz README.md postfix.md examples/mxgate.toml; do
+# README.md's links (docs/*.md, ARCHITECTURE.md) resolve in the installed copy.
+for f in copyright changelog.Debian.gz README.md ARCHITECTURE.md examples/mxgate.toml \
+    $(grep -o '](docs/[a-z]*\.md)' README.md | tr -d '()]' | sort -u); do
     check "/usr/share/doc/mxgate/$f" mode_is "/usr/share/doc/mxgate/$f" "644 root:root"
 done
 check "lintian: no errors" lintian --fail-on error "$deb"

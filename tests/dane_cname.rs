@@ -21,29 +21,19 @@ mod support;
 
 use common::Mxgate;
 use mxgate_testkit::certs::{sha256, TestCa, TestCert, Validity};
-use mxgate_testkit::dns::{DnsWorld, Signing};
+use mxgate_testkit::dns::{DnsWorld, DnsWorldBuilder, Signing};
 use support::*;
 
 /// `D. MX 10 mx.D.` and `mx.D. CNAME TARGET.`, `TARGET. A 127.0.0.n`.
-fn aliased_mx(
-    world: mxgate_testkit::dns::DnsWorldBuilder,
-    domain: &str,
-    target: &str,
-    n: u8,
-) -> mxgate_testkit::dns::DnsWorldBuilder {
+fn aliased_mx(world: DnsWorldBuilder, domain: &str, target: &str, n: u8) -> DnsWorldBuilder {
     world
         .record(&format!("{domain}. 300 IN MX 10 mx.{domain}."))
         .record(&format!("mx.{domain}. 300 IN CNAME {target}."))
         .record(&format!("{target}. 300 IN A 127.0.0.{n}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tlsa_at_the_expanded_name_only_through_a_secure_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("CNAME Root");
-    let ca_path = dir.path().join("ca.pem");
-    ca.write_pem(&ca_path).unwrap();
-    let port = common::free_port();
+/// The CNAME world: one destination domain per case, receivers on `127.0.0.2..=6`.
+async fn cname_world(ca: &TestCa, port: u16) -> (DnsWorldBuilder, Vec<Case>) {
     // DANE-EE(3 1 1) ignores names and dates: a certificate for another name proves
     // that the TLSA records, not PKIX, authenticated the session.
     let cert = ca.issue(&["unrelated.example"], Validity::current());
@@ -110,13 +100,15 @@ async fn tlsa_at_the_expanded_name_only_through_a_secure_chain() {
         expect: Expect::DeferredUndialled,
     });
 
-    let world = world.start().await.unwrap();
-    let s = settings(&world, world.addr(), port, &ca_path, "validate");
-    let gate = Mxgate::start(dir.path(), &s);
-    run_cases(&gate, &cases).await;
+    (world, cases)
+}
+
+/// Every case's outcome, then what `mxgate policy --json` says about it.
+async fn check_cname_cases(gate: &Mxgate, cases: &[Case]) {
+    run_cases(gate, cases).await;
 
     // `mxgate policy --json` names the TLSA base domain and the reference names.
-    let v = policy_json(&gate, "secure.a.test");
+    let v = policy_json(gate, "secure.a.test");
     let mx = &v["mx"][0];
     assert_eq!(mx["host"], "mx.secure.a.test", "{v}");
     assert_eq!(mx["tlsa_base"], "real1.b.test", "{v}");
@@ -127,17 +119,17 @@ async fn tlsa_at_the_expanded_name_only_through_a_secure_chain() {
     );
     assert_eq!(v["source"], "dane", "{v}");
 
-    let v = policy_json(&gate, "plain.u.test");
+    let v = policy_json(gate, "plain.u.test");
     let mx = &v["mx"][0];
     assert_eq!(mx["address_dnssec"], "insecure", "{v}");
     assert!(mx["tlsa_base"].is_null(), "{v}");
     assert_eq!(mx["tlsa_state"], "not looked up", "{v}");
     assert_eq!(mx["requirement"], "may", "{v}");
 
-    let v = policy_json(&gate, "mismatch.a.test");
+    let v = policy_json(gate, "mismatch.a.test");
     assert_eq!(v["mx"][0]["tlsa_base"], "real3.b.test", "{v}");
 
-    let v = policy_json(&gate, "orig.a.test");
+    let v = policy_json(gate, "orig.a.test");
     let mx = &v["mx"][0];
     assert_eq!(mx["tlsa_base"], "mx.orig.a.test", "{v}");
     assert_eq!(
@@ -145,8 +137,44 @@ async fn tlsa_at_the_expanded_name_only_through_a_secure_chain() {
         "{v}"
     );
 
-    let line = log_line(&gate, "mismatch.a.test", "deferred").await;
+    let line = log_line(gate, "mismatch.a.test", "deferred").await;
     assert!(line.to_ascii_lowercase().contains("dane"), "{line}");
-    let line = log_line(&gate, "secure.a.test", "sent").await;
+    let line = log_line(gate, "secure.a.test", "sent").await;
     assert!(line.contains("source=dane"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsa_at_the_expanded_name_only_through_a_secure_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("CNAME Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let port = common::free_port();
+    let (world, cases) = cname_world(&ca, port).await;
+    let world = world.start().await.unwrap();
+    let s = settings(&world, world.addr(), port, &ca_path, "validate");
+    let gate = Mxgate::start(dir.path(), &s);
+    check_cname_cases(&gate, &cases).await;
+}
+
+/// The same through a real validating resolver (unbound): in `trust-ad` mode the
+/// chain is as secure as the AD bit of the answer that carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsa_at_the_expanded_name_with_trust_ad_through_unbound() {
+    use mxgate_testkit::dns::unbound::Unbound;
+    if !Unbound::available() {
+        eprintln!("unbound not installed: skipping the trust-ad test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("CNAME AD Root");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    let port = common::free_port();
+    let (world, cases) = cname_world(&ca, port).await;
+    let world = world.start().await.unwrap();
+    let unbound = Unbound::start(&world).await.unwrap();
+    let s = settings(&world, unbound.addr(), port, &ca_path, "trust-ad");
+    let gate = Mxgate::start(dir.path(), &s);
+    check_cname_cases(&gate, &cases).await;
 }

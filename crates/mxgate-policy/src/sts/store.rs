@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use super::fetch::{StsSource, TxtOutcome};
+use super::fetch::{FetchError, StsSource, TxtOutcome};
 use super::shared::SharedPolicyCache;
 use super::CachedPolicy;
 use crate::decide::StsState;
@@ -26,9 +26,19 @@ enum Entry {
     Policy(CachedPolicy, u64),
     /// No policy: do not ask again before `until`; `backoff` seconds next time.
     Negative { until: u64, backoff: u64 },
+    /// The TXT record announced policy `id` but it could not be fetched and nothing
+    /// valid is cached: the same `id` is not fetched again before `until` (the lookup
+    /// answers with `error` meanwhile); a new `id` is fetched at once.
+    Unavailable {
+        id: String,
+        error: FetchError,
+        until: u64,
+        backoff: u64,
+    },
 }
 
-/// Negative caching: first 5 minutes, doubling up to 1 hour.
+/// Negative caching (no policy, or an announced policy that cannot be fetched): first
+/// 5 minutes, doubling up to 1 hour.
 const NEG_MIN: u64 = 300;
 const NEG_MAX: u64 = 3600;
 
@@ -162,11 +172,45 @@ impl PolicyStore {
         if self.mem.len() < MAX_ENTRIES {
             return;
         }
-        self.mem
-            .retain(|_, e| !matches!(e, Entry::Negative { until, .. } if *until <= now));
+        self.mem.retain(|_, e| match e {
+            Entry::Negative { until, .. } | Entry::Unavailable { until, .. } => *until > now,
+            Entry::Policy(..) => true,
+        });
         if self.mem.len() >= MAX_ENTRIES {
             self.mem.retain(|_, e| matches!(e, Entry::Policy(..)));
         }
+    }
+
+    /// Remembers that announced policy `id` of `domain` could not be fetched, with a
+    /// back-off that doubles while the same id keeps failing. Never replaces a policy
+    /// another lookup stored meanwhile.
+    fn remember_unavailable(
+        &self,
+        domain: &str,
+        id: &str,
+        error: &FetchError,
+        now: u64,
+        before: Option<(String, FetchError, u64, u64)>,
+    ) {
+        let backoff = before
+            .filter(|(uid, ..)| uid == id)
+            .map(|(.., b)| (b * 2).min(NEG_MAX))
+            .unwrap_or(NEG_MIN);
+        self.prune(now);
+        let entry = Entry::Unavailable {
+            id: id.to_string(),
+            error: error.clone(),
+            until: now.saturating_add(backoff),
+            backoff,
+        };
+        self.mem
+            .entry(domain.to_string())
+            .and_modify(|e| {
+                if !matches!(e, Entry::Policy(..)) {
+                    *e = entry.clone();
+                }
+            })
+            .or_insert(entry);
     }
 
     /// Entries in memory (policies and negative answers).
@@ -196,11 +240,20 @@ impl PolicyStore {
     pub async fn lookup_with(&self, domain: &str, now: u64, write: CacheWrite) -> StsLookup {
         let negative = self.mem.get(domain).and_then(|e| match e.value() {
             Entry::Negative { until, backoff } => Some((*until, *backoff)),
-            Entry::Policy(..) => None,
+            Entry::Policy(..) | Entry::Unavailable { .. } => None,
         });
         let retry_after = self.mem.get(domain).map_or(0, |e| match e.value() {
             Entry::Policy(_, t) => *t,
-            Entry::Negative { .. } => 0,
+            Entry::Negative { .. } | Entry::Unavailable { .. } => 0,
+        });
+        let unavailable = self.mem.get(domain).and_then(|e| match e.value() {
+            Entry::Unavailable {
+                id,
+                error,
+                until,
+                backoff,
+            } => Some((id.clone(), error.clone(), *until, *backoff)),
+            Entry::Policy(..) | Entry::Negative { .. } => None,
         });
         if let Some((until, _)) = negative {
             if now < until {
@@ -227,6 +280,20 @@ impl PolicyStore {
                 if (c.id == id && now < c.refresh_at()) || now < retry_after =>
             {
                 found(c)
+            }
+            // The same announced policy failed to fetch a moment ago: do not stall
+            // every delivery on a dead policy host (RFC 8461 §5 lets delivery go on as
+            // though there were no policy; the failure is still reported).
+            (TxtOutcome::Id(id), None)
+                if unavailable
+                    .as_ref()
+                    .is_some_and(|(uid, _, until, _)| *uid == id && now < *until) =>
+            {
+                let error = unavailable.map(|(_, e, _, _)| e);
+                StsLookup {
+                    state: error.map_or(StsState::Absent, StsState::Unavailable),
+                    cached: None,
+                }
             }
             (TxtOutcome::Id(id), cached) => {
                 // RFC 8461 §5.1 (paraphrased): a TXT id that differs from the cached one
@@ -273,11 +340,17 @@ impl PolicyStore {
                             // valid (non-expired) previously cached policy, senders MUST
                             // continue with delivery as though the domain has not
                             // implemented MTA-STS." The failure is kept: TLS
-                            // reports say it (RFC 8460 §4.3.2.2).
-                            None => StsLookup {
-                                state: StsState::Unavailable(e),
-                                cached: None,
-                            },
+                            // reports say it (RFC 8460 §4.3.2.2); the same id is not
+                            // fetched again within a growing back-off.
+                            None => {
+                                if write == CacheWrite::Store {
+                                    self.remember_unavailable(domain, &id, &e, now, unavailable);
+                                }
+                                StsLookup {
+                                    state: StsState::Unavailable(e),
+                                    cached: None,
+                                }
+                            }
                         }
                     }
                 }
@@ -296,7 +369,7 @@ impl PolicyStore {
                 self.mem
                     .entry(domain.to_string())
                     .and_modify(|e| {
-                        if let Entry::Negative { .. } = e {
+                        if !matches!(e, Entry::Policy(..)) {
                             *e = Entry::Negative { until, backoff };
                         }
                     })
@@ -602,6 +675,48 @@ mod tests {
         );
         assert_eq!(*src.fetches.lock().unwrap(), 0);
         assert!(enforce(&store.lookup("none.example", NEG_MIN).await));
+    }
+
+    #[tokio::test]
+    async fn an_announced_policy_that_cannot_be_fetched_backs_off_per_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("a".into()), Err(FetchError::Timeout));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        let fetches = || *src.fetches.lock().unwrap();
+        let unavailable = StsState::Unavailable(FetchError::Timeout);
+        assert_eq!(store.lookup("dead.example", 0).await.state, unavailable);
+        assert_eq!(fetches(), 1);
+        // Within the back-off the same id is not fetched again, and still reported.
+        assert_eq!(
+            store.lookup("dead.example", NEG_MIN - 1).await.state,
+            unavailable
+        );
+        assert_eq!(fetches(), 1);
+        // After it, fetched again; a second failure doubles the wait.
+        assert_eq!(
+            store.lookup("dead.example", NEG_MIN).await.state,
+            unavailable
+        );
+        assert_eq!(fetches(), 2);
+        assert_eq!(
+            store.lookup("dead.example", 3 * NEG_MIN - 1).await.state,
+            unavailable
+        );
+        assert_eq!(fetches(), 2);
+        // A new id is a new policy: fetched at once.
+        *src.txt.lock().unwrap() = TxtOutcome::Id("b".into());
+        *src.fetch.lock().unwrap() = Ok(policy(1000));
+        assert!(enforce(
+            &store.lookup("dead.example", 3 * NEG_MIN - 1).await
+        ));
+        assert_eq!(fetches(), 3);
+        // `mxgate policy` (read-only) never records the back-off.
+        let ro = PolicyStore::new(
+            dir.path().join("ro"),
+            fake(TxtOutcome::Id("c".into()), Err(FetchError::Timeout)),
+        );
+        ro.lookup_with("x.example", 0, CacheWrite::ReadOnly).await;
+        assert_eq!(ro.entries(), 0);
     }
 
     #[tokio::test]
