@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use mxgate_queue::MessageStore;
@@ -299,7 +299,7 @@ impl Connection {
         store: &S,
     ) -> Reply {
         let size = outcome.size;
-        let (envelope, message) = match session.finish_data(outcome, SystemTime::now()) {
+        let (envelope, message) = match session.finish_data(outcome, crate::clock::now()) {
             Ok(ready) => ready,
             Err(reply) => {
                 tracing::info!(client = %self.peer.ip(), size, reply = %reply, "message rejected");

@@ -234,7 +234,7 @@ impl Queue {
             .ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .next(crate::schedule::unix_ms(std::time::SystemTime::now()));
+            .next(crate::schedule::unix_ms(crate::clock::now()));
         let rec = record::MessageRec {
             id: id.0.clone(),
             at: arrival_ms,

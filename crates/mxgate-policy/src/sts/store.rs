@@ -10,7 +10,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
@@ -72,12 +71,7 @@ pub struct PolicyStore {
     shared: Option<Arc<dyn SharedPolicyCache>>,
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 impl PolicyStore {
     pub fn new(dir: PathBuf, source: Arc<dyn StsSource>) -> PolicyStore {
