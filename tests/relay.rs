@@ -110,6 +110,16 @@ async fn postfix_relays_through_mxgate_to_the_mx_over_tls13() {
         .await;
     assert!(line.contains("tls=TLSv1.3"), "{line}");
     assert!(line.contains("policy=may"), "{line}");
+    // The Received: header names the queue id the delivery line logs (RFC 5321 §4.4).
+    let id = line
+        .split_once("id=")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .expect("id= in the log line");
+    assert!(
+        received[0].contains(&format!(" id {id}")),
+        "{id}: {}",
+        received[0]
+    );
     queue_is_empty(&gate).await;
 }
 

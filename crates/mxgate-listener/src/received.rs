@@ -27,17 +27,20 @@ impl Protocol {
     }
 }
 
-/// `Received: from HELO ([IP])\r\n\tby HOST (mxgate) with PROTO [for <rcpt>];\r\n\tDATE\r\n`.
+/// `Received: from HELO ([IP])\r\n\tby HOST (mxgate) with PROTO id QUEUEID [for <rcpt>];\r\n\tDATE\r\n`.
 ///
 /// RFC 5321 §4.4: "When an SMTP server receives a message for delivery or further
 /// processing, it MUST insert trace ("time stamp" or "Received") information at the
-/// beginning of the message content". The `for` clause names the recipient only when
-/// there is exactly one, so a message to many does not disclose the others.
+/// beginning of the message content". Its `Opt-info` clauses come in the RFC's order
+/// (`with`, `id`, `for`); `id` is the queue id (`mxgate queue show ID`, the delivery
+/// log's `id=`), as Postfix names its own. The `for` clause names the recipient only
+/// when there is exactly one, so a message to many does not disclose the others.
 pub fn received_header(
     helo: &str,
     ip: IpAddr,
     hostname: &str,
     protocol: Protocol,
+    queue_id: &str,
     single_recipient: Option<&str>,
     now: SystemTime,
 ) -> String {
@@ -46,7 +49,7 @@ pub fn received_header(
         IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
     };
     let mut h = format!(
-        "Received: from {helo} ({literal})\r\n\tby {hostname} (mxgate) with {}",
+        "Received: from {helo} ({literal})\r\n\tby {hostname} (mxgate) with {} id {queue_id}",
         protocol.as_str()
     );
     if let Some(rcpt) = single_recipient {
@@ -108,24 +111,26 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
             "relay.example",
             Protocol::Esmtp,
+            "1A2400B257D00000",
             Some("b@example.com"),
             at(0),
         );
         assert_eq!(
             h,
             "Received: from client.example ([127.0.0.1])\r\n\tby relay.example (mxgate) with ESMTP \
-             for <b@example.com>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+             id 1A2400B257D00000 for <b@example.com>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
         let h = received_header(
             "c",
             "::1".parse().unwrap(),
             "r",
             Protocol::Utf8Smtp,
+            "Q1",
             None,
             at(0),
         );
-        assert!(
-            h.starts_with("Received: from c ([IPv6:::1])\r\n\tby r (mxgate) with UTF8SMTP;\r\n")
-        );
+        assert!(h.starts_with(
+            "Received: from c ([IPv6:::1])\r\n\tby r (mxgate) with UTF8SMTP id Q1;\r\n"
+        ));
     }
 }

@@ -299,7 +299,9 @@ impl Connection {
         store: &S,
     ) -> Reply {
         let size = outcome.size;
-        let (envelope, message) = match session.finish_data(outcome, crate::clock::now()) {
+        // The id is reserved first so that the `Received:` header can name it.
+        let id = store.reserve_id();
+        let (envelope, message) = match session.finish_data(outcome, &id.0, crate::clock::now()) {
             Ok(ready) => ready,
             Err(reply) => {
                 tracing::info!(client = %self.peer.ip(), size, reply = %reply, "message rejected");
@@ -308,7 +310,7 @@ impl Connection {
         };
         let from = envelope.sender.clone();
         let nrcpt = envelope.recipients.len();
-        let result = store.store(envelope, message).await;
+        let result = store.store_as(id, envelope, message).await;
         match &result {
             Ok(id) => {
                 metrics::counter!(MESSAGES_RECEIVED).increment(1);

@@ -205,10 +205,12 @@ impl Session {
     }
 
     /// Ends the transaction with the result of the DATA reader. Returns the envelope
-    /// and the message to store (with `Received:` prepended), or the rejection reply.
+    /// and the message to store under `queue_id` (with `Received:` prepended, naming
+    /// that id), or the rejection reply.
     pub fn finish_data(
         &mut self,
         outcome: DataOutcome,
+        queue_id: &str,
         now: SystemTime,
     ) -> Result<(Envelope, Bytes), Reply> {
         let tx = self
@@ -231,6 +233,7 @@ impl Session {
             self.peer,
             &self.settings.hostname,
             protocol,
+            queue_id,
             single,
             now,
         );

@@ -187,7 +187,7 @@ fn finish_data_builds_envelope_and_message() {
         run(&mut s, c);
     }
     let (env, msg) = s
-        .finish_data(data(b"Subject: x\r\n\r\nhi\r\n.\r\n"), UNIX_EPOCH)
+        .finish_data(data(b"Subject: x\r\n\r\nhi\r\n.\r\n"), "Q7", UNIX_EPOCH)
         .unwrap();
     assert!(!s.in_transaction());
     assert_eq!(env.sender, "a@x.example");
@@ -199,7 +199,7 @@ fn finish_data_builds_envelope_and_message() {
         Some("rfc822;b@y.example")
     );
     let expected = "Received: from client.example ([127.0.0.1])\r\n\tby relay.example (mxgate) with ESMTP \
-                    for <b@y.example>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\nSubject: x\r\n\r\nhi\r\n";
+                    id Q7 for <b@y.example>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\nSubject: x\r\n\r\nhi\r\n";
     assert_eq!(std::str::from_utf8(&msg).unwrap(), expected);
 }
 
@@ -223,7 +223,7 @@ fn finish_data_rejections() {
         }
         let mut input = body.to_vec();
         input.extend_from_slice(b"\r\n.\r\n");
-        let r = s.finish_data(data(&input), UNIX_EPOCH).unwrap_err();
+        let r = s.finish_data(data(&input), "Q7", UNIX_EPOCH).unwrap_err();
         assert_eq!(r.code, *code, "{:?}", String::from_utf8_lossy(body));
         assert!(!s.in_transaction());
     }

@@ -22,16 +22,28 @@ use tokio_util::sync::CancellationToken;
 struct MemStore {
     stored: Mutex<Vec<(Envelope, Bytes)>>,
     fail_next: AtomicBool,
+    reserved: std::sync::atomic::AtomicU32,
 }
 
 impl MessageStore for MemStore {
-    async fn store(&self, envelope: Envelope, message: Bytes) -> Result<QueueId, StoreError> {
+    fn reserve_id(&self) -> QueueId {
+        QueueId(format!(
+            "Q{}",
+            self.reserved.fetch_add(1, Ordering::SeqCst) + 1
+        ))
+    }
+
+    async fn store_as(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        message: Bytes,
+    ) -> Result<QueueId, StoreError> {
         if self.fail_next.swap(false, Ordering::SeqCst) {
             return Err(StoreError::NoSpace(std::io::Error::other("disk full")));
         }
-        let mut stored = self.stored.lock().unwrap();
-        stored.push((envelope, message));
-        Ok(QueueId(format!("Q{}", stored.len())))
+        self.stored.lock().unwrap().push((envelope, message));
+        Ok(id)
     }
 }
 
@@ -171,8 +183,18 @@ RCPT TO:<b@y.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.example\r\nRCPT TO
     let text = std::str::from_utf8(msg).unwrap();
     assert_eq!(text.matches("Received:").count(), 1);
     assert!(text.starts_with(
-        "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (mxgate) with ESMTP;\r\n\t"
+        "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (mxgate) with ESMTP id Q"
     ));
+    // The `id` clause names the id the message was stored under.
+    let named = text
+        .split_once(" id ")
+        .and_then(|(_, rest)| rest.split_once(";\r\n\t"))
+        .map(|(id, _)| id)
+        .unwrap();
+    assert!(
+        named.starts_with('Q') && named[1..].parse::<u32>().is_ok(),
+        "{text}"
+    );
     // Two recipients: no `for` clause. The rest byte-exact, dot unstuffed.
     assert!(!text.contains(" for <"));
     let body_start = text.find("\r\nFrom: ").unwrap() + 2;

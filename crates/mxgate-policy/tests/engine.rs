@@ -246,7 +246,6 @@ async fn mta_sts_policy_survives_server_outage_and_restart() {
 #[tokio::test]
 async fn bad_policies_are_no_policy() {
     let w = world().await;
-    let e = engine(&w, |_| {});
     for (bad, class) in [
         (
             HttpResponse::status(200)
@@ -272,15 +271,34 @@ async fn bad_policies_are_no_policy() {
             FetchFailure::Invalid,
         ),
     ] {
+        // A fresh engine per case: one engine does not fetch the same announced id
+        // again within its back-off (below).
+        let e = engine(&w, |_| {});
         w.https.serve_policy("sts.insecure.test", bad.clone());
         let p = e.plan("sts.insecure.test").await.unwrap();
         assert_eq!(p.source, PolicySource::Fallback, "{bad:?}");
         let failure = p.mta_sts_failure.as_ref().expect("the failure is kept");
         assert_eq!(failure.class(), class, "{bad:?}: {failure}");
     }
-    // A policy that is served again clears it.
+    // Within the back-off the same id is not fetched again: the failure stays
+    // reported even once the policy is served again...
+    let e = engine(&w, |_| {});
+    w.https
+        .serve_policy("sts.insecure.test", HttpResponse::status(404));
+    assert!(e
+        .plan("sts.insecure.test")
+        .await
+        .unwrap()
+        .mta_sts_failure
+        .is_some());
     w.https
         .serve_policy("sts.insecure.test", HttpResponse::policy(ENFORCE));
+    let p = e.plan("sts.insecure.test").await.unwrap();
+    assert_eq!(p.source, PolicySource::Fallback);
+    assert!(p.mta_sts_failure.is_some());
+    // ...and a policy that is served clears it once fetched (here: a new engine, as
+    // after the back-off).
+    let e = engine(&w, |_| {});
     let p = e.plan("sts.insecure.test").await.unwrap();
     assert_eq!((p.source, p.mta_sts_failure), (PolicySource::MtaSts, None));
     // Without a TXT record there is nothing to report.

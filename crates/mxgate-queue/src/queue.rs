@@ -216,9 +216,19 @@ impl Queue {
         self.clock.now_ms()
     }
 
-    /// Stores a message durably and adds it to the index; `dsn` marks our own reports.
+    /// A fresh queue id (time-ordered, unique within this queue).
+    pub(crate) fn next_id(&self) -> QueueId {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(crate::schedule::unix_ms(crate::clock::now()))
+    }
+
+    /// Stores a message durably under `id` and adds it to the index; `dsn` marks our
+    /// own reports.
     pub(crate) async fn store_message(
         &self,
+        id: QueueId,
         envelope: Envelope,
         message: Bytes,
         dsn: bool,
@@ -230,11 +240,6 @@ impl Queue {
             )));
         }
         let arrival_ms = self.now_ms();
-        let id = self
-            .ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next(crate::schedule::unix_ms(crate::clock::now()));
         let rec = record::MessageRec {
             id: id.0.clone(),
             at: arrival_ms,
@@ -634,8 +639,17 @@ pub(crate) fn read_body(path: &std::path::Path, loc: BodyLoc, size: u64) -> io::
 }
 
 impl MessageStore for Queue {
-    async fn store(&self, envelope: Envelope, message: Bytes) -> Result<QueueId, StoreError> {
-        self.store_message(envelope, message, false).await
+    fn reserve_id(&self) -> QueueId {
+        self.next_id()
+    }
+
+    async fn store_as(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        message: Bytes,
+    ) -> Result<QueueId, StoreError> {
+        self.store_message(id, envelope, message, false).await
     }
 }
 

@@ -1042,7 +1042,7 @@ impl Queue {
             }],
         };
         let dsn_id = self
-            .store_message(dsn_envelope, message.into(), true)
+            .store_message(self.next_id(), dsn_envelope, message.into(), true)
             .await?;
         match action {
             DsnAction::Failed => {

@@ -33,24 +33,45 @@ pub enum StoreError {
 
 /// Where the listener puts accepted messages.
 pub trait MessageStore: Send + Sync + 'static {
+    /// A fresh id for a message about to be stored, so that the listener can name it in
+    /// the `Received:` header (RFC 5321 §4.4 `id`) before handing the message over. An
+    /// id that is never stored is simply unused.
+    fn reserve_id(&self) -> QueueId;
+
     /// Stores `message` (exactly the bytes to relay, `Received:` already prepended, not
-    /// dot-stuffed, CRLF line ends) with `envelope`. Resolves only after both are on
-    /// stable storage (file and directory fsync).
-    fn store(
+    /// dot-stuffed, CRLF line ends) with `envelope` under `id` (from
+    /// [`MessageStore::reserve_id`]). Resolves only after both are on stable storage.
+    fn store_as(
         &self,
+        id: QueueId,
         envelope: Envelope,
         message: Bytes,
     ) -> impl Future<Output = Result<QueueId, StoreError>> + Send;
-}
 
-/// A shared store is a store (`Arc<Queue>` is what the binary hands the listener).
-impl<S: MessageStore> MessageStore for Arc<S> {
+    /// [`MessageStore::store_as`] under a fresh id.
     fn store(
         &self,
         envelope: Envelope,
         message: Bytes,
     ) -> impl Future<Output = Result<QueueId, StoreError>> + Send {
-        (**self).store(envelope, message)
+        let id = self.reserve_id();
+        self.store_as(id, envelope, message)
+    }
+}
+
+/// A shared store is a store (`Arc<Queue>` is what the binary hands the listener).
+impl<S: MessageStore> MessageStore for Arc<S> {
+    fn reserve_id(&self) -> QueueId {
+        (**self).reserve_id()
+    }
+
+    fn store_as(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        message: Bytes,
+    ) -> impl Future<Output = Result<QueueId, StoreError>> + Send {
+        (**self).store_as(id, envelope, message)
     }
 }
 
