@@ -5,7 +5,9 @@
 //! lookup or the refresh fails; refresh proactively once a per-domain share (50–75 %,
 //! spread by a hash of the domain) of `max_age` has passed; remember domains without a
 //! policy with a growing back-off. A corrupt cache file is logged and ignored. The store
-//! does not decide delivery and never holds a map guard across an `.await`.
+//! does not decide delivery and never holds a map guard across an `.await` (clippy.toml's
+//! `await-holding-invalid-types` makes that an error; ARCHITECTURE.md, "Tool-enforced
+//! rules").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
