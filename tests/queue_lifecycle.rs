@@ -8,6 +8,9 @@
 //! test), found through a real DNS server. Not here: TLS policy decisions themselves
 //! (tests/tls_policy.rs) and the plain relay path (tests/relay.rs).
 
+// Real processes on the real clock: the clock rule of clippy.toml is for product code.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -32,6 +32,7 @@
 
 mod attempt;
 pub mod cache;
+mod clock;
 pub mod conn;
 pub mod decide;
 pub mod drive;
@@ -272,7 +273,7 @@ impl<P: Planner> Delivery<P> {
     }
 
     async fn deliver_job(&self, job: DeliveryJob) -> Vec<RecipientOutcome> {
-        let start = Instant::now();
+        let start = clock::instant();
         if let Some(relay) = job.relay.clone() {
             return self.deliver_via_relay(&job, &relay, start).await;
         }

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -174,7 +174,7 @@ impl DnsClient {
         rtype: RecordType,
     ) -> Result<Lookup, DnsError> {
         let key = fqdn.to_ascii();
-        if let Some(answer) = self.denials.get(&key, rtype, Instant::now()) {
+        if let Some(answer) = self.denials.get(&key, rtype, crate::clock::instant()) {
             return Ok(Lookup {
                 answer,
                 alias: None,
@@ -203,7 +203,7 @@ impl DnsClient {
             Ok(Ok(lookup)) => {
                 if let Some(ttl) = lookup.denial_ttl {
                     self.denials
-                        .insert(&key, rtype, &lookup.answer, ttl, Instant::now());
+                        .insert(&key, rtype, &lookup.answer, ttl, crate::clock::instant());
                 }
                 Ok(lookup)
             }

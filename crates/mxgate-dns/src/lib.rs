@@ -21,6 +21,7 @@
 
 pub mod classify;
 mod client;
+mod clock;
 pub mod negcache;
 pub mod selftest;
 pub mod stub;

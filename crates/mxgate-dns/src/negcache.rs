@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn denials_expire_and_only_known_states_are_kept() {
         let c = NegativeCache::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::instant();
         let ttl = Duration::from_secs(60);
         let secure: Answer<()> = Answer::NoData {
             status: DnssecStatus::Secure,
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn the_map_is_bounded() {
         let c = NegativeCache::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::instant();
         let d: Answer<()> = Answer::NoData {
             status: DnssecStatus::Insecure,
         };

@@ -14,6 +14,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
 
+mod clock;
 pub mod received;
 pub mod server;
 pub mod session;

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use mxgate_queue::MessageStore;
@@ -301,7 +301,7 @@ impl Connection {
         let size = outcome.size;
         // The id is reserved first so that the `Received:` header can name it.
         let id = store.reserve_id();
-        let (envelope, message) = match session.finish_data(outcome, &id.0, SystemTime::now()) {
+        let (envelope, message) = match session.finish_data(outcome, &id.0, crate::clock::now()) {
             Ok(ready) => ready,
             Err(reply) => {
                 tracing::info!(client = %self.peer.ip(), size, reply = %reply, "message rejected");

@@ -18,6 +18,7 @@
 //! This crate does not speak SMTP, open SMTP connections, or count deliveries.
 
 pub mod auth;
+mod clock;
 pub mod dane;
 pub mod decide;
 mod engine;

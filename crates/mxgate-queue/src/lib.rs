@@ -16,6 +16,7 @@
 //! This crate never opens an SMTP connection itself and never decides TLS policy; it
 //! does not serve the control socket (the binary does, calling these methods).
 
+mod clock;
 pub mod dsn;
 mod error;
 mod index;

@@ -221,7 +221,7 @@ impl Queue {
         self.ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .next(crate::schedule::unix_ms(std::time::SystemTime::now()))
+            .next(crate::schedule::unix_ms(crate::clock::now()))
     }
 
     /// Stores a message durably under `id` and adds it to the index; `dsn` marks our

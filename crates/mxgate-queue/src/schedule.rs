@@ -20,7 +20,7 @@ impl Clock {
     pub fn new() -> Self {
         Clock {
             base_instant: tokio::time::Instant::now(),
-            base_ms: unix_ms(SystemTime::now()),
+            base_ms: unix_ms(crate::clock::now()),
         }
     }
 

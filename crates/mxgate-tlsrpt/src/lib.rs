@@ -15,6 +15,7 @@
 //! binary provides), and queueing mail (a [`MailSink`]). This crate depends on
 //! neither the queue nor delivery.
 
+mod clock;
 pub mod dkim;
 pub mod mail;
 pub mod model;

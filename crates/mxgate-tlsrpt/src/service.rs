@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{self, now_unix};
 use crate::dkim::DkimSigner;
 use crate::mail::{self, MailInput};
 use crate::model::{SessionRecord, SessionResult};
@@ -26,7 +27,7 @@ use crate::report::{self, Report, Submitter};
 use crate::shared::SharedCounters;
 use crate::sharing;
 use crate::store::{self, backoff, PendingReport, State};
-use crate::time::{now_unix, rfc3339};
+use crate::time::rfc3339;
 
 /// How the service is set up (from `[tlsrpt]`).
 #[derive(Clone)]
@@ -447,7 +448,7 @@ impl<D: Discover, M: MailSink> Ctx<D, M> {
     /// The domain's report addresses; `Ok(None)` when it publishes no usable record.
     async fn destinations(&self, domain: &str) -> Result<Option<Vec<Destination>>, DiscoverError> {
         if let Some((cached, until)) = self.lock_cache().get(domain) {
-            if *until > Instant::now() {
+            if *until > clock::instant() {
                 return Ok(cached.clone());
             }
         }
@@ -462,7 +463,7 @@ impl<D: Discover, M: MailSink> Ctx<D, M> {
         };
         let ttl = answer.ttl.min(Duration::from_secs(86400));
         self.lock_cache()
-            .insert(domain.to_string(), (parsed.clone(), Instant::now() + ttl));
+            .insert(domain.to_string(), (parsed.clone(), clock::instant() + ttl));
         Ok(parsed)
     }
 

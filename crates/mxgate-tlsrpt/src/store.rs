@@ -226,7 +226,7 @@ pub fn load(dir: &Path) -> Result<Option<State>, LoadError> {
                 Ok(s) => format!("version {}", s.version),
                 Err(e) => e.to_string(),
             };
-            let aside = dir.join(format!("state.json.corrupt-{}", crate::time::now_unix()));
+            let aside = dir.join(format!("state.json.corrupt-{}", crate::clock::now_unix()));
             fs::rename(&path, &aside).map_err(|source| LoadError::Io {
                 path: path.clone(),
                 source,

@@ -28,12 +28,6 @@ fn utc(secs: u64) -> UtcDateTime {
     UtcDateTime::from_unix(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

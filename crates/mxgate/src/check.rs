@@ -468,7 +468,7 @@ impl Prober {
             TlsRequirement::Pkix { names } => names.clone(),
             _ => vec![plan.host.clone()],
         };
-        let now = std::time::SystemTime::now()
+        let now = crate::clock::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);

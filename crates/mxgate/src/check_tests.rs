@@ -164,7 +164,7 @@ fn mx_passes_when_any_address_passes_and_skips_when_not_dialled() {
 #[test]
 fn cert_info_reads_names_issuer_and_expiry() {
     let ca = TestCa::new("Probe Test CA");
-    let now = std::time::SystemTime::now()
+    let now = crate::clock::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;

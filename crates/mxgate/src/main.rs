@@ -7,6 +7,7 @@
 
 mod check;
 mod cli;
+mod clock;
 mod control;
 mod dispatch;
 mod error;

@@ -291,7 +291,7 @@ impl MailSink for QueueMail {
 }
 
 fn rand_id() -> u32 {
-    std::time::SystemTime::now()
+    crate::clock::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
 }

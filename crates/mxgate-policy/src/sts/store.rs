@@ -5,12 +5,13 @@
 //! lookup or the refresh fails; refresh proactively once a per-domain share (50–75 %,
 //! spread by a hash of the domain) of `max_age` has passed; remember domains without a
 //! policy with a growing back-off. A corrupt cache file is logged and ignored. The store
-//! does not decide delivery and never holds a map guard across an `.await`.
+//! does not decide delivery and never holds a map guard across an `.await` (clippy.toml's
+//! `await-holding-invalid-types` makes that an error; ARCHITECTURE.md, "Tool-enforced
+//! rules").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
@@ -72,12 +73,7 @@ pub struct PolicyStore {
     shared: Option<Arc<dyn SharedPolicyCache>>,
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 impl PolicyStore {
     pub fn new(dir: PathBuf, source: Arc<dyn StsSource>) -> PolicyStore {

@@ -205,7 +205,7 @@ impl Inbox {
         let mut st = match deadline {
             None => self.ready.wait(st).unwrap_or_else(|e| e.into_inner()),
             Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
+                let left = at.saturating_duration_since(crate::clock::instant());
                 self.ready
                     .wait_timeout(st, left)
                     .unwrap_or_else(|e| e.into_inner())
@@ -229,8 +229,8 @@ impl Inbox {
                 st = self.sleep(st, None);
                 continue;
             }
-            let at = *lazy_deadline.get_or_insert_with(|| Instant::now() + LAZY_FLUSH);
-            if Instant::now() >= at {
+            let at = *lazy_deadline.get_or_insert_with(|| crate::clock::instant() + LAZY_FLUSH);
+            if crate::clock::instant() >= at {
                 break;
             }
             st = self.sleep(st, Some(at));
@@ -239,12 +239,12 @@ impl Inbox {
             return false; // closed
         }
         if let Some((target, longest)) = delay {
-            let until = Instant::now() + longest;
+            let until = crate::clock::instant() + longest;
             while st.waiters > 0
                 && st.waiters < target
                 && !st.closed
                 && st.cmds.len() < MAX_BATCH
-                && Instant::now() < until
+                && crate::clock::instant() < until
             {
                 st = self.sleep(st, Some(until));
             }
@@ -627,7 +627,7 @@ impl Thread {
         let waiters = appends.iter().filter(|a| a.reply.is_some()).count();
         let synced = if waiters > 0 {
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let began = Instant::now();
+            let began = crate::clock::instant();
             let r = seg.file.sync_data();
             self.pacing = Pacing {
                 last_waiters: waiters,
