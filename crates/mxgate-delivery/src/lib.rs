@@ -82,10 +82,11 @@ pub trait Planner: Send + Sync + 'static {
     fn min_tls_version(&self) -> TlsVersion {
         TlsVersion::Tls12
     }
-    /// Whether `TLS-Required: No` (RFC 8689 §5) is honoured
+    /// What `TLS-Required: No` (RFC 8689 §5) lowers a DNS-learned plan to (`may`, or
+    /// a stricter `policy.fallback`); `None` when the header is ignored
     /// (`policy.tls_required_header`).
-    fn honours_tls_required_no(&self) -> bool {
-        true
+    fn tls_required_no_floor(&self) -> Option<Level> {
+        Some(Level::May)
     }
 
     /// The PKIX verifier of the trust roots, to judge shadow requirements (`None`: no
@@ -133,8 +134,8 @@ impl Planner for PolicyEngine {
         PolicyEngine::min_tls_version(self)
     }
 
-    fn honours_tls_required_no(&self) -> bool {
-        PolicyEngine::honours_tls_required_no(self)
+    fn tls_required_no_floor(&self) -> Option<Level> {
+        PolicyEngine::tls_required_no_floor(self)
     }
 
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {
@@ -277,17 +278,17 @@ impl<P: Planner> Delivery<P> {
         if let Some(relay) = job.relay.clone() {
             return self.deliver_via_relay(&job, &relay, start).await;
         }
-        let plan = match self.policy.plan(&job.domain).await {
+        let plan = match (
+            self.policy.plan(&job.domain).await,
+            self.policy.tls_required_no_floor(),
+        ) {
             // RFC 8689 §5: "TLS-Required: No" asks that DNS-learned TLS policies be
-            // ignored; the plan says which levels that may lower.
-            Ok(plan)
-                if self.policy.honours_tls_required_no()
-                    && report::tls_required_no(&job.message) =>
-            {
-                plan.lowered_for_tls_required_no()
+            // ignored; the plan says which levels that may lower, never below `floor`.
+            (Ok(plan), Some(floor)) if report::tls_required_no(&job.message) => {
+                plan.lowered_for_tls_required_no(floor)
             }
-            Ok(plan) => plan,
-            Err(e) => {
+            (Ok(plan), _) => plan,
+            (Err(e), _) => {
                 let outcome = plan_outcome(&e);
                 let outcomes = all(&job.recipients, &outcome);
                 let log = AttemptLog::new(&job, None, "-", start);

@@ -237,7 +237,7 @@ fn dane_for_host(h: &HostFacts) -> DaneOutcome {
 }
 
 /// The requirement of a base level (none/may/encrypt/verify) for one host.
-fn base_requirement(level: Level, host: &str, match_names: &[String]) -> TlsRequirement {
+pub(crate) fn base_requirement(level: Level, host: &str, match_names: &[String]) -> TlsRequirement {
     match level {
         Level::None => TlsRequirement::Cleartext,
         Level::Encrypt => TlsRequirement::Encrypt,

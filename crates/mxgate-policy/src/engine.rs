@@ -307,9 +307,18 @@ impl PolicyEngine {
         self.sts.cached(domain).map(|c| c.policy)
     }
 
-    /// `policy.tls_required_header = "honor"` (RFC 8689 §5).
-    pub fn honours_tls_required_no(&self) -> bool {
-        self.config.policy.tls_required_header == mxgate_config::TlsRequiredHeader::Honor
+    /// What `TLS-Required: No` (RFC 8689 §5) lowers a DNS-learned plan to: `may`, or
+    /// `policy.fallback` where that is stricter (the operator's floor for `auto` still
+    /// applies); `None` under `policy.tls_required_header = "ignore"`.
+    pub fn tls_required_no_floor(&self) -> Option<Level> {
+        if self.config.policy.tls_required_header != mxgate_config::TlsRequiredHeader::Honor {
+            return None;
+        }
+        Some(match self.config.policy.fallback {
+            Level::Encrypt => Level::Encrypt,
+            Level::Verify => Level::Verify,
+            _ => Level::May,
+        })
     }
 
     pub fn min_tls_version(&self) -> TlsVersion {

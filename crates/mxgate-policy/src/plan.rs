@@ -125,25 +125,25 @@ impl DeliveryPlan {
     /// The plan for a message carrying `TLS-Required: No` (RFC 8689 §5: the sender
     /// asks that TLS policies "such as MTA-STS and DANE" be ignored so the message gets
     /// through). Only levels learned from the destination's DNS under `auto` are
-    /// lowered, to `may` on every MX (an MX that MTA-STS excluded becomes dialable); a
-    /// level the operator configured (`mta-sts`, `dane`, `dane-only` included, in
-    /// `policy.domains` or as `policy.default`) stays, and so does the fallback (never
-    /// above what the operator chose).
-    pub fn lowered_for_tls_required_no(mut self) -> DeliveryPlan {
+    /// lowered, to `floor` on every MX (`may`, or the operator's stricter
+    /// `policy.fallback`: what `auto` gives a domain that publishes no policy; an MX
+    /// that MTA-STS excluded becomes dialable). A level the operator configured
+    /// (`mta-sts`, `dane`, `dane-only` included, in `policy.domains` or as
+    /// `policy.default`) stays, and so does the fallback.
+    pub fn lowered_for_tls_required_no(mut self, floor: Level) -> DeliveryPlan {
         if self.configured != Level::Auto
             || !matches!(self.source, PolicySource::MtaSts | PolicySource::Dane)
         {
             return self;
         }
-        self.level = Level::May;
+        self.level = floor;
         for mx in &mut self.mx {
             mx.requirement = match &mx.requirement {
-                Ok(TlsRequirement::Cleartext) => Ok(TlsRequirement::Cleartext),
                 // A host without addresses stays undialable.
                 Err(e @ (SkipReason::AddressLookup { .. } | SkipReason::NoAddress { .. })) => {
                     Err(e.clone())
                 }
-                _ => Ok(TlsRequirement::Opportunistic),
+                _ => Ok(crate::decide::base_requirement(floor, &mx.host, &[])),
             };
         }
         self
@@ -294,7 +294,8 @@ mod tests {
             ),
         ];
         for (configured, source, level, req, want_level, want_req) in cases {
-            let lowered = plan(configured, source, level, req).lowered_for_tls_required_no();
+            let lowered =
+                plan(configured, source, level, req).lowered_for_tls_required_no(Level::May);
             assert_eq!(
                 lowered.level, want_level,
                 "{configured:?} {source:?} {level:?}"
@@ -303,5 +304,30 @@ mod tests {
             assert_eq!(got, &want_req, "{configured:?} {source:?} {level:?}");
             assert_eq!(lowered.source, source);
         }
+    }
+
+    /// The operator's floor for `auto` holds: with `policy.fallback = "verify"` a
+    /// DNS-learned plan is lowered to `verify`, never to opportunistic TLS.
+    #[test]
+    fn tls_required_no_never_goes_below_a_stricter_fallback() {
+        let dane = Ok(TlsRequirement::Dane {
+            tlsa: vec![],
+            names: vec![],
+        });
+        let lowered = plan(Level::Auto, PolicySource::Dane, Level::Dane, dane.clone())
+            .lowered_for_tls_required_no(Level::Verify);
+        assert_eq!(lowered.level, Level::Verify);
+        assert_eq!(
+            lowered.mx[0].requirement,
+            Ok(TlsRequirement::Pkix {
+                names: vec!["mx.d.example".into()]
+            })
+        );
+        let lowered = plan(Level::Auto, PolicySource::MtaSts, Level::MtaSts, dane)
+            .lowered_for_tls_required_no(Level::Encrypt);
+        assert_eq!(
+            (lowered.level, lowered.mx[0].requirement.clone()),
+            (Level::Encrypt, Ok(TlsRequirement::Encrypt))
+        );
     }
 }

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use mxgate_config::TlsVersion;
+use mxgate_config::{Level, TlsVersion};
 use mxgate_delivery::Planner;
 use mxgate_policy::{DeliveryPlan, PlanError, PolicyEngine, TlsRequirement};
 
@@ -89,8 +89,8 @@ impl Planner for ReloadablePolicy {
         self.current().min_tls_version()
     }
 
-    fn honours_tls_required_no(&self) -> bool {
-        self.current().honours_tls_required_no()
+    fn tls_required_no_floor(&self) -> Option<Level> {
+        self.current().tls_required_no_floor()
     }
 
     fn pkix_verifier(&self) -> Option<Arc<dyn rustls::client::danger::ServerCertVerifier>> {

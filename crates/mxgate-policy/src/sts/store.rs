@@ -179,7 +179,7 @@ impl PolicyStore {
 
     /// Remembers that announced policy `id` of `domain` could not be fetched, with a
     /// back-off that doubles while the same id keeps failing. Never replaces a policy
-    /// another lookup stored meanwhile.
+    /// another lookup stored meanwhile (an expired one is replaced).
     fn remember_unavailable(
         &self,
         domain: &str,
@@ -202,7 +202,8 @@ impl PolicyStore {
         self.mem
             .entry(domain.to_string())
             .and_modify(|e| {
-                if !matches!(e, Entry::Policy(..)) {
+                // An expired policy is no policy (RFC 8461 §5.1); a fresh one wins.
+                if !matches!(e, Entry::Policy(p, _) if p.is_fresh(now)) {
                     *e = entry.clone();
                 }
             })
@@ -222,8 +223,17 @@ impl PolicyStore {
             }
         }
         let p = self.load(domain)?;
+        // A remembered fetch failure stays (its back-off): the disk copy it was about
+        // is returned, and only a fresh one could answer instead.
+        let entry = Entry::Policy(p.clone(), 0);
         self.mem
-            .insert(domain.to_string(), Entry::Policy(p.clone(), 0));
+            .entry(domain.to_string())
+            .and_modify(|e| {
+                if !matches!(e, Entry::Unavailable { .. }) || p.is_fresh(now_unix()) {
+                    *e = entry.clone();
+                }
+            })
+            .or_insert(entry);
         Some(p)
     }
 
@@ -713,6 +723,28 @@ mod tests {
         );
         ro.lookup_with("x.example", 0, CacheWrite::ReadOnly).await;
         assert_eq!(ro.entries(), 0);
+    }
+
+    /// The common case of a dead policy host: the domain had a policy, it expired,
+    /// and the refetch fails. The back-off holds there too.
+    #[tokio::test]
+    async fn an_expired_policy_whose_refetch_fails_backs_off_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fake(TxtOutcome::Id("a".into()), Ok(policy(100)));
+        let store = PolicyStore::new(dir.path().into(), src.clone());
+        assert!(enforce(&store.lookup("gone.example", 0).await));
+        *src.fetch.lock().unwrap() = Err(FetchError::Timeout);
+        let fetches = || *src.fetches.lock().unwrap();
+        let unavailable = StsState::Unavailable(FetchError::Timeout);
+        assert_eq!(store.lookup("gone.example", 200).await.state, unavailable);
+        assert_eq!(fetches(), 2);
+        assert_eq!(store.lookup("gone.example", 201).await.state, unavailable);
+        assert_eq!(store.lookup("gone.example", 202).await.state, unavailable);
+        assert_eq!(fetches(), 2, "fetched again within the back-off");
+        // A restart (a new store over the same directory) starts afresh.
+        let again = PolicyStore::new(dir.path().into(), src.clone());
+        assert_eq!(again.lookup("gone.example", 203).await.state, unavailable);
+        assert_eq!(fetches(), 3);
     }
 
     #[tokio::test]
