@@ -217,6 +217,11 @@ impl PolicyStore {
 
     /// The cached policy for `domain`, memory first, then disk (no network).
     pub fn cached(&self, domain: &str) -> Option<CachedPolicy> {
+        self.cached_at(domain, now_unix())
+    }
+
+    /// [`PolicyStore::cached`] at `now` (unix seconds), the time the lookup runs at.
+    fn cached_at(&self, domain: &str, now: u64) -> Option<CachedPolicy> {
         if let Some(e) = self.mem.get(domain) {
             if let Entry::Policy(p, _) = e.value() {
                 return Some(p.clone());
@@ -229,7 +234,7 @@ impl PolicyStore {
         self.mem
             .entry(domain.to_string())
             .and_modify(|e| {
-                if !matches!(e, Entry::Unavailable { .. }) || p.is_fresh(now_unix()) {
+                if !matches!(e, Entry::Unavailable { .. }) || p.is_fresh(now) {
                     *e = entry.clone();
                 }
             })
@@ -271,7 +276,7 @@ impl PolicyStore {
                 };
             }
         }
-        let local = self.cached(domain).filter(|p| p.is_fresh(now));
+        let local = self.cached_at(domain, now).filter(|p| p.is_fresh(now));
         let cached = self.with_shared(domain, local, now).await;
         let result = if cached.as_ref().is_some_and(|p| now < p.refresh_at()) {
             "hit"
